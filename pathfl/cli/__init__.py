@@ -1,0 +1,65 @@
+"""The ``pathfl`` command line. Each stage lives in its own module exposing ``register(app)``;
+heavy imports (torch, flwr, openslide) happen inside the commands, so ``pathfl --help`` is fast.
+
+Exit codes (DESIGN): 0 = every slide ok, 1 = some slides failed (see the manifest),
+2 = usage or configuration error."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from pathfl import __version__
+from pathfl.cli import demo, extract, fl, tile, train
+from pathfl.config import ConfigError
+from pathfl.registry import UnknownNameError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    name="pathfl",
+    help="Tile whole-slide images, extract features, train MIL survival models, federate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pathfl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v info, -vv debug."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(
+        level=level,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=verbose > 1)],
+        force=True,
+    )
+
+
+for _module in (tile, extract, train, fl, demo):
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: maps configuration errors to exit code 2."""
+    try:
+        app(standalone_mode=True)
+    except (ConfigError, UnknownNameError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        sys.exit(EXIT_USAGE)

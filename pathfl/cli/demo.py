@@ -1,0 +1,9 @@
+"""`pathfl demo` command(s). Owned by the demo stage."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the root app (filled in by the demo stage)."""

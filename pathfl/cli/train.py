@@ -1,0 +1,9 @@
+"""`pathfl train` command(s). Owned by the train stage."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the root app (filled in by the train stage)."""

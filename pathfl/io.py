@@ -1,0 +1,128 @@
+"""File helpers shared by every stage: atomic writes, per-batch manifests, hashing."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_COLUMNS = ("slide_id", "path", "status", "n_tiles", "mpp", "seconds", "error")
+STATUSES = ("ok", "failed", "skipped")
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block
+    completes. On any exception the temporary file is removed and ``final`` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=(suffix or final.suffix) + ".tmp", dir=final.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text_atomic(final: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(final: str | os.PathLike[str], obj: Any) -> None:
+    write_text_atomic(final, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Stable hash of a JSON-serialisable object (sorted keys)."""
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
+
+
+@dataclass
+class ManifestRow:
+    slide_id: str
+    path: str
+    status: str
+    n_tiles: int = 0
+    mpp: float | None = None
+    seconds: float = 0.0
+    error: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"manifest status must be one of {STATUSES}, got {self.status!r}")
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "slide_id": self.slide_id,
+            "path": self.path,
+            "status": self.status,
+            "n_tiles": str(int(self.n_tiles)),
+            "mpp": "" if self.mpp is None else f"{self.mpp:.6g}",
+            "seconds": f"{self.seconds:.3f}",
+            "error": " ".join(str(self.error).split()),  # one line per slide
+        }
+
+
+@dataclass
+class Manifest:
+    """``OUT/manifest.csv``: one row per slide, rewritten atomically as each slide finishes,
+    so an interrupted batch shows what is done. Rows of earlier runs are kept unless the same
+    slide_id is processed again."""
+
+    path: Path
+    rows: dict[str, dict[str, str]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Manifest:
+        path = Path(path)
+        m = cls(path=path)
+        if path.exists():
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    if row.get("slide_id"):
+                        m.rows[row["slide_id"]] = {k: row.get(k, "") or "" for k in MANIFEST_COLUMNS}
+        return m
+
+    def update(self, row: ManifestRow) -> None:
+        with self._lock:
+            self.rows[row.slide_id] = row.as_dict()
+            self._flush()
+
+    def _flush(self) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+            w.writeheader()
+            for sid in sorted(self.rows):
+                w.writerow(self.rows[sid])
+
+    def status_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for r in self.rows.values():
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        return counts

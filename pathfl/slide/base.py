@@ -1,0 +1,104 @@
+"""The one slide interface every backend implements (openslide-python style: level-0
+coordinates everywhere, units in names). Backends register in ``pathfl.slide.READERS``.
+
+Owned by the tiling stage; the extraction stage reads tiles only through this interface."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+class SlideError(Exception):
+    """A slide cannot be opened or used; the message names the file and what is wrong."""
+
+
+class Slide(abc.ABC):
+    """A whole-slide image opened read-only by one backend.
+
+    Attributes every backend sets:
+        path: the file.
+        slide_id: file stem (or the id given by a slides CSV).
+        backend: registry name of the reader ("openslide" | "tiffslide").
+        level_dimensions: (width, height) per level, level 0 first.
+        level_downsamples: downsample of each level relative to level 0.
+        mpp: micrometres per pixel at level 0 (x), after overrides; None if unknown.
+        mpp_source: where ``mpp`` came from ("override", "vendor", "tiff-resolution", ...).
+        objective_power: nominal magnification, None if unknown.
+        vendor: scanner vendor string, "" if unknown.
+    """
+
+    backend: str = ""
+
+    def __init__(self, path: str | Path, *, slide_id: str | None = None) -> None:
+        self.path = Path(path)
+        self.slide_id = slide_id or self.path.stem
+        self.level_dimensions: tuple[tuple[int, int], ...] = ()
+        self.level_downsamples: tuple[float, ...] = ()
+        self.mpp: float | None = None
+        self.mpp_source: str = ""
+        self.objective_power: float | None = None
+        self.vendor: str = ""
+
+    # --- pixel access -------------------------------------------------------------------
+    @abc.abstractmethod
+    def read_region(
+        self, l0_xy: tuple[int, int], level: int, size_px: tuple[int, int]
+    ) -> Image.Image:
+        """RGB image of ``size_px`` (w, h) pixels at ``level`` whose top-left corner is at
+        level-0 coordinates ``l0_xy``. Transparent/out-of-slide pixels come back white."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # --- derived geometry -----------------------------------------------------------------
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    def level_mpp(self, level: int) -> float:
+        if self.mpp is None:
+            raise SlideError(f"{self.path}: microns per pixel unknown")
+        return self.mpp * self.level_downsamples[level]
+
+    def get_thumbnail(self, max_px: int) -> Image.Image:
+        """RGB thumbnail whose longer side is at most ``max_px``."""
+        w, h = self.dimensions
+        target = max(w, h) / max_px
+        level = self.best_level_for_downsample(target)
+        lw, lh = self.level_dimensions[level]
+        img = self.read_region((0, 0), level, (lw, lh))
+        img.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
+        return img
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """Coarsest level whose downsample is ≤ ``downsample`` (level 0 if none)."""
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * (1 + 1e-6):
+                best = i
+        return best
+
+    def read_region_array(
+        self, l0_xy: tuple[int, int], level: int, size_px: tuple[int, int]
+    ) -> np.ndarray:
+        return np.asarray(self.read_region(l0_xy, level, size_px).convert("RGB"))
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, levels={self.level_count}, "
+            f"dims={self.dimensions}, mpp={self.mpp})"
+        )
