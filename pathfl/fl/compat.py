@@ -1,0 +1,202 @@
+"""Site compatibility before round 1: every site reports the fingerprint of its features
+(encoder, weights hash, target mpp, tile size, pathfl version, feature dim); the server refuses
+to mix sites whose features were not made the same way, or excludes the odd ones out.
+
+Pure functions over plain dicts, so the ClientApp can send a record as a Flower ConfigRecord
+and the server can check it without touching any site's files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Fields of a site fingerprint, in the order they are reported.
+FINGERPRINT_FIELDS: tuple[str, ...] = (
+    "encoder",
+    "weights_sha256",
+    "target_mpp",
+    "tile_size",
+    "pathfl_version",
+    "feature_dim",
+)
+#: Fields whose values are compared as numbers (with a relative tolerance for floats).
+_NUMERIC_FIELDS = {"target_mpp": float, "tile_size": int, "feature_dim": int}
+MPP_REL_TOL = 1e-3
+POLICIES = ("refuse", "exclude")
+
+
+class CompatibilityError(RuntimeError):
+    """Sites are incompatible (or a site's own files disagree); the message names them."""
+
+
+@dataclass
+class CompatibilityResult:
+    """Outcome of :func:`check_compatibility`.
+
+    ``ok`` is False when the run must not start. ``accepted`` are the sites that may take part,
+    ``excluded`` maps a site to the reasons it was left out, ``messages`` are human-readable lines
+    naming the site and field for every difference found, ``reference`` is the fingerprint the
+    accepted sites share."""
+
+    ok: bool
+    policy: str
+    accepted: list[str] = field(default_factory=list)
+    excluded: dict[str, list[str]] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    reference: dict[str, Any] = field(default_factory=dict)
+
+    def raise_for_status(self) -> None:
+        if not self.ok:
+            raise CompatibilityError("incompatible sites: " + "; ".join(self.messages))
+
+
+def _normalise(field_name: str, value: Any) -> Any:
+    """Turn an attribute as read from HDF5 (bytes, numpy scalars) into a plain Python value."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    caster = _NUMERIC_FIELDS.get(field_name)
+    if caster is not None and value is not None:
+        try:
+            return caster(value)
+        except (TypeError, ValueError):
+            return value
+    return None if value is None else str(value)
+
+
+def normalise_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint with exactly the :data:`FINGERPRINT_FIELDS` as plain Python values
+    (missing fields become None)."""
+    return {f: _normalise(f, record.get(f)) for f in FINGERPRINT_FIELDS}
+
+
+def values_equal(field_name: str, a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    if _NUMERIC_FIELDS.get(field_name) is float:
+        try:
+            return math.isclose(float(a), float(b), rel_tol=MPP_REL_TOL)
+        except (TypeError, ValueError):
+            return a == b
+    return a == b
+
+
+def fingerprint_from_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The site fingerprint fields of one features file's attributes."""
+    return normalise_record(attrs)
+
+
+def site_fingerprint(features_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the fingerprint attributes of every ``*.h5`` features file in ``features_dir``.
+
+    All files of one site must agree; otherwise :class:`CompatibilityError` names the file and
+    the field that differs. Also returns ``n_files``."""
+    import h5py
+
+    features_dir = Path(features_dir)
+    files = sorted(features_dir.glob("*.h5"))
+    if not files:
+        raise CompatibilityError(f"{features_dir}: no features files (*.h5) found")
+    record: dict[str, Any] | None = None
+    first: Path | None = None
+    problems: list[str] = []
+    for path in files:
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = dict(f.attrs)
+                if "feature_dim" not in attrs and "features" in f:
+                    attrs["feature_dim"] = int(f["features"].shape[1])
+        except OSError as e:
+            raise CompatibilityError(f"{path}: cannot read features file: {e}") from e
+        rec = fingerprint_from_attrs(attrs)
+        missing = [k for k, v in rec.items() if v is None]
+        if missing:
+            problems.append(f"{path.name}: missing attribute(s) {', '.join(missing)}")
+        if record is None:
+            record, first = rec, path
+            continue
+        for k in FINGERPRINT_FIELDS:
+            if not values_equal(k, rec[k], record[k]):
+                problems.append(
+                    f"{path.name}: {k}={rec[k]!r} differs from {first.name if first else '?'}"
+                    f" ({record[k]!r})"
+                )
+    if problems:
+        raise CompatibilityError(
+            f"{features_dir}: features files do not agree: " + "; ".join(problems)
+        )
+    assert record is not None
+    record["n_files"] = len(files)
+    return record
+
+
+def _reference(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per field, the value most sites share (ties broken by the first site in sorted order)."""
+    ref: dict[str, Any] = {}
+    sites = sorted(records)
+    for f in FINGERPRINT_FIELDS:
+        counts: Counter[str] = Counter(repr(records[s][f]) for s in sites)
+        best = max(counts.values())
+        for s in sites:  # deterministic tie-break
+            if counts[repr(records[s][f])] == best:
+                ref[f] = records[s][f]
+                break
+    return ref
+
+
+def check_compatibility(
+    records: dict[str, dict[str, Any]],
+    *,
+    policy: str = "refuse",
+    min_sites: int = 1,
+) -> CompatibilityResult:
+    """Compare the fingerprints of all sites.
+
+    ``policy="refuse"``: any difference (or missing field) makes ``ok`` False and no site is
+    accepted. ``policy="exclude"``: sites that differ from the majority value of a field are
+    excluded; ``ok`` is True when at least ``min_sites`` remain. Every message names the site and
+    the field, e.g. ``site 'b': encoder='resnet50' but 'mobilenetv2' at sites a, c``."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown compatibility policy {policy!r}; valid: {', '.join(POLICIES)}")
+    if not records:
+        return CompatibilityResult(ok=False, policy=policy, messages=["no site reported"])
+    norm = {s: normalise_record(r) for s, r in records.items()}
+    ref = _reference(norm)
+    reasons: dict[str, list[str]] = {}
+    for s in sorted(norm):
+        for f in FINGERPRINT_FIELDS:
+            v = norm[s][f]
+            if v is None:
+                reasons.setdefault(s, []).append(f"site {s!r}: field {f} is missing")
+            elif not values_equal(f, v, ref[f]):
+                agree = [t for t in sorted(norm) if values_equal(f, norm[t][f], ref[f])]
+                reasons.setdefault(s, []).append(
+                    f"site {s!r}: {f}={v!r} but {ref[f]!r} at site(s) {', '.join(agree)}"
+                )
+    messages = [m for s in sorted(reasons) for m in reasons[s]]
+    if policy == "refuse":
+        ok = not reasons
+        accepted = sorted(norm) if ok else []
+        excluded = {} if ok else reasons
+    else:
+        accepted = [s for s in sorted(norm) if s not in reasons]
+        excluded = reasons
+        ok = len(accepted) >= max(1, min_sites)
+        if not ok:
+            messages.append(
+                f"only {len(accepted)} compatible site(s) left, fewer than min_sites={min_sites}"
+            )
+    for m in messages:
+        logger.warning("compatibility: %s", m)
+    return CompatibilityResult(
+        ok=ok, policy=policy, accepted=accepted, excluded=excluded, messages=messages, reference=ref
+    )
