@@ -281,7 +281,8 @@ def test_wrong_shape_dtype_and_count_rejected():
 def test_norm_outlier_rejected_relative_to_global():
     rng = np.random.default_rng(2)
     glob = _replies(rng, 1)[0]
-    reps = [[g + 0.01 * rng.normal(size=g.shape).astype(np.float32) for g in glob] for _ in range(4)]
+    noise = [[0.01 * rng.normal(size=g.shape).astype(np.float32) for g in glob] for _ in range(4)]
+    reps = [[g + e for g, e in zip(glob, eps, strict=True)] for eps in noise]
     reps.append([g + 100.0 for g in glob])  # a poisoned/scaled update
     ref = reference_from_arrays(glob)
     res = validate_updates(reps, reference_shapes_dtypes=ref, global_arrays=glob)
