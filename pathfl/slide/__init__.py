@@ -1,0 +1,108 @@
+"""Whole-slide image access: one :class:`Slide` interface, several backends.
+
+``open_slide(path)`` opens a slide with the default backend (OpenSlide, falling back to
+tiffslide when OpenSlide cannot read the file) and resolves its microns per pixel
+(override → vendor metadata → TIFF resolution tags → :class:`SlideError`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from pathfl.registry import Registry
+from pathfl.slide.base import Slide, SlideError
+from pathfl.slide.metadata import (
+    check_mpp_objective,
+    objective_power,
+    resolve_mpp,
+    vendor,
+)
+
+__all__ = ["READERS", "Slide", "SlideError", "list_readers", "open_slide"]
+
+logger = logging.getLogger(__name__)
+
+READERS: Registry[Slide] = Registry("slide reader")
+
+
+@READERS.register("openslide", formats="svs, tif(f), ndpi, vms, vmu, scn, mrxs, bif, svslide, dcm")
+def _openslide(path: str | Path, *, slide_id: str | None = None) -> Slide:
+    from pathfl.slide.openslide_backend import OpenSlideSlide
+
+    return OpenSlideSlide(path, slide_id=slide_id)
+
+
+@READERS.register("tiffslide", formats="svs, tif(f), ndpi, scn, bif, philips tiff")
+def _tiffslide(path: str | Path, *, slide_id: str | None = None) -> Slide:
+    from pathfl.slide.tiffslide_backend import TiffSlideSlide
+
+    return TiffSlideSlide(path, slide_id=slide_id)
+
+
+#: backends tried, in order, by ``backend="auto"``
+AUTO_ORDER = ("openslide", "tiffslide")
+
+
+def list_readers() -> list[str]:
+    """Registered backend names (valid values of ``backend`` besides "auto")."""
+    return READERS.list()
+
+
+def _open_raw(path: Path, backend: str, slide_id: str | None) -> Slide:
+    if backend != "auto":
+        factory: Callable[..., Slide] = READERS.get(backend)
+        return factory(path, slide_id=slide_id)
+    errors = []
+    for name in AUTO_ORDER:
+        try:
+            return READERS.get(name)(path, slide_id=slide_id)
+        except SlideError as e:
+            errors.append(str(e))
+            logger.debug("%s", e)
+    # both failed: report the first (default backend) reason plus the fallback's
+    raise SlideError("; ".join(errors))
+
+
+def open_slide(
+    path: str | Path,
+    *,
+    backend: str = "auto",
+    mpp_override: float | None = None,
+    slide_id: str | None = None,
+) -> Slide:
+    """Open ``path`` read-only and resolve its metadata.
+
+    Args:
+        backend: "auto" (OpenSlide, then tiffslide), or a name from :func:`list_readers`.
+        mpp_override: µm/px at level 0 to use instead of the file's metadata.
+        slide_id: id used in outputs (default: file stem).
+
+    Raises:
+        SlideError: the file is missing, unreadable, has no levels, or its mpp is unknown
+            (the message says how to supply it).
+        UnknownNameError: ``backend`` is not a registered reader.
+    """
+    path = Path(path)
+    if backend != "auto":
+        READERS.get(backend)  # unknown names fail before touching the file
+    if not path.exists():
+        raise SlideError(f"{path}: no such file")
+    if path.is_dir():
+        raise SlideError(f"{path}: is a directory, not a slide file")
+    slide = _open_raw(path, backend, slide_id)
+    try:
+        if not slide.level_dimensions or min(slide.dimensions) <= 0:
+            raise SlideError(f"{path}: slide has no image levels")
+        props = slide.properties
+        slide.mpp, slide.mpp_source = resolve_mpp(props, override=mpp_override, where=str(path))
+        slide.objective_power = objective_power(props)
+        slide.vendor = vendor(props)
+        msg = check_mpp_objective(slide.mpp, slide.objective_power, str(path))
+        if msg:
+            slide.warnings.append(msg)
+    except BaseException:
+        slide.close()
+        raise
+    logger.debug("opened %r (mpp from %s)", slide, slide.mpp_source)
+    return slide

@@ -29,6 +29,8 @@ class Slide(abc.ABC):
         mpp_source: where ``mpp`` came from ("override", "vendor", "tiff-resolution", ...).
         objective_power: nominal magnification, None if unknown.
         vendor: scanner vendor string, "" if unknown.
+        properties: the backend's raw metadata (str -> str).
+        warnings: metadata problems found on opening (e.g. mpp vs objective mismatch).
     """
 
     backend: str = ""
@@ -42,6 +44,8 @@ class Slide(abc.ABC):
         self.mpp_source: str = ""
         self.objective_power: float | None = None
         self.vendor: str = ""
+        self.properties: dict[str, str] = {}
+        self.warnings: list[str] = []
 
     # --- pixel access -------------------------------------------------------------------
     @abc.abstractmethod
