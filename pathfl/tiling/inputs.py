@@ -1,0 +1,112 @@
+"""Which slides to tile: files and folders from the command line, and/or a slides CSV with
+``slide_id,path[,mpp]`` (a per-slide mpp override for slides with missing or wrong metadata)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from pathfl.config import ConfigError
+from pathfl.tiling.pipeline import SlideJob
+
+#: extensions picked up when a folder is given (a DICOM series is given as one of its files)
+SLIDE_EXTENSIONS = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".bif",
+    ".svslide",
+)
+
+
+def _scan(folder: Path, recursive: bool) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p
+        for p in folder.glob(pattern)
+        if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS and not p.name.startswith(".")
+    )
+
+
+def _parse_mpp(value: str, where: str) -> float | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        mpp = float(value)
+    except ValueError:
+        raise ConfigError(f"{where}: mpp {value!r} is not a number") from None
+    if not math.isfinite(mpp) or mpp <= 0:
+        raise ConfigError(f"{where}: mpp must be > 0, got {value!r}")
+    return mpp
+
+
+def read_slides_csv(path: str | os.PathLike[str]) -> list[SlideJob]:
+    """Rows ``slide_id,path,mpp`` (mpp optional/blank). Relative paths are relative to the
+    CSV's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: slides CSV not found")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        missing = {"slide_id", "path"} - cols
+        if missing:
+            raise ConfigError(
+                f"{path}: missing column(s) {sorted(missing)}; expected slide_id,path[,mpp]"
+            )
+        jobs = []
+        for i, row in enumerate(reader, start=2):
+            sid, p = (row.get("slide_id") or "").strip(), (row.get("path") or "").strip()
+            if not sid or not p:
+                raise ConfigError(f"{path}:{i}: empty slide_id or path")
+            sp = Path(p) if Path(p).is_absolute() else path.parent / p
+            jobs.append(SlideJob(sid, sp, _parse_mpp(row.get("mpp", ""), f"{path}:{i}")))
+    return jobs
+
+
+def collect_jobs(
+    inputs: Iterable[str | os.PathLike[str]],
+    *,
+    slides_csv: str | os.PathLike[str] | None = None,
+    mpp_override: float | None = None,
+    recursive: bool = False,
+) -> list[SlideJob]:
+    """Slides from files/folders plus the CSV. ``mpp_override`` applies to every slide that
+    the CSV gives no mpp for. Missing paths and duplicate slide ids are usage errors."""
+    jobs: list[SlideJob] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = _scan(p, recursive)
+            if not found:
+                raise ConfigError(
+                    f"{p}: folder contains no slide files ({', '.join(SLIDE_EXTENSIONS)})"
+                )
+            jobs += [SlideJob(f.stem, f, mpp_override) for f in found]
+        elif p.exists():
+            jobs.append(SlideJob(p.stem, p, mpp_override))
+        else:
+            raise ConfigError(f"{p}: no such file or folder")
+    if slides_csv is not None:
+        for j in read_slides_csv(slides_csv):
+            mpp = j.mpp_override if j.mpp_override is not None else mpp_override
+            jobs.append(SlideJob(j.slide_id, j.path, mpp))
+    if not jobs:
+        raise ConfigError("no slides given (pass files/folders or --slides-csv)")
+    dup = [sid for sid, n in Counter(j.slide_id for j in jobs).items() if n > 1]
+    if dup:
+        raise ConfigError(
+            f"duplicate slide id(s) {sorted(dup)[:10]}: slide ids are output file names; "
+            "give unique ids with --slides-csv"
+        )
+    return jobs

@@ -1,0 +1,286 @@
+"""Tile one slide or a batch: tissue mask → grid → coords file + QC thumbnail + GeoJSON,
+with a manifest row per slide, resume by fingerprint and a process pool over slides.
+
+Output layout under ``out_dir``::
+
+    coords/<slide_id>.h5        written last (temp + rename): its presence means "done"
+    thumbnails/<slide_id>.png   QC picture (also written when no tissue is found)
+    geojson/<slide_id>.geojson  tissue polygons for QuPath
+    manifest.csv                one row per slide, rewritten after each slide
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pathfl.io import Manifest, ManifestRow, sha256_json
+from pathfl.slide import SlideError, open_slide
+from pathfl.tiling.coords_io import build_attrs, read_coords, read_fingerprint, write_coords
+from pathfl.tiling.grid import GridParams, grid_coords, plan_read, tissue_fractions
+from pathfl.tiling.qc import draw_qc, tissue_geojson, write_geojson, write_png
+from pathfl.tiling.tissue import TissueParams, detect_tissue, read_overview
+
+logger = logging.getLogger(__name__)
+
+#: bump when the tiling algorithm changes so old outputs are recomputed
+TILING_VERSION = 1
+OUTPUT_DIRS = ("coords", "thumbnails", "geojson")
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide to tile: its id (output file stem), path and optional mpp override."""
+
+    slide_id: str
+    path: Path
+    mpp_override: float | None = None
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    grid: GridParams = field(default_factory=GridParams)
+    tissue: TissueParams = field(default_factory=TissueParams)
+    backend: str = "auto"
+    thumbnail_px: int = 1600
+    overwrite: bool = False
+
+
+@dataclass
+class SlideResult:
+    slide_id: str
+    path: str
+    status: str  # ok | failed | skipped
+    n_tiles: int = 0
+    mpp: float | None = None
+    seconds: float = 0.0
+    error: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def manifest_row(self) -> ManifestRow:
+        return ManifestRow(
+            slide_id=self.slide_id,
+            path=self.path,
+            status=self.status,
+            n_tiles=self.n_tiles,
+            mpp=self.mpp,
+            seconds=self.seconds,
+            error=self.error,
+        )
+
+
+def coords_path(out_dir: Path, slide_id: str) -> Path:
+    return Path(out_dir) / "coords" / f"{slide_id}.h5"
+
+
+def quick_file_hash(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Identity of a slide file without reading all of it: size + first and last MiB."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(chunk_bytes))
+        if size > chunk_bytes:
+            f.seek(max(size - chunk_bytes, chunk_bytes))
+            h.update(f.read(chunk_bytes))
+    return h.hexdigest()
+
+
+def fingerprint(job: SlideJob, config: TileConfig) -> str:
+    """Hash of the tiling parameters and the slide's identity (not of the backend or the
+    QC settings, which do not change the coordinates)."""
+    return sha256_json(
+        {
+            "tiling_version": TILING_VERSION,
+            "grid": config.grid.to_dict(),
+            "tissue": config.tissue.to_dict(),
+            "slide": {"name": job.path.name, "hash": quick_file_hash(job.path)},
+            "mpp_override": job.mpp_override,
+        }
+    )
+
+
+def _remove_stale(out_dir: Path, slide_id: str) -> None:
+    p = coords_path(out_dir, slide_id)
+    if p.exists():
+        logger.warning("%s: removing stale %s (it does not match this run)", slide_id, p)
+        p.unlink()
+
+
+def tile_slide(job: SlideJob, out_dir: str | os.PathLike[str], config: TileConfig) -> SlideResult:
+    """Tile one slide; never raises for slide problems (they become a ``failed`` result)."""
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    result = SlideResult(slide_id=job.slide_id, path=str(job.path), status="failed")
+    try:
+        if not job.path.is_file():
+            raise SlideError(f"{job.path}: no such file")
+        fp = fingerprint(job, config)
+        cpath = coords_path(out_dir, job.slide_id)
+        if cpath.exists() and not config.overwrite:
+            old = read_fingerprint(cpath)
+            if old == fp:
+                coords, attrs = read_coords(cpath)
+                result.status, result.n_tiles = "skipped", len(coords)
+                result.mpp = float(attrs.get("mpp_level0", 0)) or None
+                return result
+            logger.info("%s: parameters or slide changed, recomputing", job.slide_id)
+        _tile(job, out_dir, config, fp, result)
+    except SlideError as e:
+        result.error = str(e)
+    except Exception as e:  # a bad slide must not stop the batch
+        logger.debug("%s failed", job.path, exc_info=True)
+        result.error = f"{job.path}: {type(e).__name__}: {e}"
+    finally:
+        result.seconds = time.perf_counter() - t0
+    if result.status == "failed":
+        with contextlib.suppress(OSError):
+            _remove_stale(out_dir, job.slide_id)
+        logger.error("%s", result.error)
+    return result
+
+
+def _tile(job: SlideJob, out_dir: Path, config: TileConfig, fp: str, result: SlideResult) -> None:
+    with open_slide(
+        job.path, backend=config.backend, mpp_override=job.mpp_override, slide_id=job.slide_id
+    ) as slide:
+        assert slide.mpp is not None
+        result.mpp = slide.mpp
+        result.warnings = list(slide.warnings)
+        plan = plan_read(slide, config.grid)
+        w0, h0 = slide.dimensions
+        tissue_mpp = max(config.tissue.mask_mpp, slide.mpp)
+        thumb_mpp = max(slide.mpp, max(w0, h0) * slide.mpp / config.thumbnail_px)
+        thumb = read_overview(slide, thumb_mpp)
+        if abs(thumb_mpp - tissue_mpp) / tissue_mpp < 1e-3:
+            mask_rgb = thumb
+        elif thumb_mpp < tissue_mpp:  # thumbnail is finer: derive the mask image from it
+            import cv2
+
+            size = (
+                max(1, round(w0 * slide.mpp / tissue_mpp)),
+                max(1, round(h0 * slide.mpp / tissue_mpp)),
+            )
+            mask_rgb = cv2.resize(thumb, size, interpolation=cv2.INTER_AREA)
+        else:
+            mask_rgb = read_overview(slide, tissue_mpp)
+        tissue = detect_tissue(slide, config.tissue, overview=mask_rgb)
+        coords = grid_coords(slide, plan)
+        frac = tissue_fractions(coords, plan.size_l0, tissue)
+        keep = frac >= config.grid.min_tissue_fraction
+        keep &= frac > 0
+        coords, frac = coords[keep], frac[keep]
+        label = f"{job.slide_id}  {len(coords)} tiles @ {config.grid.target_mpp:g} um/px"
+        qc = draw_qc(
+            thumb,
+            level0_size=(w0, h0),
+            tissue=tissue,
+            coords=coords,
+            size_l0=plan.size_l0,
+            label=label,
+        )
+        write_png(out_dir / "thumbnails" / f"{job.slide_id}.png", qc)
+        if len(coords) == 0:
+            what = (
+                "no tissue found"
+                if not tissue.mask.any()
+                else "no tile reaches the minimum tissue fraction"
+            )
+            raise SlideError(
+                f"{job.path}: {what} (tissue {100 * tissue.tissue_fraction:.2f}% of the "
+                f"slide, saturation threshold {tissue.threshold:.3f}); see the thumbnail, or "
+                "adjust the tissue parameters"
+            )
+        write_geojson(
+            out_dir / "geojson" / f"{job.slide_id}.geojson",
+            tissue_geojson(tissue, slide_id=job.slide_id),
+        )
+        attrs = build_attrs(slide, plan, config.grid, config.tissue, fingerprint=fp)
+        write_coords(coords_path(out_dir, job.slide_id), coords, attrs, tissue_fraction=frac)
+        result.status, result.n_tiles = "ok", len(coords)
+
+
+def clean_temp_files(out_dir: Path) -> int:
+    """Remove temporary files a killed run left behind (``.<name>.<random>.<ext>.tmp``)."""
+    n = 0
+    for sub in (out_dir, *(out_dir / d for d in OUTPUT_DIRS)):
+        if not sub.is_dir():
+            continue
+        for p in sub.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                n += 1
+    if n:
+        logger.info("removed %d temporary file(s) left by an interrupted run", n)
+    return n
+
+
+def _worker_init(log_level: int) -> None:
+    logging.basicConfig(level=log_level, format="%(name)s: %(message)s")
+
+
+def run_batch(
+    jobs: Sequence[SlideJob],
+    out_dir: str | os.PathLike[str],
+    config: TileConfig,
+    *,
+    workers: int = 1,
+    on_result: Callable[[SlideResult], None] | None = None,
+) -> list[SlideResult]:
+    """Tile every job; the manifest is updated as each slide finishes. With ``workers > 1``
+    slides run in a process pool (spawned workers, one slide per task)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(out_dir)
+    manifest = Manifest.load(out_dir / "manifest.csv")
+    results: list[SlideResult] = []
+
+    def done(r: SlideResult) -> None:
+        manifest.update(r.manifest_row())
+        results.append(r)
+        if on_result is not None:
+            on_result(r)
+
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            done(tile_slide(job, out_dir, config))
+        return results
+    ctx = mp.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    with cf.ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(level,),
+    ) as pool:
+        futures = {pool.submit(tile_slide, job, out_dir, config): job for job in jobs}
+        for fut in cf.as_completed(futures):
+            job = futures[fut]
+            try:
+                r = fut.result()
+            except Exception as e:  # worker died (e.g. a crash inside a native reader)
+                r = SlideResult(
+                    slide_id=job.slide_id,
+                    path=str(job.path),
+                    status="failed",
+                    error=f"{job.path}: worker process failed: {type(e).__name__}: {e}",
+                )
+            done(r)
+    return results
+
+
+def summarize(results: Sequence[SlideResult]) -> dict[str, int]:
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    for r in results:
+        counts[r.status] += 1
+    counts["tiles"] = int(np.sum([r.n_tiles for r in results if r.status != "failed"]))
+    return counts

@@ -1,0 +1,219 @@
+"""Tissue detection on a low-resolution overview of a slide.
+
+HSV saturation → median blur → threshold (Otsu, clipped to a plausible band, or fixed) →
+morphological closing → removal of small objects and filling of small holes → optional
+removal of pen marks (blue, green, black ink). Every size is physical (µm, µm²), so the same
+parameters work for 20x and 40x slides."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from pathfl.slide.base import Slide, SlideError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TissueParams:
+    """Tissue-detection parameters (all overridable from CLI / YAML).
+
+    Attributes:
+        mask_mpp: resolution of the tissue mask in µm/px.
+        saturation_threshold: fixed HSV saturation threshold in [0, 1]; None = Otsu.
+        min_saturation, max_saturation: band the Otsu threshold is clipped to (keeps a blank
+            slide blank and a slide full of tissue from splitting the tissue in two).
+        blur_um: median-blur window (µm).
+        close_um: closing radius (µm), joins fragments of one piece of tissue.
+        min_object_um2: tissue pieces smaller than this are dropped (dust, debris).
+        max_hole_um2: holes smaller than this are filled.
+        remove_pen: drop blue, green and black ink marks from the mask.
+    """
+
+    mask_mpp: float = 4.0
+    saturation_threshold: float | None = None
+    min_saturation: float = 0.05
+    max_saturation: float = 0.15
+    blur_um: float = 20.0
+    close_um: float = 16.0
+    min_object_um2: float = 20000.0
+    max_hole_um2: float = 40000.0
+    remove_pen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mask_mpp <= 0:
+            raise ValueError(f"tissue mask_mpp must be > 0, got {self.mask_mpp}")
+        thr = self.saturation_threshold
+        if thr is not None and not 0 <= thr <= 1:
+            raise ValueError(f"tissue saturation_threshold must be in [0, 1], got {thr}")
+        if not 0 <= self.min_saturation <= self.max_saturation <= 1:
+            raise ValueError("tissue saturation band must satisfy 0 ≤ min ≤ max ≤ 1")
+        for name in ("blur_um", "close_um", "min_object_um2", "max_hole_um2"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"tissue {name} must be ≥ 0")
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> TissueParams:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown tissue parameter(s) {unknown}; valid: {sorted(names)}")
+        return cls(**d)  # type: ignore[arg-type]
+
+
+@dataclass
+class TissueMask:
+    """Boolean tissue mask of a slide; ``scale_x/scale_y`` = level-0 px per mask px."""
+
+    mask: np.ndarray
+    scale_x: float
+    scale_y: float
+    threshold: float
+
+    @property
+    def tissue_fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    def polygons_level0(self, *, min_points: int = 3) -> list[list[np.ndarray]]:
+        """Tissue polygons as lists of rings [exterior, hole, ...], each (K, 2) float level-0
+        (x, y) coordinates of mask-pixel corners."""
+        m = self.mask.astype(np.uint8)
+        contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        if hierarchy is None:
+            return []
+        hierarchy = hierarchy[0]
+        scale = np.array([self.scale_x, self.scale_y])
+        polys: dict[int, list[np.ndarray]] = {}
+        for i, c in enumerate(contours):
+            if len(c) < min_points:
+                continue
+            ring = (c[:, 0, :].astype(np.float64) + 0.5) * scale
+            parent = hierarchy[i][3]
+            if parent < 0:
+                polys.setdefault(i, []).insert(0, ring)
+            elif len(contours[parent]) >= min_points:
+                polys.setdefault(parent, []).append(ring)
+        return [rings for rings in polys.values() if rings]
+
+
+def read_overview(slide: Slide, mpp: float, *, block_px: int = 1024) -> np.ndarray:
+    """RGB uint8 image of the whole slide at ``mpp`` µm/px (never finer than level 0),
+    read from the best pyramid level in blocks so single-level giant slides fit in memory."""
+    if slide.mpp is None:
+        raise SlideError(f"{slide.path}: microns per pixel unknown")
+    w0, h0 = slide.dimensions
+    ds = max(mpp / slide.mpp, 1.0)
+    out_w, out_h = max(1, round(w0 / ds)), max(1, round(h0 / ds))
+    level = slide.best_level_for_downsample(ds)
+    lw, lh = slide.level_dimensions[level]
+    fx, fy = lw / out_w, lh / out_h  # level px per output px
+    out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    lds = slide.level_downsamples[level]
+    for oy in range(0, out_h, block_px):
+        for ox in range(0, out_w, block_px):
+            ow, oh = min(block_px, out_w - ox), min(block_px, out_h - oy)
+            lx0, ly0 = math.floor(ox * fx), math.floor(oy * fy)
+            lx1 = min(lw, math.ceil((ox + ow) * fx))
+            ly1 = min(lh, math.ceil((oy + oh) * fy))
+            region = slide.read_region_array(
+                (round(lx0 * lds), round(ly0 * lds)), level, (lx1 - lx0, ly1 - ly0)
+            )
+            if region.shape[:2] != (oh, ow):
+                region = cv2.resize(region, (ow, oh), interpolation=cv2.INTER_AREA)
+            out[oy : oy + oh, ox : ox + ow] = region
+    return out
+
+
+def _odd(n: float) -> int:
+    k = max(1, round(n))
+    return k if k % 2 else k + 1
+
+
+def pen_mask(rgb: np.ndarray) -> np.ndarray:
+    """Blue, green and black ink on an RGB overview."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    blue = (b - r > 60) & (b - g > 40) & (r < 110)
+    green = (g - r > 20) & (g - b > 10) & (g < 200)
+    black = np.max(rgb, axis=2) < 60
+    return blue | green | black
+
+
+def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
+    if min_px <= 1:
+        return mask
+    _n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_px
+    keep[0] = False
+    return keep[labels]
+
+
+def _fill_small_holes(mask: np.ndarray, max_px: int) -> np.ndarray:
+    if max_px <= 0:
+        return mask
+    inv = ~mask
+    _n, labels, stats, _ = cv2.connectedComponentsWithStats(inv.astype(np.uint8), connectivity=4)
+    small = stats[:, cv2.CC_STAT_AREA] < max_px
+    # a background component touching the border is glass, not a hole
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    small[border] = False
+    small[0] = False  # label 0 = tissue pixels
+    return mask | (small[labels] & inv)
+
+
+def detect_tissue_rgb(rgb: np.ndarray, params: TissueParams, *, mpp: float) -> TissueMask:
+    """Tissue mask of an RGB overview whose pixels are ``mpp`` µm wide (scale 1)."""
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    sat = hsv[..., 1]
+    k = _odd(params.blur_um / mpp)
+    if k > 1:
+        sat = cv2.medianBlur(sat, min(k, 255))
+    if params.saturation_threshold is not None:
+        thr = params.saturation_threshold * 255
+    else:
+        otsu, _ = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        thr = float(np.clip(otsu, params.min_saturation * 255, params.max_saturation * 255))
+    mask = sat > thr
+    if params.remove_pen:
+        pen = pen_mask(rgb)
+        if pen.any():
+            pen = cv2.dilate(pen.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+            mask &= ~pen
+    r = round(params.close_um / mpp)
+    if r > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, kernel).astype(bool)
+    px_area = mpp * mpp
+    mask = _remove_small(mask, round(params.min_object_um2 / px_area))
+    mask = _fill_small_holes(mask, round(params.max_hole_um2 / px_area))
+    return TissueMask(mask=mask, scale_x=1.0, scale_y=1.0, threshold=thr / 255)
+
+
+def detect_tissue(
+    slide: Slide, params: TissueParams | None = None, *, overview: np.ndarray | None = None
+) -> TissueMask:
+    """Tissue mask of ``slide`` at ``params.mask_mpp`` (or from a given overview read at that
+    mpp). ``scale_x/scale_y`` map mask pixels to level-0 pixels."""
+    params = params or TissueParams()
+    if slide.mpp is None:
+        raise SlideError(f"{slide.path}: microns per pixel unknown")
+    mpp = max(params.mask_mpp, slide.mpp)
+    rgb = overview if overview is not None else read_overview(slide, mpp)
+    tm = detect_tissue_rgb(rgb, params, mpp=mpp)
+    w0, h0 = slide.dimensions
+    tm.scale_x, tm.scale_y = w0 / rgb.shape[1], h0 / rgb.shape[0]
+    logger.debug(
+        "%s: tissue %.1f%% of the slide (threshold %.3f)",
+        slide.slide_id,
+        100 * tm.tissue_fraction,
+        tm.threshold,
+    )
+    return tm
