@@ -1,9 +1,178 @@
-"""`pathfl tile` command(s). Owned by the tile stage."""
+"""`pathfl tile`: tissue tiles of whole-slide images at one physical resolution.
+
+Owned by the tile stage. Heavy imports happen inside the command."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+HELP = (
+    "Find the tissue tiles of whole-slide images at one physical resolution.\n\n"
+    "Writes OUT/coords/<slide_id>.h5 (level-0 tile coordinates, CLAM/TRIDENT-compatible "
+    "attrs), OUT/thumbnails/<slide_id>.png (QC: tissue contours + tile grid), "
+    "OUT/geojson/<slide_id>.geojson (tissue polygons for QuPath) and OUT/manifest.csv. "
+    "Slides already tiled with the same parameters are skipped; a bad slide is recorded as "
+    "failed and the batch goes on.\n\n"
+    "Exit code: 0 all slides ok or skipped, 1 some failed, 2 usage or configuration error."
+)
+
+
+def tile(
+    ctx: typer.Context,
+    slides: list[Path] = typer.Argument(
+        None, help="Slide files and/or folders of slides.", show_default=False
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (required)."),
+    mpp: float = typer.Option(0.5, "--mpp", help="Target µm/px of the tiles."),
+    tile_px: int = typer.Option(224, "--tile-px", help="Tile side in px at the target mpp."),
+    overlap: int = typer.Option(0, "--overlap", help="Overlap between tiles in px (target mpp)."),
+    min_tissue: float = typer.Option(
+        0.25, "--min-tissue", help="Keep tiles whose area is at least this fraction tissue."
+    ),
+    mpp_tolerance: float = typer.Option(
+        0.05, "--mpp-tolerance", help="Relative tolerance for matching a level to the target."
+    ),
+    backend: str = typer.Option(
+        "auto",
+        "--backend",
+        help="Slide reader: auto (openslide, then tiffslide) | openslide | tiffslide.",
+    ),
+    mpp_override: float = typer.Option(
+        None, "--mpp-override", help="µm/px at level 0 for every slide (ignores metadata)."
+    ),
+    slides_csv: Path = typer.Option(
+        None, "--slides-csv", help="CSV with slide_id,path[,mpp]: ids, paths and per-slide mpp."
+    ),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Search folders recursively."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Slides processed in parallel."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Recompute slides whose outputs match the parameters."
+    ),
+    thumbnail_px: int = typer.Option(1600, "--thumbnail-px", help="Longer side of QC images."),
+    tissue_mask_mpp: float = typer.Option(4.0, help="Tissue mask resolution (µm/px)."),
+    tissue_threshold: float = typer.Option(
+        None, help="Fixed HSV saturation threshold in [0, 1] (default: Otsu)."
+    ),
+    tissue_min_saturation: float = typer.Option(0.05, help="Lower clip of the Otsu threshold."),
+    tissue_max_saturation: float = typer.Option(0.15, help="Upper clip of the Otsu threshold."),
+    tissue_blur_um: float = typer.Option(20.0, help="Median blur window (µm)."),
+    tissue_close_um: float = typer.Option(16.0, help="Morphological closing radius (µm)."),
+    tissue_min_object_um2: float = typer.Option(20000.0, help="Drop tissue pieces below (µm²)."),
+    tissue_max_hole_um2: float = typer.Option(40000.0, help="Fill holes below (µm²)."),
+    remove_pen: bool = typer.Option(
+        False, "--remove-pen/--keep-pen", help="Remove blue/green/black ink from the mask."
+    ),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="YAML file of these options (command line wins)."
+    ),
+) -> None:
+    from pathfl.config import ConfigError, merge_cli_and_yaml
+    from pathfl.registry import UnknownNameError
+
+    values = {k: v for k, v in ctx.params.items() if k != "config"}
+    try:
+        v = merge_cli_and_yaml(ctx, values, config)
+        if v["out"] is None:
+            raise ConfigError("--out is required (or `out:` in the --config file)")
+        code = _run(v)
+    except (ConfigError, UnknownNameError) as e:
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+def _build_config(v: dict[str, Any]) -> Any:
+    from pathfl.config import ConfigError
+    from pathfl.slide import list_readers
+    from pathfl.tiling import GridParams, TileConfig, TissueParams
+
+    if v["backend"] != "auto" and v["backend"] not in list_readers():
+        raise ConfigError(
+            f"unknown backend {v['backend']!r}; valid: auto, {', '.join(list_readers())}"
+        )
+    if int(v["workers"]) < 1:
+        raise ConfigError("--workers must be ≥ 1")
+    try:
+        grid = GridParams(
+            target_mpp=float(v["mpp"]),
+            tile_px=int(v["tile_px"]),
+            overlap_px=int(v["overlap"]),
+            mpp_tolerance=float(v["mpp_tolerance"]),
+            min_tissue_fraction=float(v["min_tissue"]),
+        )
+        thr = v["tissue_threshold"]
+        tissue = TissueParams(
+            mask_mpp=float(v["tissue_mask_mpp"]),
+            saturation_threshold=None if thr is None else float(thr),
+            min_saturation=float(v["tissue_min_saturation"]),
+            max_saturation=float(v["tissue_max_saturation"]),
+            blur_um=float(v["tissue_blur_um"]),
+            close_um=float(v["tissue_close_um"]),
+            min_object_um2=float(v["tissue_min_object_um2"]),
+            max_hole_um2=float(v["tissue_max_hole_um2"]),
+            remove_pen=bool(v["remove_pen"]),
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid tiling parameter: {e}") from e
+    return TileConfig(
+        grid=grid,
+        tissue=tissue,
+        backend=str(v["backend"]),
+        thumbnail_px=int(v["thumbnail_px"]),
+        overwrite=bool(v["overwrite"]),
+    )
+
+
+def _run(v: dict[str, Any]) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from pathfl.tiling.inputs import collect_jobs
+    from pathfl.tiling.pipeline import run_batch, summarize
+
+    cfg = _build_config(v)
+    mpp_override = None if v["mpp_override"] is None else float(v["mpp_override"])
+    jobs = collect_jobs(
+        [Path(s) for s in (v["slides"] or [])],
+        slides_csv=v["slides_csv"],
+        mpp_override=mpp_override,
+        recursive=bool(v["recursive"]),
+    )
+    out = Path(v["out"])
+    console = Console(stderr=True)
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("tiling", total=len(jobs))
+
+        def on_result(r: Any) -> None:
+            counts[r.status] += 1
+            desc = (
+                f"tiling  ok {counts['ok']}  skipped {counts['skipped']}  failed {counts['failed']}"
+            )
+            progress.update(task, advance=1, description=desc)
+
+        results = run_batch(jobs, out, cfg, workers=int(v["workers"]), on_result=on_result)
+    s = summarize(results)
+    console.print(
+        f"{s['ok']} ok, {s['skipped']} skipped, {s['failed']} failed; {s['tiles']} tiles; "
+        f"manifest: {out / 'manifest.csv'}"
+    )
+    for r in results:
+        if r.status == "failed":
+            console.print(f"[red]failed[/red] {r.slide_id}: {r.error}", highlight=False)
+    return 1 if s["failed"] else 0
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app (filled in by the tile stage)."""
+    """Add ``pathfl tile`` to the root app."""
+    app.command("tile", help=HELP)(tile)

@@ -69,7 +69,7 @@ def read_slides_csv(path: str | os.PathLike[str]) -> list[SlideJob]:
             sid, p = (row.get("slide_id") or "").strip(), (row.get("path") or "").strip()
             if not sid or not p:
                 raise ConfigError(f"{path}:{i}: empty slide_id or path")
-            sp = Path(p) if Path(p).is_absolute() else path.parent / p
+            sp = Path(p) if Path(p).is_absolute() else path.parent.absolute() / p
             jobs.append(SlideJob(sid, sp, _parse_mpp(row.get("mpp", ""), f"{path}:{i}")))
     return jobs
 
@@ -85,7 +85,7 @@ def collect_jobs(
     the CSV gives no mpp for. Missing paths and duplicate slide ids are usage errors."""
     jobs: list[SlideJob] = []
     for item in inputs:
-        p = Path(item)
+        p = Path(item).absolute()
         if p.is_dir():
             found = _scan(p, recursive)
             if not found:

@@ -15,7 +15,7 @@ from PIL import Image
 from shapely.geometry import MultiPolygon, Polygon, mapping
 from shapely.validation import make_valid
 
-from pathfl.io import atomic_path, write_text_atomic
+from pathfl.io import atomic_path
 from pathfl.tiling.tissue import TissueMask
 
 CONTOUR_RGB = (0, 170, 0)
@@ -67,7 +67,15 @@ def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG", compress_level=3)
+        os.chmod(tmp, 0o644)
     return path
+
+
+def _polygons(geom: Any) -> list[Polygon]:
+    """Flatten (Multi)Polygons out of any geometry (make_valid may return collections)."""
+    if isinstance(geom, Polygon):
+        return [] if geom.is_empty else [geom]
+    return [p for g in getattr(geom, "geoms", []) for p in _polygons(g)]
 
 
 def tissue_geojson(
@@ -82,8 +90,7 @@ def tissue_geojson(
             continue
         poly = Polygon(rings[0], [r for r in rings[1:] if len(r) >= 3])
         geom = make_valid(poly).simplify(tol, preserve_topology=True)
-        parts = [geom] if isinstance(geom, Polygon) else list(getattr(geom, "geoms", []))
-        parts = [p for p in parts if isinstance(p, Polygon) and not p.is_empty and p.area > 0]
+        parts = [p for p in _polygons(geom) if p.area > 0]
         if not parts:
             continue
         shape = parts[0] if len(parts) == 1 else MultiPolygon(parts)
@@ -104,5 +111,7 @@ def tissue_geojson(
 
 
 def write_geojson(path: str | os.PathLike[str], geojson: dict[str, Any]) -> Path:
-    write_text_atomic(path, json.dumps(geojson, separators=(",", ":")) + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(geojson, separators=(",", ":")) + "\n")
+        os.chmod(tmp, 0o644)
     return Path(path)
