@@ -51,7 +51,7 @@ def tile(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Recompute slides whose outputs match the parameters."
     ),
-    thumbnail_px: int = typer.Option(1600, "--thumbnail-px", help="Longer side of QC images."),
+    thumbnail_px: int = typer.Option(1200, "--thumbnail-px", help="Longer side of QC images."),
     tissue_mask_mpp: float = typer.Option(4.0, help="Tissue mask resolution (µm/px)."),
     tissue_threshold: float = typer.Option(
         None, help="Fixed HSV saturation threshold in [0, 1] (default: Otsu)."

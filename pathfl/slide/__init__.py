@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pathfl.registry import Registry
 from pathfl.slide.base import Slide, SlideError
+from pathfl.slide.integrity import check_tiff_integrity
 from pathfl.slide.metadata import (
     check_mpp_objective,
     objective_power,
@@ -79,8 +80,8 @@ def open_slide(
         slide_id: id used in outputs (default: file stem).
 
     Raises:
-        SlideError: the file is missing, unreadable, has no levels, or its mpp is unknown
-            (the message says how to supply it).
+        SlideError: the file is missing, unreadable, truncated, has no levels, or its mpp is
+            unknown (the message says how to supply it).
         UnknownNameError: ``backend`` is not a registered reader.
     """
     path = Path(path)
@@ -90,6 +91,7 @@ def open_slide(
         raise SlideError(f"{path}: no such file")
     if path.is_dir():
         raise SlideError(f"{path}: is a directory, not a slide file")
+    check_tiff_integrity(path)
     slide = _open_raw(path, backend, slide_id)
     try:
         if not slide.level_dimensions or min(slide.dimensions) <= 0:

@@ -52,7 +52,7 @@ class TileConfig:
     grid: GridParams = field(default_factory=GridParams)
     tissue: TissueParams = field(default_factory=TissueParams)
     backend: str = "auto"
-    thumbnail_px: int = 1600
+    thumbnail_px: int = 1200
     overwrite: bool = False
 
 

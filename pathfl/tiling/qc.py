@@ -66,7 +66,7 @@ def draw_qc(
 def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=3)
+        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
         os.chmod(tmp, 0o644)
     return path
 
