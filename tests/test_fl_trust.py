@@ -300,3 +300,12 @@ def test_norm_outlier_rejected_relative_to_global():
         0,
         1,
     ]
+
+
+def test_field_missing_everywhere_is_a_warning_not_a_refusal(tmp_path):
+    rec = {**ATTRS, "feature_dim": 8}
+    del rec["pathfl_version"]
+    res = check_compatibility({"a": rec, "b": dict(rec)})
+    assert res.ok and any("pathfl_version" in w for w in res.warnings)
+    res = check_compatibility({"a": rec, "b": {**rec, "pathfl_version": "0.1.0"}})
+    assert not res.ok and any("pathfl_version" in m for m in res.messages)

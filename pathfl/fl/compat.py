@@ -44,7 +44,7 @@ class CompatibilityResult:
     ``ok`` is False when the run must not start. ``accepted`` are the sites that may take part,
     ``excluded`` maps a site to the reasons it was left out, ``messages`` are human-readable lines
     naming the site and field for every difference found, ``reference`` is the fingerprint the
-    accepted sites share."""
+    accepted sites share; ``warnings`` name fields missing at every site (not compared)."""
 
     ok: bool
     policy: str
@@ -52,6 +52,7 @@ class CompatibilityResult:
     excluded: dict[str, list[str]] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     reference: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def raise_for_status(self) -> None:
         if not self.ok:
@@ -118,9 +119,6 @@ def site_fingerprint(features_dir: str | os.PathLike[str]) -> dict[str, Any]:
         except OSError as e:
             raise CompatibilityError(f"{path}: cannot read features file: {e}") from e
         rec = fingerprint_from_attrs(attrs)
-        missing = [k for k, v in rec.items() if v is None]
-        if missing:
-            problems.append(f"{path.name}: missing attribute(s) {', '.join(missing)}")
         if record is None:
             record, first = rec, path
             continue
@@ -172,15 +170,23 @@ def check_compatibility(
     norm = {s: normalise_record(r) for s, r in records.items()}
     ref = _reference(norm)
     reasons: dict[str, list[str]] = {}
+    warnings = [
+        f"field {f} is missing at every site (not compared)"
+        for f in FINGERPRINT_FIELDS
+        if all(norm[s][f] is None for s in norm)
+    ]
     for s in sorted(norm):
         for f in FINGERPRINT_FIELDS:
             v = norm[s][f]
+            if v is None and ref[f] is None:
+                continue
             if v is None:
                 reasons.setdefault(s, []).append(f"site {s!r}: field {f} is missing")
-            elif not values_equal(f, v, ref[f]):
+            elif ref[f] is None or not values_equal(f, v, ref[f]):
                 agree = [t for t in sorted(norm) if values_equal(f, norm[t][f], ref[f])]
+                other = "missing" if ref[f] is None else repr(ref[f])
                 reasons.setdefault(s, []).append(
-                    f"site {s!r}: {f}={v!r} but {ref[f]!r} at site(s) {', '.join(agree)}"
+                    f"site {s!r}: {f}={v!r} but {other} at site(s) {', '.join(agree)}"
                 )
     messages = [m for s in sorted(reasons) for m in reasons[s]]
     if policy == "refuse":
@@ -195,8 +201,14 @@ def check_compatibility(
             messages.append(
                 f"only {len(accepted)} compatible site(s) left, fewer than min_sites={min_sites}"
             )
-    for m in messages:
+    for m in messages + warnings:
         logger.warning("compatibility: %s", m)
     return CompatibilityResult(
-        ok=ok, policy=policy, accepted=accepted, excluded=excluded, messages=messages, reference=ref
+        ok=ok,
+        policy=policy,
+        accepted=accepted,
+        excluded=excluded,
+        messages=messages,
+        reference=ref,
+        warnings=warnings,
     )
