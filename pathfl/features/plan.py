@@ -1,0 +1,187 @@
+"""Deciding what an extraction run does: which coords files, which shard, where each source
+slide is, and — by fingerprint — which features files are done, stale or missing."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pathfl.config import ConfigError
+from pathfl.features.dataset import SlideJob
+from pathfl.features.h5 import (
+    FeaturesFileError,
+    features_fingerprint,
+    read_attrs,
+    read_coords_file,
+)
+from pathfl.io import ManifestRow
+
+logger = logging.getLogger(__name__)
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` (0 ≤ K < N) → ``(K, N)``; None/"" → None."""
+    if not text:
+        return None
+    try:
+        k_text, n_text = text.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise ConfigError(f"--shard must look like K/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise ConfigError(f"--shard {text}: need 0 <= K < N (K counts from 0, like SLURM arrays)")
+    return k, n
+
+
+def discover_coords(tiles_dir: Path) -> list[Path]:
+    """Coords files of a tile-stage output folder (``DIR/coords/*.h5``, or ``DIR/*.h5``),
+    sorted by slide id."""
+    if not tiles_dir.is_dir():
+        raise ConfigError(f"--tiles {tiles_dir}: not a directory")
+    sub = tiles_dir / "coords"
+    found = sorted((sub if sub.is_dir() else tiles_dir).glob("*.h5"), key=lambda p: p.stem)
+    if not found:
+        raise ConfigError(f"--tiles {tiles_dir}: no coords files (expected {sub}/<slide_id>.h5)")
+    return found
+
+
+def select_shard(paths: list[Path], shard: tuple[int, int] | None) -> list[Path]:
+    """Deterministic round-robin over slide ids sorted by name: shard K of N takes every N-th
+    slide starting at K, so the N shards are disjoint, cover everything and are balanced."""
+    ordered = sorted(paths, key=lambda p: p.stem)
+    if shard is None:
+        return ordered
+    k, n = shard
+    return [p for i, p in enumerate(ordered) if i % n == k]
+
+
+def _tiles_manifest_paths(tiles_dir: Path) -> dict[str, str]:
+    path = tiles_dir / "manifest.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {r["slide_id"]: r.get("path", "") for r in csv.DictReader(f) if r.get("slide_id")}
+
+
+def locate_slide(
+    slide_id: str, attrs: dict[str, Any], manifest_paths: dict[str, str], slide_dir: Path | None
+) -> Path:
+    """The source slide of a coords file: ``--slide-dir`` (file stem = slide id) first, then the
+    tile stage's manifest, then a ``slide_path`` attr."""
+    if slide_dir is not None:
+        for suffix in SLIDE_SUFFIXES:
+            for name in (f"{slide_id}{suffix}", f"{slide_id}{suffix.upper()}"):
+                if (slide_dir / name).is_file():
+                    return slide_dir / name
+    for cand in (manifest_paths.get(slide_id, ""), str(attrs.get("slide_path", "") or "")):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    raise FeaturesFileError(
+        f"{slide_id}: source slide not found (not in the tiles manifest.csv nor a slide_path "
+        "attr, or moved); pass --slide-dir DIR"
+    )
+
+
+@dataclass
+class Plan:
+    jobs: list[SlideJob] = field(default_factory=list)
+    done: list[ManifestRow] = field(default_factory=list)  # skipped or failed before reading
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(j.n_tiles for j in self.jobs)
+
+
+def make_plan(
+    tiles_dir: Path,
+    out_dir: Path,
+    *,
+    encoder_name: str,
+    weights_sha256: str,
+    transform_for: Any,
+    shard: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    slide_dir: Path | None = None,
+) -> Plan:
+    """``transform_for(coords_attrs) -> (out_px, transform dict)``. A features file whose
+    fingerprint matches is skipped; a mismatching one is recomputed only with ``overwrite``."""
+    plan = Plan()
+    manifest_paths = _tiles_manifest_paths(tiles_dir)
+    for coords_path in select_shard(discover_coords(tiles_dir), shard):
+        slide_id = coords_path.stem
+        out_path = out_dir / "features" / f"{slide_id}.h5"
+        try:
+            coords, attrs = read_coords_file(coords_path)
+            out_px, transform = transform_for(attrs)
+            fingerprint = features_fingerprint(
+                tiling_fingerprint=str(attrs.get("fingerprint", "")),
+                encoder=encoder_name,
+                weights_sha256=weights_sha256,
+                transform=transform,
+            )
+            if out_path.exists():
+                existing = _existing_fingerprint(out_path)
+                if existing == fingerprint:
+                    plan.done.append(_skipped_row(slide_id, out_path, attrs))
+                    continue
+                if not overwrite:
+                    raise FeaturesFileError(
+                        f"{out_path} exists but was made differently (fingerprint "
+                        f"{existing[:12] or 'unreadable'} ≠ {fingerprint[:12]}: other tiles, "
+                        "encoder or weights); rerun with --overwrite to recompute it"
+                    )
+            slide_path = locate_slide(slide_id, attrs, manifest_paths, slide_dir)
+        except (FeaturesFileError, ConfigError) as e:
+            plan.done.append(ManifestRow(slide_id, os.fspath(out_path), "failed", error=str(e)))
+            continue
+        mpp = attrs.get("mpp_level0")
+        plan.jobs.append(
+            SlideJob(
+                slide_id=slide_id,
+                slide_path=slide_path,
+                coords_path=coords_path,
+                out_path=out_path,
+                coords=coords,
+                attrs={
+                    **attrs,
+                    "fingerprint": fingerprint,
+                    "tiling_fingerprint": attrs.get("fingerprint", ""),
+                    "transform": transform,
+                },
+                patch_level=int(attrs["patch_level"]),
+                read_size=int(attrs["read_size"]),
+                out_px=int(out_px),
+                backend=str(attrs.get("backend") or "auto"),
+                mpp_override=float(mpp) if mpp not in (None, "", 0) else None,
+            )
+        )
+    return plan
+
+
+def _existing_fingerprint(path: Path) -> str:
+    try:
+        return str(read_attrs(path).get("fingerprint", ""))
+    except FeaturesFileError:
+        return ""
+
+
+def _skipped_row(slide_id: str, out_path: Path, attrs: dict[str, Any]) -> ManifestRow:
+    try:
+        n = int(read_attrs(out_path).get("n_tiles", 0))
+    except (FeaturesFileError, TypeError, ValueError):
+        n = 0
+    mpp = attrs.get("target_mpp")
+    return ManifestRow(
+        slide_id,
+        os.fspath(out_path),
+        "skipped",
+        n_tiles=n,
+        mpp=float(mpp) if mpp not in (None, "") else None,
+        error="features up to date (same fingerprint)",
+    )
