@@ -309,3 +309,16 @@ def test_field_missing_everywhere_is_a_warning_not_a_refusal(tmp_path):
     assert res.ok and any("pathfl_version" in w for w in res.warnings)
     res = check_compatibility({"a": rec, "b": {**rec, "pathfl_version": "0.1.0"}})
     assert not res.ok and any("pathfl_version" in m for m in res.messages)
+
+
+def test_larger_site_with_larger_update_is_not_rejected():
+    """Three sites, two alike and one with ~2.5x the patients (so ~2.5x the update norm): the
+    tiny MAD of three replies must not get the large site rejected; a 20x update still is."""
+    glob = [np.zeros((4, 3), np.float32)]
+    ref = reference_from_arrays(glob)
+    reps = [[np.full((4, 3), v, np.float32)] for v in (1.0, 1.01, 2.5)]
+    res = validate_updates(reps, reference_shapes_dtypes=ref, global_arrays=glob)
+    assert res.accepted == [0, 1, 2]
+    reps[2] = [np.full((4, 3), 20.0, np.float32)]
+    res = validate_updates(reps, reference_shapes_dtypes=ref, global_arrays=glob)
+    assert res.accepted == [0, 1]

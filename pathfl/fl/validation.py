@@ -6,7 +6,11 @@ A reply is rejected, with a reason, when it
 * contains NaN or Inf,
 * has a non-positive or non-finite example count,
 * has an update norm far outside the others': ``|norm - median| > norm_factor * 1.4826 * MAD``
-  (a robust z-score; with fewer than ``min_for_outlier`` finite replies no outlier test runs),
+  (a robust z-score) *and* ``|norm - median| > min_rel_deviation * median`` (with the default
+  4.0, only norms above 5x the median can be rejected: sites of different sizes legitimately
+  send updates of different norms — AdamW moves weights about ``lr`` per step, so a site with
+  more patients takes more steps per epoch and sends a larger update — and with 3 sites the MAD
+  is often tiny); with fewer than ``min_for_outlier`` replies no outlier test runs;
   or, when ``max_norm_ratio`` is set, ``norm > max_norm_ratio * median``.
 
 The "norm" is the L2 norm of the update ``reply - global`` when the global arrays are given,
@@ -77,6 +81,7 @@ def validate_updates(
     norm_factor: float | None = 5.0,
     max_norm_ratio: float | None = None,
     min_for_outlier: int = 3,
+    min_rel_deviation: float = 4.0,
     labels: Sequence[str] | None = None,
 ) -> ValidationResult:
     """Check each reply (a list of arrays) and return the indices that may be aggregated.
@@ -124,7 +129,7 @@ def validate_updates(
             norm = result.norms[i]
             if norm_factor is not None and len(norms) >= min_for_outlier:
                 z = abs(norm - med) / scale
-                if z > norm_factor:
+                if z > norm_factor and abs(norm - med) > min_rel_deviation * med:
                     result.rejected.setdefault(i, []).append(
                         f"update norm {norm:.4g} is {z:.1f} robust SDs from the median "
                         f"{med:.4g} (limit {norm_factor})"
