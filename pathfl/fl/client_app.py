@@ -1,0 +1,126 @@
+"""pathfl's Flower ClientApp: a thin adapter from Flower messages to :mod:`pathfl.fl.site`.
+
+Handlers: ``query`` (site name, feature fingerprint, patient/event counts, optional event-time
+histogram), ``train`` (evaluate the received global model, train it locally, return weights),
+``evaluate`` (metrics of the final global model). Each train/evaluate request is checked
+against the site's policy file first (refusal = an error reply plus a logged, audited reason);
+every reply passes :func:`pathfl.fl.records.check_reply` before it leaves; the site's own audit
+log gets one entry per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from pathfl.fl import records
+from pathfl.fl import site as site_mod
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+class PolicyRefusalError(RuntimeError):
+    """The site's policy forbids this run; the message lists every violated rule."""
+
+
+def _audit(context: Context, cfg: dict[str, Any], event: str, **fields: Any) -> None:
+    from pathfl.fl.audit import AuditLog
+
+    path = site_mod.default_audit_path(context.node_config)
+    AuditLog(path, run_id=str(cfg.get("run_id", context.run_id))).append(
+        event, site=str(context.node_config.get(site_mod.NODE_SITE)), **fields
+    )
+
+
+def _check_policy(context: Context, cfg: dict[str, Any], round_no: int) -> None:
+    from pathfl.fl.fl_config import policy_view
+    from pathfl.fl.policy import SitePolicy
+
+    path = str(context.node_config.get(site_mod.NODE_POLICY, "") or "")
+    if not path:
+        return
+    violations = SitePolicy.load(path).check(policy_view(cfg))
+    if violations:
+        _audit(context, cfg, "refused", round=round_no, reason=violations)
+        raise PolicyRefusalError(
+            f"site {context.node_config.get(site_mod.NODE_SITE)!r} refuses the run: "
+            + "; ".join(violations)
+        )
+
+
+def _reply(msg: Message, kind: str, content: RecordDict) -> Message:
+    records.check_reply(kind, content)
+    return Message(content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    cfg = records.decode_config(msg.content["config"])
+    data = site_mod.load_site(context.node_config, cfg)
+    info, counts = site_mod.query_reply(data, cfg)
+    _audit(context, cfg, "fingerprint", fingerprint=info, n_examples=counts["num-examples"])
+    content = RecordDict({"site": ConfigRecord(info), "counts": MetricRecord(counts)})
+    return _reply(msg, records.QUERY, content)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    from pathfl.fl.audit import hash_arrays
+
+    t0 = time.perf_counter()
+    cfg = records.decode_config(msg.content["config"])
+    round_no = int(cfg["round"])
+    _check_policy(context, cfg, round_no)
+    data = site_mod.load_site(context.node_config, cfg)
+    arrays_in = records.from_array_record(msg.content["arrays"])
+    arrays_out, metrics = site_mod.train_round(data, cfg, arrays_in, round_no=round_no)
+    metrics["compute_s"] = time.perf_counter() - t0
+    content = RecordDict(
+        {"arrays": records.to_array_record(arrays_out), "metrics": MetricRecord(metrics)}
+    )
+    reply = _reply(msg, records.TRAIN, content)
+    _audit(
+        context,
+        cfg,
+        "train",
+        round=round_no,
+        model_in_sha256=hash_arrays(arrays_in),
+        update_sha256=hash_arrays(arrays_out),
+        n_examples=int(metrics["num-examples"]),
+        metrics=metrics,
+        seconds=round(time.perf_counter() - t0, 3),
+    )
+    return reply
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    from pathfl.fl.audit import hash_arrays
+
+    t0 = time.perf_counter()
+    cfg = records.decode_config(msg.content["config"])
+    round_no = int(cfg["round"])
+    _check_policy(context, cfg, round_no)
+    data = site_mod.load_site(context.node_config, cfg)
+    arrays_in = records.from_array_record(msg.content["arrays"])
+    model = site_mod.build_global_model(cfg, data.feature_dim, arrays_in)
+    metrics = site_mod.evaluate_site(model, data, cfg)
+    metrics["num-examples"] = float(len(data.val))
+    metrics["compute_s"] = time.perf_counter() - t0
+    reply = _reply(msg, records.EVALUATE, RecordDict({"metrics": MetricRecord(metrics)}))
+    _audit(
+        context,
+        cfg,
+        "evaluate",
+        round=round_no,
+        model_in_sha256=hash_arrays(arrays_in),
+        n_examples=len(data.val),
+        metrics=metrics,
+    )
+    return reply

@@ -1,0 +1,105 @@
+"""The federated run configuration: one flat mapping (YAML for ``pathfl fl run|simulate
+--config``) holding the federation keys below plus any :class:`pathfl.survival.train.TrainConfig`
+key (model, loss, lr, n_bins, ...). The server sends the *effective* configuration to every
+site with each request; ``user_keys`` lists the keys the researcher set explicitly (what a
+site policy's ``allowed_config_keys`` is checked against, together with model, loss, rounds
+and local_epochs, which are always checked)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from pathfl.config import ConfigError
+
+FL_DEFAULTS: dict[str, Any] = {
+    "rounds": 3,  # federated rounds
+    "local_epochs": 1,  # epochs each site trains per round
+    "proximal_mu": 0.0,  # FedProx mu (0 = FedAvg)
+    "min_sites": 2,  # fewer replies in a round -> the run stops with an error
+    "num_sites": 0,  # sites to wait for before round 1 (0 = min_sites)
+    "connect_timeout_s": 300.0,  # how long to wait for num_sites to connect
+    "round_timeout_s": 900.0,  # per round: replies later than this are dropped
+    "poll_interval_s": 0.2,  # how often the server pulls replies from the SuperLink
+    "seed": 0,
+    "val_folds": 4,  # each site keeps fold 0 of k as its validation part
+    "time_bins": [],  # explicit inner cut points (else: from the federation histogram)
+    "time_grid_max": 0.0,  # upper end of the histogram grid, in the clinical time unit
+    "time_grid_cells": 64,  # histogram grid resolution
+    "compat_policy": "refuse",  # refuse | exclude sites whose feature fingerprint differs
+    "reject_norm_factor": 5.0,  # update-norm outlier test (robust z), 0 = off
+    "reject_norm_ratio": 0.0,  # reject norm > ratio * median, 0 = off
+    # client-side DP-SGD (pathfl.fl.privacy), off by default
+    "dp": False,
+    "dp_noise_multiplier": None,
+    "dp_max_grad_norm": 1.0,
+    "dp_delta": 1e-5,
+    "dp_epsilon": None,
+    "dp_sample_rate": None,
+}
+ALWAYS_CHECKED = ("model", "loss", "rounds", "local_epochs", "dp", "dp_epsilon")
+
+
+def train_keys() -> set[str]:
+    from pathfl.survival.train import TrainConfig
+
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def effective_config(user: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults + ``user`` (YAML keys with '-' or '_'), validated; adds ``train`` (the
+    TrainConfig dict the sites build their model from) and ``user_keys``."""
+    from pathfl.survival.train import TrainConfig
+
+    user = {str(k).replace("-", "_"): v for k, v in user.items() if v is not None}
+    tkeys = train_keys()
+    unknown = sorted(set(user) - set(FL_DEFAULTS) - tkeys)
+    if unknown:
+        raise ConfigError(
+            f"unknown federated config key(s) {unknown}; valid: {sorted(set(FL_DEFAULTS) | tkeys)}"
+        )
+    cfg = {**FL_DEFAULTS, **{k: v for k, v in user.items() if k in FL_DEFAULTS}}
+    tdict = {k: v for k, v in user.items() if k in tkeys}
+    tdict["seed"] = int(cfg["seed"])
+    tdict.setdefault("epochs", int(cfg["local_epochs"]))
+    try:
+        train = TrainConfig.from_dict(tdict)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"federated config: {e}") from e
+    cfg["train"] = train.to_dict()
+    cfg["model"], cfg["loss"] = train.model, train.loss
+    cfg["user_keys"] = sorted(user)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    if int(cfg["rounds"]) < 1 or int(cfg["local_epochs"]) < 1:
+        raise ConfigError("rounds and local_epochs must be >= 1")
+    if int(cfg["min_sites"]) < 1:
+        raise ConfigError("min_sites must be >= 1")
+    if float(cfg["proximal_mu"]) < 0:
+        raise ConfigError("proximal_mu must be >= 0")
+    if cfg["compat_policy"] not in ("refuse", "exclude"):
+        raise ConfigError("compat_policy must be 'refuse' or 'exclude'")
+    bins = list(cfg["time_bins"] or [])
+    if cfg["loss"] == "nll":
+        if bins:
+            if len(bins) != int(cfg["train"]["n_bins"]) - 1 or sorted(bins) != bins:
+                raise ConfigError(
+                    f"time_bins must be {int(cfg['train']['n_bins']) - 1} increasing cut points"
+                )
+        elif float(cfg["time_grid_max"]) <= 0:
+            raise ConfigError(
+                "the nll loss needs time-bin cut points fixed before round 1: set `time_bins` "
+                "(explicit cut points) or `time_grid_max` (longest follow-up in your time "
+                "unit; the bins are then placed at quantiles of the federation's event-time "
+                "histogram — see docs/federation.md)"
+            )
+
+
+def policy_view(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of the configuration a site policy is checked against."""
+    keys = set(cfg.get("user_keys", [])) | set(ALWAYS_CHECKED)
+    return {k: cfg[k] for k in sorted(keys) if k in cfg}

@@ -1,0 +1,317 @@
+"""Starting and stopping Flower's processes for pathfl, and talking to a SuperLink through the
+``flwr`` CLI — so users never hand-write Flower configuration.
+
+Every process is started in its own session (process group) with its log in a file; ``stop``
+sends SIGTERM to that group, waits, then SIGKILLs it, so the helper processes Flower spawns
+(``flower-superexec``, ``flwr-serverapp``, ``flwr-clientapp``) go too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+CONNECTION = "pathfl"
+APP_NAME = "pathfl-fl"
+
+
+class FlowerProcessError(RuntimeError):
+    """A Flower process failed to start or a flwr CLI call failed."""
+
+
+def bin_path(name: str) -> str:
+    """A console script of the running interpreter's environment (the venv's flwr)."""
+    cand = Path(sys.executable).parent / name
+    return str(cand) if cand.exists() else name
+
+
+def flower_env(flwr_home: Path | None = None, **extra: str) -> dict[str, str]:
+    env = {**os.environ, **FLOWER_ENV, **extra}
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    # make sure Flower's subprocesses (superexec, clientapp) come from this environment
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(
+    host: str, port: int, *, timeout_s: float, proc: ManagedProcess | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise FlowerProcessError(
+                f"{proc.name} exited (code {proc.popen.returncode}); "
+                f"see {proc.log_path}:\n{proc.log_tail()}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.2)
+    raise FlowerProcessError(f"nothing listens on {host}:{port} after {timeout_s:.0f} s")
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return int(self.popen.pid)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, n_chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n_chars:]
+        except OSError:
+            return ""
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """SIGTERM the process group, wait, then SIGKILL it (idempotent)."""
+        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+            try:
+                self.popen.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # the group may still hold children after the leader exited
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (fault injection)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+
+
+def start_process(
+    name: str, argv: list[str], *, log_path: Path, env: dict[str, str]
+) -> ManagedProcess:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    logger.info("started %s (pid %d): %s", name, popen.pid, " ".join(argv))
+    return ManagedProcess(name, popen, log_path, argv)
+
+
+def superlink_argv(
+    *, host: str, port: int, certs: Path | None, database: Path | None, auth: bool
+) -> list[str]:
+    argv = [
+        bin_path("flower-superlink"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+    if certs is None:
+        argv.append("--insecure")
+    else:
+        argv += [
+            "--ssl-certfile",
+            str(certs / "server.crt"),
+            "--ssl-keyfile",
+            str(certs / "server.key"),
+            "--ssl-ca-certfile",
+            str(certs / "ca.crt"),
+        ]
+    if auth:
+        if certs is None:
+            raise ValueError("site authentication needs TLS (give --certs, drop --insecure)")
+        argv.append("--enable-supernode-auth")
+    if database is not None:
+        argv += ["--database", str(database)]
+    return argv
+
+
+def node_config_arg(values: dict[str, str]) -> str:
+    """Flower's ``--node-config`` string: space-separated ``key="value"`` (TOML strings)."""
+    return " ".join(f"{k}={json.dumps(str(v))}" for k, v in values.items())
+
+
+def supernode_argv(
+    *,
+    server: str,
+    root_cert: Path | None,
+    key: Path | None,
+    node_config: dict[str, str],
+    runtime_port: int,
+) -> list[str]:
+    argv = [
+        bin_path("flower-supernode"),
+        "--superlink",
+        server,
+        "--port",
+        str(runtime_port),
+        "--node-config",
+        node_config_arg(node_config),
+    ]
+    argv += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
+    if key is not None:
+        argv += ["--auth-supernode-private-key", str(key)]
+    return argv
+
+
+# ---------------------------------------------------------------------------------- flwr CLI
+def write_flwr_home(home: Path, *, server: str, root_cert: Path | None) -> Path:
+    """A private FLWR_HOME whose config.toml names one SuperLink connection ``pathfl``."""
+    home.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "[superlink]",
+        f'default = "{CONNECTION}"',
+        "",
+        f"[superlink.{CONNECTION}]",
+        f"address = {json.dumps(server)}",
+    ]
+    if root_cert is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f"root-certificates = {json.dumps(str(Path(root_cert).resolve()))}")
+    (home / "config.toml").write_text("\n".join(lines) + "\n")
+    return home
+
+
+def write_app(app_dir: Path) -> Path:
+    """The Flower app project: only a pyproject.toml whose components point at pathfl's
+    installed ServerApp/ClientApp (no code is shipped in the FAB; every host runs its own
+    installed pathfl, whose code hash goes into the audit logs)."""
+    from pathfl import __version__
+
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "pyproject.toml").write_text(
+        f"""[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "{APP_NAME}"
+version = "{__version__}"
+description = "pathfl federated survival training (app components live in pathfl)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "pathfl"
+
+[tool.flwr.app.components]
+serverapp = "pathfl.fl.server_app:app"
+clientapp = "pathfl.fl.client_app:app"
+
+[tool.flwr.app.config]
+pathfl-config = "{{}}"
+out-dir = ""
+resume = false
+"""
+    )
+    return app_dir
+
+
+def flwr_cli(home: Path, args: list[str], *, timeout_s: float = 120.0) -> str:
+    argv = [bin_path("flwr"), *args]
+    res = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=flower_env(home),
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
+    if res.returncode != 0:
+        raise FlowerProcessError(
+            f"`flwr {' '.join(args)}` failed (exit {res.returncode}): "
+            f"{(res.stdout + res.stderr).strip()[-2000:]}"
+        )
+    return res.stdout
+
+
+def _json_out(text: str) -> dict[str, Any]:
+    start = text.find("{")
+    if start < 0:
+        raise FlowerProcessError(f"no JSON in flwr output: {text[-500:]}")
+    return json.loads(text[start:])
+
+
+def register_site(home: Path, pub_key: Path, name: str) -> int:
+    out = _json_out(
+        flwr_cli(
+            home,
+            ["supernode", "register", str(pub_key), CONNECTION, "--name", name, "--format", "json"],
+        )
+    )
+    return int(out["node-id"])
+
+
+def submit_run(
+    home: Path, app_dir: Path, *, cfg: dict[str, Any], out_dir: Path, resume: bool
+) -> int:
+    """Start a run of pathfl's app on the SuperLink; returns the Flower run id."""
+    import tomli_w
+
+    override = app_dir / "run_config.toml"
+    override.write_text(
+        tomli_w.dumps(
+            {"pathfl-config": json.dumps(cfg), "out-dir": str(out_dir), "resume": bool(resume)}
+        )
+    )
+    out = _json_out(
+        flwr_cli(
+            home,
+            ["run", str(app_dir), CONNECTION, "--run-config", str(override), "--format", "json"],
+        )
+    )
+    if not out.get("success"):
+        raise FlowerProcessError(f"run was not started: {out}")
+    return int(out["run-id"])
+
+
+def run_status(home: Path, run_id: int) -> str:
+    out = _json_out(flwr_cli(home, ["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"]))
+    runs = out.get("runs", [])
+    return str(runs[0].get("status", "")) if runs else ""
+
+
+def stop_run(home: Path, run_id: int) -> None:
+    with contextlib.suppress(FlowerProcessError, subprocess.TimeoutExpired):
+        flwr_cli(home, ["stop", str(run_id), CONNECTION])

@@ -1,0 +1,177 @@
+"""What a site does with a request, independent of Flower: load its own data, split it into
+a local training and validation part, answer the pre-round-1 query, train one round with
+:func:`pathfl.survival.train.train_local`, evaluate with :func:`pathfl.survival.train.evaluate`.
+
+The Flower ClientApp (:mod:`pathfl.fl.client_app`) is a thin adapter over these functions, and
+the simulation's local-only / pooled baselines use the same split (:func:`split_bags`), so the
+three C-indices count exactly the same within-site pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathfl.fl import aggregate
+from pathfl.fl.records import EVAL_KEYS, TRAIN_KEYS, clean_metrics
+
+logger = logging.getLogger(__name__)
+
+# keys of the Flower node config (``pathfl fl site`` writes them; TOML strings)
+NODE_SITE, NODE_FEATURES, NODE_CLINICAL = "site", "features", "clinical"
+NODE_POLICY, NODE_AUDIT = "policy", "audit-log"
+
+
+@dataclass
+class SiteData:
+    site: str
+    features_dir: Path
+    train: list[Any]
+    val: list[Any]
+    feature_dim: int
+
+    @property
+    def n_patients(self) -> int:
+        return len(self.train) + len(self.val)
+
+
+def split_bags(bags: Sequence[Any], *, val_folds: int, seed: int) -> tuple[list, list]:
+    """Site-local train/validation split: fold 0 of ``make_folds(k=val_folds)`` is the
+    validation part (stratified by event). ``val_folds=0`` = no validation part."""
+    from pathfl.survival.data import make_folds
+
+    if val_folds <= 0:
+        return list(bags), []
+    tr, va = make_folds(bags, k=val_folds, seed=seed)[0]
+    return [bags[i] for i in tr], [bags[i] for i in va]
+
+
+def node_paths(node_config: Mapping[str, Any]) -> dict[str, str]:
+    missing = [k for k in (NODE_SITE, NODE_FEATURES, NODE_CLINICAL) if not node_config.get(k)]
+    if missing:
+        raise ValueError(
+            f"node config lacks {missing}: start the site with `pathfl fl site --features DIR "
+            '--clinical CSV --name SITE` (or --node-config \'site="a" features="..." ...\')'
+        )
+    return {k: str(v) for k, v in node_config.items()}
+
+
+def load_site(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> SiteData:
+    """Read the site's clinical table and feature bags named in its node config."""
+    from pathfl.survival.data import load_bags, load_clinical
+
+    paths = node_paths(node_config)
+    if cfg.get("covariates"):
+        raise ValueError(
+            "covariates are not supported in federated runs yet (their scaler would need "
+            "federated statistics); remove `covariates` from the run config"
+        )
+    clinical = load_clinical(paths[NODE_CLINICAL], covariates=[])
+    bags = load_bags(paths[NODE_FEATURES], clinical)
+    if not bags:
+        raise ValueError(f"site {paths[NODE_SITE]}: no patient bags in {paths[NODE_FEATURES]}")
+    train, val = split_bags(bags, val_folds=int(cfg.get("val_folds", 4)), seed=int(cfg["seed"]))
+    return SiteData(
+        site=paths[NODE_SITE],
+        features_dir=Path(paths[NODE_FEATURES]),
+        train=train,
+        val=val,
+        feature_dim=bags[0].feature_dim,
+    )
+
+
+def site_seed(seed: int, round_no: int, site: str) -> int:
+    """Deterministic per-(round, site) training seed, so a resumed run repeats the same rounds."""
+    return int(seed) * 1_000_003 + int(round_no) * 1009 + zlib.crc32(site.encode()) % 997
+
+
+def query_reply(data: SiteData, cfg: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(site config record, counts metric record) for the pre-round-1 query. The event-time
+    histogram on the federation grid is included only when the server asks for it."""
+    from pathfl.fl.compat import site_fingerprint
+
+    fp = {k: v for k, v in site_fingerprint(data.features_dir).items() if v is not None}
+    fp["feature_dim"] = int(data.feature_dim)
+    info = {"site": data.site, **{k: _config_value(v) for k, v in fp.items()}}
+    counts: dict[str, Any] = {
+        "num-examples": len(data.train),
+        "n_events": int(sum(int(b.event) for b in data.train)),
+    }
+    if cfg.get("time_grid_max"):
+        edges = aggregate.time_grid(float(cfg["time_grid_max"]), int(cfg["time_grid_cells"]))
+        t = np.array([b.time for b in data.train], float)
+        e = np.array([b.event for b in data.train], int)
+        counts["time_hist"] = [int(c) for c in aggregate.event_histogram(t, e, edges)]
+    return info, counts
+
+
+def _config_value(v: Any) -> Any:
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+def train_config(cfg: Mapping[str, Any]) -> Any:
+    from pathfl.survival.train import TrainConfig
+
+    return TrainConfig.from_dict({k: v for k, v in cfg["train"].items()})
+
+
+def build_global_model(cfg: Mapping[str, Any], feature_dim: int, arrays: list[np.ndarray]) -> Any:
+    from pathfl.fl.records import arrays_to_state
+    from pathfl.survival.train import build_model
+
+    model = build_model(train_config(cfg), feature_dim=feature_dim)
+    names = list(model.state_dict().keys())
+    model.load_state_dict(arrays_to_state(names, arrays))
+    return model
+
+
+def evaluate_site(model: Any, data: SiteData, cfg: Mapping[str, Any]) -> dict[str, float]:
+    """Validation metrics of ``model`` on the site's validation part (pair counts included)."""
+    from pathfl.survival.train import evaluate
+
+    if not data.val:
+        return {"val_n_samples": 0.0}
+    m = evaluate(model, data.val, train_config(cfg), time_bins=np.asarray(cfg["time_bins"]))
+    return clean_metrics(m, prefix="val_", keys=EVAL_KEYS)
+
+
+def train_round(
+    data: SiteData, cfg: Mapping[str, Any], arrays: list[np.ndarray], *, round_no: int
+) -> tuple[list[np.ndarray], dict[str, float]]:
+    """Evaluate the received global model on the validation part, then train it locally for
+    ``local_epochs`` (FedProx when ``proximal_mu`` > 0). Returns (new arrays, metrics)."""
+    from pathfl.fl.records import state_to_arrays
+    from pathfl.survival.train import train_local
+
+    model = build_global_model(cfg, data.feature_dim, arrays)
+    metrics = evaluate_site(model, data, cfg)
+    stats = train_local(
+        model,
+        data.train,
+        train_config(cfg),
+        epochs=int(cfg["local_epochs"]),
+        time_bins=np.asarray(cfg["time_bins"]),
+        proximal_mu=float(cfg.get("proximal_mu", 0.0)),
+        seed=site_seed(int(cfg["seed"]), round_no, data.site),
+    )
+    metrics.update(clean_metrics(stats, prefix="train_", keys=TRAIN_KEYS))
+    metrics["num-examples"] = float(len(data.train))
+    _, new_arrays = state_to_arrays(model.state_dict())
+    return new_arrays, metrics
+
+
+def default_audit_path(node_config: Mapping[str, Any]) -> Path:
+    if node_config.get(NODE_AUDIT):
+        return Path(str(node_config[NODE_AUDIT]))
+    return Path(os.path.expanduser("~")) / ".pathfl" / f"site-{node_config.get(NODE_SITE)}.jsonl"
