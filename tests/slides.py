@@ -17,8 +17,10 @@ Every stage's tests reuse these writers (import with ``from slides import ...``:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -253,10 +255,46 @@ def write_blank_tiff(path: str | Path, height: int = 2048, width: int = 2048, *,
     return write_tiled_tiff(path, rgb, mpp=mpp, levels=3)
 
 
-def _tiles(field: TissueField, h: int, w: int, ds: float, tile: int) -> Iterator[np.ndarray]:
-    for y in range(0, h, tile):
-        for x in range(0, w, tile):
-            yield field.render(y, x, tile, tile, ds)
+def _render_tile(field: TissueField, y: int, x: int, tile: int, ds: float) -> np.ndarray:
+    """A tile; tiles of bare glass (tissue score well below 0 on a 17x17 probe grid, which
+    is far finer than the tissue blobs) are filled from a cached glass texture."""
+    probe = np.linspace(0, tile, 17)
+    score = field.tissue_score((y + probe) * ds, (x + probe) * ds)
+    if score.max() < -0.05:
+        key = (tile, field.seed)
+        glass = _GLASS.get(key)
+        if glass is None:
+            glass = TissueField(8 * tile, 8 * tile, field.seed + 99).render(0, 0, tile, tile)
+            glass[:] = np.clip(
+                glass.astype(np.int16) - glass.mean((0, 1)).astype(np.int16) + BACKGROUND_RGB,
+                0,
+                255,
+            ).astype(np.uint8)
+            _GLASS[key] = glass
+        return glass
+    return field.render(y, x, tile, tile, ds)
+
+
+_GLASS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _row(args: tuple[TissueField, int, int, float, int]) -> list[np.ndarray]:
+    field, y, w, ds, tile = args
+    return [_render_tile(field, y, x, tile, ds) for x in range(0, w, tile)]
+
+
+def _tiles(
+    field: TissueField, h: int, w: int, ds: float, tile: int, pool: Any = None
+) -> Iterator[np.ndarray]:
+    rows = [(field, y, w, ds, tile) for y in range(0, h, tile)]
+    if pool is None:
+        for args in rows:
+            yield from _row(args)
+        return
+    batch = 2 * pool._processes  # bounded look-ahead keeps memory at a few rows
+    for i in range(0, len(rows), batch):
+        for row in pool.map(_row, rows[i : i + batch], chunksize=1):
+            yield from row
 
 
 def write_procedural_tiff(
@@ -268,25 +306,31 @@ def write_procedural_tiff(
     levels: int = 4,
     tile: int = 256,
     seed: int = 0,
-    maxworkers: int | None = None,
+    workers: int = 1,
 ) -> Path:
-    """Large pyramidal JPEG-tiled TIFF rendered tile by tile (memory stays ~ a few tiles).
-    Every level is rendered from the procedural field at its own downsample."""
+    """Large pyramidal JPEG-tiled TIFF rendered tile by tile (memory stays ~ a few rows of
+    tiles); ``workers`` processes render rows in parallel. Every level is rendered from the
+    procedural field at its own downsample."""
+    import multiprocessing as mp
+
     path = Path(path)
     field = TissueField(height, width, seed)
-    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+    with contextlib.ExitStack() as stack, tifffile.TiffWriter(path, bigtiff=True) as tw:
+        if pool is not None:
+            stack.enter_context(pool)
         for i in range(levels):
             ds = 2**i
             h, w = height // ds, width // ds
             if min(h, w) < tile:
                 break
             tw.write(
-                _tiles(field, h, w, ds, tile),
+                _tiles(field, h, w, ds, tile, pool),
                 shape=(h, w, 3),
                 dtype=np.uint8,
                 tile=(tile, tile),
                 subfiletype=1 if i else 0,
-                maxworkers=maxworkers,
+                maxworkers=1,
                 **_resolution(mpp, ds, "CENTIMETER"),
                 **_common(True),
             )
