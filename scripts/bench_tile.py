@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Benchmark `pathfl tile` on the real CMU slide and a generated large pyramidal JPEG slide,
+with both slide backends.
+
+For every (slide, backend) a fresh process (so peak RSS is per run) measures:
+  * tiling: wall time of tile_slide (open, tissue mask, grid, QC thumbnail, GeoJSON, coords
+    file) and tissue tiles found per second;
+  * reading: tiles/s of read_tile over an evenly spaced sample of the tiles (what the
+    extraction stage does per tile, without the encoder).
+Prints a markdown table. The large slide is generated once into the cache folder.
+
+    .venv/bin/python scripts/bench_tile.py              # 40960 x 40960 slide, 1000 tile reads
+    .venv/bin/python scripts/bench_tile.py --quick      # 16384 x 16384 slide, 200 tile reads
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CMU = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+
+
+def ensure_big_slide(cache: Path, size: int, workers: int) -> tuple[Path, float | None]:
+    """The generated slide (cached); returns (path, seconds spent generating or None)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from slides import write_procedural_tiff
+
+    path = cache / f"synthetic_{size}x{size}_0.25mpp.tif"
+    if path.is_file():
+        return path, None
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    levels = 1
+    while size // 2**levels >= 1024 and levels < 8:
+        levels += 1
+    t0 = time.perf_counter()
+    write_procedural_tiff(tmp, size, size, mpp=0.25, levels=levels, workers=workers)
+    os.replace(tmp, path)
+    return path, time.perf_counter() - t0
+
+
+def run_one(slide: Path, backend: str, read_tiles: int) -> dict:
+    """Measure one (slide, backend) in this process; returns the figures."""
+    import numpy as np
+
+    from pathfl.slide import open_slide
+    from pathfl.tiling import SlideJob, TileConfig, read_coords, read_tile, tile_slide
+
+    with tempfile.TemporaryDirectory(prefix="bench_tile_") as out:
+        t0 = time.perf_counter()
+        r = tile_slide(
+            SlideJob(slide.stem, slide), out, TileConfig(backend=backend, overwrite=True)
+        )
+        tile_s = time.perf_counter() - t0
+        if r.status != "ok":
+            return {"error": r.error}
+        coords, attrs = read_coords(Path(out) / "coords" / f"{slide.stem}.h5")
+    idx = np.linspace(0, len(coords) - 1, min(read_tiles, len(coords))).astype(int)
+    with open_slide(slide, backend=backend) as s:
+        dims, levels = s.dimensions, s.level_count
+        t0 = time.perf_counter()
+        for i in idx:
+            read_tile(s, tuple(coords[i]), attrs)
+        read_s = time.perf_counter() - t0
+    return {
+        "dims": f"{dims[0]}x{dims[1]}",
+        "levels": levels,
+        "n_tiles": len(coords),
+        "tile_s": tile_s,
+        "tiles_per_s": len(coords) / tile_s,
+        "read_n": len(idx),
+        "read_per_s": len(idx) / read_s if read_s > 0 else float("nan"),
+        "patch_level": attrs["patch_level"],
+        "read_size": attrs["read_size"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="16k slide, 200 tile reads")
+    ap.add_argument("--size", type=int, default=None, help="side of the generated slide (px)")
+    ap.add_argument("--cache", type=Path, default=REPO / "bench_out", help="cache folder")
+    ap.add_argument("--read-tiles", type=int, default=None)
+    ap.add_argument("--backends", default="openslide,tiffslide")
+    ap.add_argument("--gen-workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    ap.add_argument("--one", nargs=2, metavar=("SLIDE", "BACKEND"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    read_tiles = args.read_tiles or (200 if args.quick else 1000)
+    if args.one:
+        print(json.dumps(run_one(Path(args.one[0]), args.one[1], read_tiles)))
+        return
+
+    size = args.size or (16384 if args.quick else 40960)
+    big, gen_s = ensure_big_slide(args.cache, size, args.gen_workers)
+    slides = ([CMU] if CMU.is_file() else []) + [big]
+    if not CMU.is_file():
+        print(f"note: {CMU} not found; CMU row skipped", file=sys.stderr)
+    rows = []
+    for slide in slides:
+        for backend in args.backends.split(","):
+            cmd = [sys.executable, __file__, "--one", str(slide), backend]
+            cmd += ["--read-tiles", str(read_tiles)]
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - t0
+            try:
+                fig = json.loads(res.stdout.strip().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                fig = {"error": res.stderr.strip()[-300:]}
+            fig.update(slide=slide.name, backend=backend, process_s=wall)
+            rows.append(fig)
+            print(f"done: {slide.name} / {backend}", file=sys.stderr)
+
+    print(
+        f"\n### pathfl tile benchmark ({platform.node()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()})\n"
+    )
+    if gen_s is not None:
+        print(f"Generated {big.name} ({big.stat().st_size / 2**20:.0f} MiB) in {gen_s:.1f} s.\n")
+    print("target 0.5 µm/px, 224 px tiles, defaults otherwise; one process per row.\n")
+    print(
+        "| slide | size (levels) | backend | tissue tiles | tile wall s | tiles/s (tiling) "
+        "| read level/size | tile reads/s | peak RSS MiB |"
+    )
+    print("|---|---|---|---:|---:|---:|---|---:|---:|")
+    for f in rows:
+        if "error" in f:
+            print(f"| {f['slide']} | | {f['backend']} | error: {f['error']} | | | | | |")
+            continue
+        print(
+            f"| {f['slide']} | {f['dims']} ({f['levels']}) | {f['backend']} | {f['n_tiles']} "
+            f"| {f['tile_s']:.2f} | {f['tiles_per_s']:.0f} | L{f['patch_level']}/"
+            f"{f['read_size']}px | {f['read_per_s']:.0f} (n={f['read_n']}) "
+            f"| {f['peak_rss_mb']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
