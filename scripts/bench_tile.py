@@ -122,9 +122,10 @@ def main() -> None:
             rows.append(fig)
             print(f"done: {slide.name} / {backend}", file=sys.stderr)
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
         f"\n### pathfl tile benchmark ({platform.node()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()})\n"
+        f"Python {platform.python_version()}, load average at the end: {load})\n"
     )
     if gen_s is not None:
         print(f"Generated {big.name} ({big.stat().st_size / 2**20:.0f} MiB) in {gen_s:.1f} s.\n")
