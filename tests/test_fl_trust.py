@@ -322,3 +322,46 @@ def test_larger_site_with_larger_update_is_not_rejected():
     reps[2] = [np.full((4, 3), 20.0, np.float32)]
     res = validate_updates(reps, reference_shapes_dtypes=ref, global_arrays=glob)
     assert res.accepted == [0, 1]
+
+
+def test_cross_check_server_against_site_logs(tmp_path):
+    from pathfl.fl.audit import cross_check
+
+    g0, g1 = [np.zeros(3, np.float32)], [np.ones(3, np.float32)]
+    ua, ub = [np.full(3, 2.0, np.float32)], [np.full(3, 3.0, np.float32)]
+    server = AuditLog(tmp_path / "server.jsonl", run_id="r1")
+    site_a = AuditLog(tmp_path / "a.jsonl", run_id="r1")
+    site_b = AuditLog(tmp_path / "b.jsonl", run_id="r1")
+    AuditLog(tmp_path / "a.jsonl", run_id="older-run").append("train", round=1)
+    site_a.append("train", round=1, model_in_sha256=hash_arrays(g0), update_sha256=hash_arrays(ua))
+    site_b.append("train", round=1, model_in_sha256=hash_arrays(g0), update_sha256=hash_arrays(ub))
+    server.append(
+        "round",
+        round=1,
+        sites=["a", "b"],
+        model_in_sha256=hash_arrays(g0),
+        model_out_sha256=hash_arrays(g1),
+        updates={"a": hash_arrays(ua), "b": hash_arrays(ub)},
+    )
+    logs = {"a": tmp_path / "a.jsonl", "b": tmp_path / "b.jsonl"}
+    assert cross_check(tmp_path / "server.jsonl", logs) == []
+    # the server claims to have aggregated a different update from b, and a round-2 update
+    # from a that a never sent
+    server.append(
+        "round",
+        round=2,
+        sites=["a", "b"],
+        model_in_sha256=hash_arrays(g1),
+        updates={"b": hash_arrays(ua)},
+    )
+    site_b.append("train", round=2, model_in_sha256=hash_arrays(g1), update_sha256=hash_arrays(ub))
+    problems = cross_check(tmp_path / "server.jsonl", logs)
+    assert any("round 2" in p and "'a'" in p and "no train entry" in p for p in problems)
+    assert any("round 2" in p and "'b'" in p and "differs" in p for p in problems)
+    # a site that received another model than the server logged sending
+    site_c = AuditLog(tmp_path / "c.jsonl", run_id="r1")
+    site_c.append("train", round=1, model_in_sha256=hash_arrays(g1))
+    server2 = AuditLog(tmp_path / "s2.jsonl", run_id="r1")
+    server2.append("round", round=1, sites=["c"], model_in_sha256=hash_arrays(g0))
+    problems = cross_check(tmp_path / "s2.jsonl", {"c": tmp_path / "c.jsonl"})
+    assert len(problems) == 1 and "different global model" in problems[0]

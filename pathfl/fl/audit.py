@@ -293,3 +293,46 @@ def verify(
     report.errors, report.warnings = errors, warnings
     report.ok = not errors
     return report
+
+
+def cross_check(
+    server_log: str | os.PathLike[str], site_logs: dict[str, str | os.PathLike[str]]
+) -> list[str]:
+    """Compare a server log with site logs of the same run: for every round a site trained,
+    the global model it received (``model_in_sha256``) must be the one the server says it sent
+    that round, and the update it sent (``update_sha256``) must be the one the server recorded
+    receiving from it (``updates[site]``, when the server logs per-site hashes). Sites the
+    server lists as aggregated must have a ``train`` entry for that round. Returns the
+    discrepancies (empty = consistent). Chain integrity is :func:`verify`'s job."""
+    problems: list[str] = []
+    server = [e for e in AuditLog(server_log).entries() if e.get("event") == "round"]
+    by_round = {int(e["round"]): e for e in server if e.get("round") is not None}
+    for site, path in sorted(site_logs.items()):
+        # a site's log holds every run it took part in: match on (run_id, round)
+        trained = {
+            (e.get("run_id"), int(e["round"])): e
+            for e in AuditLog(path).entries()
+            if e.get("event") == "train" and e.get("round") is not None
+        }
+        for rnd, s_entry in sorted(by_round.items()):
+            if site not in (s_entry.get("sites") or []):
+                continue
+            t = trained.get((s_entry.get("run_id"), rnd))
+            if t is None:
+                problems.append(
+                    f"round {rnd}: server aggregated site {site!r}, whose log has no "
+                    "train entry for that round"
+                )
+                continue
+            if t.get("model_in_sha256") != s_entry.get("model_in_sha256"):
+                problems.append(
+                    f"round {rnd}: site {site!r} received a different global model "
+                    "than the server logged sending"
+                )
+            sent = (s_entry.get("updates") or {}).get(site)
+            if sent is not None and sent != t.get("update_sha256"):
+                problems.append(
+                    f"round {rnd}: the server aggregated an update from {site!r} "
+                    "that differs from the one the site logged sending"
+                )
+    return problems

@@ -1,4 +1,5 @@
-"""`pathfl fl audit verify LOG` / `pathfl fl audit show LOG`: check and read an audit log.
+"""`pathfl fl audit verify LOG` / `show LOG` / `cross-check SERVER_LOG SITE=LOG...`: check and
+read audit logs.
 
 The fl stage adds these to its ``fl`` typer group with ``register_audit(fl_app)``."""
 
@@ -13,7 +14,7 @@ EXIT_OK, EXIT_TAMPERED, EXIT_USAGE = 0, 1, 2
 
 
 def register_audit(fl_app: typer.Typer) -> None:
-    """Add the ``audit`` sub-group (``verify``, ``show``) to the ``pathfl fl`` group."""
+    """Add the ``audit`` sub-group (``verify``, ``show``, ``cross-check``) to ``pathfl fl``."""
     audit_app = typer.Typer(
         name="audit",
         help="Check (verify) or list (show) a hash-chained audit log of a server or a site.",
@@ -105,5 +106,35 @@ def register_audit(fl_app: typer.Typer) -> None:
                 info[:80],
             )
         Console().print(table)
+
+    @audit_app.command("cross-check")
+    def cross_check_cmd(
+        server_log: Path = typer.Argument(..., help="The aggregator's audit log of the run."),
+        site_logs: list[str] = typer.Argument(..., help="SITE=LOG pairs (each site's own log)."),
+    ) -> None:
+        """Check that each site received the global models the server logged sending and that
+        the server aggregated the updates the sites logged sending; exit 1 on a mismatch."""
+        from pathfl.fl.audit import cross_check
+
+        pairs: dict[str, str] = {}
+        for item in site_logs:
+            site, sep, path = item.partition("=")
+            if not sep or not site or not Path(path).is_file():
+                typer.secho(
+                    f"error: expected SITE=LOG with an existing LOG, got {item!r}",
+                    err=True,
+                    fg="red",
+                )
+                raise typer.Exit(EXIT_USAGE)
+            pairs[site] = path
+        if not server_log.is_file():
+            typer.secho(f"error: {server_log}: no such audit log", err=True, fg="red")
+            raise typer.Exit(EXIT_USAGE)
+        problems = cross_check(server_log, pairs)
+        for p in problems:
+            typer.secho(f"MISMATCH: {p}", fg="red")
+        if not problems:
+            typer.secho(f"OK: server log consistent with {', '.join(sorted(pairs))}", fg="green")
+        raise typer.Exit(EXIT_TAMPERED if problems else EXIT_OK)
 
     fl_app.add_typer(audit_app, name="audit")
