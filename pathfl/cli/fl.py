@@ -1,9 +1,294 @@
-"""`pathfl fl` command(s). Owned by the fl stage."""
+"""`pathfl fl` commands: certs, server, site, run, simulate (+ audit, from the trust stage).
+They wrap Flower 1.41's processes so users never write Flower configuration by hand."""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
 import typer
+
+logger = logging.getLogger(__name__)
+
+fl_app = typer.Typer(
+    name="fl",
+    help="Federated training across sites (Flower): certs, server, site, run, simulate, audit.",
+    no_args_is_help=True,
+)
+
+_TUNING = {
+    "rounds": "Federated rounds.",
+    "local_epochs": "Local epochs per round.",
+    "proximal_mu": "FedProx mu (0 = FedAvg).",
+    "min_sites": "Fewest replies a round may aggregate.",
+    "round_timeout_s": "Per-round deadline in seconds.",
+}
+
+
+def _load_user_config(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    from pathfl.config import load_yaml
+
+    user = load_yaml(config) if config is not None else {}
+    user.update({k: v for k, v in overrides.items() if v is not None})
+    return user
+
+
+def _split(csv_text: str) -> list[str]:
+    return [s.strip() for s in csv_text.split(",") if s.strip()]
+
+
+def _foreground(proc: Any) -> None:
+    """Wait for a started Flower process; Ctrl-C stops it (and its process group)."""
+    try:
+        code = proc.popen.wait()
+        if code != 0:
+            typer.secho(f"{proc.name} exited with code {code}; log: {proc.log_path}", err=True)
+            typer.echo(proc.log_tail(), err=True)
+            raise typer.Exit(1)
+    except KeyboardInterrupt:
+        typer.echo(f"stopping {proc.name} (pid {proc.pid})")
+    finally:
+        proc.stop()
+
+
+@fl_app.command("certs")
+def certs_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder for the CA, server cert and site keys."),
+    sites: str = typer.Option(..., "--sites", help="Comma-separated site names."),
+    hosts: str = typer.Option(
+        "localhost", "--hosts", help="Comma-separated DNS names/IPs of the aggregator (SANs)."
+    ),
+    days: int = typer.Option(365, "--days", help="Validity of the certificates."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing material."),
+) -> None:
+    """Create a CA, the aggregator's TLS certificate and one auth key pair per site."""
+    from pathfl.config import ConfigError
+    from pathfl.fl.certs import make_certs
+
+    host_list = list(dict.fromkeys([*_split(hosts), "127.0.0.1", "localhost"]))
+    try:
+        paths = make_certs(
+            out, sites=_split(sites), hosts=host_list, days=days, overwrite=overwrite
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    typer.echo(f"CA: {paths.ca_cert} (share)  CA key: {paths.ca_key} (keep offline)")
+    typer.echo(f"server: {paths.server_cert} {paths.server_key} (SANs: {', '.join(host_list)})")
+    for s in _split(sites):
+        typer.echo(
+            f"site {s}: give {paths.site_key(s)} to the site; {paths.site_pub(s)} registers it"
+        )
+
+
+@fl_app.command("server")
+def server_cmd(
+    certs: Path = typer.Option(None, "--certs", help="Folder from `pathfl fl certs`."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Interface to listen on."),
+    port: int = typer.Option(9093, "--port", help="Port of the SuperLink (Fleet + Control API)."),
+    state_dir: Path = typer.Option(
+        Path("pathfl-server"), "--state-dir", help="SuperLink state database, logs, Flower home."
+    ),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS, no site auth (testing)."),
+) -> None:
+    """Run the aggregator's SuperLink (TLS, site authentication, state database) and register
+    every site key found in CERTS/sites/*.pub."""
+    from pathfl.config import ConfigError
+    from pathfl.fl import processes as procs
+
+    if not insecure and (certs is None or not (certs / "server.crt").is_file()):
+        raise ConfigError("--certs DIR (from `pathfl fl certs`) is required unless --insecure")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    home = state_dir / "flwr_home"
+    proc = procs.start_process(
+        "superlink",
+        procs.superlink_argv(
+            host=host,
+            port=port,
+            certs=None if insecure else certs,
+            database=state_dir / "superlink_state.db",
+            auth=not insecure,
+        ),
+        log_path=state_dir / "superlink.log",
+        env=procs.flower_env(home),
+    )
+    local = f"127.0.0.1:{port}" if host in ("0.0.0.0", "::") else f"{host}:{port}"
+    try:
+        procs.wait_port(local.rsplit(":", 1)[0], port, timeout_s=120, proc=proc)
+        procs.write_flwr_home(home, server=local, root_cert=None if insecure else certs / "ca.crt")
+        if not insecure:
+            for pub in sorted((certs / "sites").glob("*.pub")):
+                try:
+                    node = procs.register_site(home, pub, pub.stem)
+                    typer.echo(f"registered site {pub.stem} (node {node})")
+                except procs.FlowerProcessError as e:
+                    typer.secho(f"site {pub.stem} not registered (already?): {e}", err=True)
+    except BaseException:
+        proc.stop()
+        raise
+    typer.echo(f"SuperLink listening on {host}:{port} (pid {proc.pid}); log {proc.log_path}")
+    _foreground(proc)
+
+
+@fl_app.command("site")
+def site_cmd(
+    features: Path = typer.Option(..., "--features", help="This site's features folder."),
+    clinical: Path = typer.Option(..., "--clinical", help="This site's clinical CSV."),
+    server: str = typer.Option(..., "--server", help="Aggregator HOST:PORT."),
+    name: str = typer.Option(..., "--name", help="Site name (as in `pathfl fl certs --sites`)."),
+    key: Path = typer.Option(None, "--key", help="This site's private key (CERTS/sites/NAME.key)."),
+    root_cert: Path = typer.Option(None, "--root-cert", help="The federation's ca.crt."),
+    policy: Path = typer.Option(None, "--policy", help="Site policy YAML (what this site allows)."),
+    audit_log: Path = typer.Option(None, "--audit-log", help="Site audit log (JSONL)."),
+    state_dir: Path = typer.Option(Path("pathfl-site"), "--state-dir", help="Logs, Flower home."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS, no auth (testing only)."),
+) -> None:
+    """Run this site's SuperNode: connects out to the aggregator and trains on local data."""
+    from pathfl.config import ConfigError
+    from pathfl.fl import processes as procs
+    from pathfl.fl.certs import validate_site_name
+
+    validate_site_name(name)
+    needed = [features, clinical] + ([] if insecure else [key, root_cert])
+    for p in needed:
+        if p is None or not Path(p).exists():
+            raise ConfigError(
+                f"{p}: not found (--key and --root-cert are needed unless --insecure)"
+            )
+    node_config = {
+        "site": name,
+        "features": str(features.resolve()),
+        "clinical": str(clinical.resolve()),
+        "audit-log": str((audit_log or state_dir / "audit.jsonl").resolve()),
+    }
+    if policy is not None:
+        node_config["policy"] = str(policy.resolve())
+    proc = procs.start_process(
+        f"site-{name}",
+        procs.supernode_argv(
+            server=server,
+            root_cert=None if insecure else root_cert,
+            key=None if insecure else key,
+            node_config=node_config,
+            runtime_port=procs.free_port(),
+        ),
+        log_path=state_dir / "supernode.log",
+        env=procs.flower_env(state_dir / "flwr_home"),
+    )
+    typer.echo(f"site {name} connecting to {server} (pid {proc.pid}); log {proc.log_path}")
+    _foreground(proc)
+
+
+@fl_app.command("run")
+def run_cmd(
+    server: str = typer.Option(None, "--server", help="Aggregator HOST:PORT."),
+    root_cert: Path = typer.Option(None, "--root-cert", help="The federation's ca.crt."),
+    config: Path = typer.Option(None, "--config", help="Federated run config YAML."),
+    out: Path = typer.Option(None, "--out", help="Run dir (on the aggregator host)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the run in this run dir."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS (testing only)."),
+    timeout_s: float = typer.Option(0, "--timeout", help="Give up after this many seconds."),
+    rounds: int = typer.Option(None, "--rounds", help=_TUNING["rounds"]),
+    local_epochs: int = typer.Option(None, "--local-epochs", help=_TUNING["local_epochs"]),
+    proximal_mu: float = typer.Option(None, "--proximal-mu", help=_TUNING["proximal_mu"]),
+    min_sites: int = typer.Option(None, "--min-sites", help=_TUNING["min_sites"]),
+    round_timeout_s: float = typer.Option(None, "--round-timeout", help=_TUNING["round_timeout_s"]),
+) -> None:
+    """Submit a federated run to the SuperLink and follow it to the end."""
+    import tempfile
+
+    from pathfl.config import ConfigError
+    from pathfl.fl import processes as procs
+    from pathfl.fl.federation import follow_run
+    from pathfl.fl.fl_config import effective_config
+    from pathfl.io import write_json_atomic
+
+    if resume is not None:
+        saved_path = resume / "fl_config.json"
+        if not saved_path.is_file():
+            raise ConfigError(f"{saved_path}: not found — is {resume} a federated run dir?")
+        saved = json.loads(saved_path.read_text())
+        cfg, out = saved["config"], resume
+        server = server or saved.get("server")
+        if root_cert is None and saved.get("root_cert"):
+            root_cert = Path(saved["root_cert"])
+        insecure = insecure or bool(saved.get("insecure"))
+    else:
+        if out is None:
+            raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
+        overrides = {
+            "rounds": rounds,
+            "local_epochs": local_epochs,
+            "proximal_mu": proximal_mu,
+            "min_sites": min_sites,
+            "round_timeout_s": round_timeout_s,
+        }
+        cfg = effective_config(_load_user_config(config, overrides))
+    if not server:
+        raise ConfigError("--server HOST:PORT is required")
+    if not insecure and (root_cert is None or not root_cert.is_file()):
+        raise ConfigError("--root-cert CA.crt is required unless --insecure")
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        out / "fl_config.json",
+        {
+            "config": cfg,
+            "server": server,
+            "insecure": insecure,
+            "root_cert": None if insecure else str(root_cert.resolve()),
+        },
+    )
+    with tempfile.TemporaryDirectory(prefix="pathfl-fl-") as tmp:
+        home = procs.write_flwr_home(
+            Path(tmp) / "home", server=server, root_cert=None if insecure else root_cert
+        )
+        app = procs.write_app(Path(tmp) / "app")
+        run_id = procs.submit_run(home, app, cfg=cfg, out_dir=out, resume=resume is not None)
+        typer.echo(f"submitted run {run_id}; run dir {out}")
+        budget = timeout_s or (
+            float(cfg["connect_timeout_s"])
+            + (int(cfg["rounds"]) + 2) * float(cfg["round_timeout_s"])
+        )
+        result = follow_run(home, run_id, out, timeout_s=budget)
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "log_tail"}, indent=2))
+    if result.get("state") != "completed":
+        raise typer.Exit(1)
+
+
+@fl_app.command("simulate")
+def simulate_cmd(
+    site: list[Path] = typer.Option(
+        ..., "--site", help="Site folder (features/ + clinical.csv); repeat."
+    ),
+    out: Path = typer.Option(..., "--out", help="Run dir for the federated model + comparison."),
+    config: Path = typer.Option(None, "--config", help="Federated run config YAML."),
+    policy: Path = typer.Option(None, "--policy", help="Site policy YAML applied to every site."),
+    insecure: bool = typer.Option(False, "--insecure", help="No TLS/auth between the processes."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip local-only/pooled."),
+    rounds: int = typer.Option(None, "--rounds", help=_TUNING["rounds"]),
+    local_epochs: int = typer.Option(None, "--local-epochs", help=_TUNING["local_epochs"]),
+    proximal_mu: float = typer.Option(None, "--proximal-mu", help=_TUNING["proximal_mu"]),
+) -> None:
+    """One machine, one process per site on 127.0.0.1: federated run + baselines + table."""
+    from pathfl.fl.simulate import simulate, site_specs
+
+    user = _load_user_config(
+        config, {"rounds": rounds, "local_epochs": local_epochs, "proximal_mu": proximal_mu}
+    )
+    summary = simulate(
+        site_specs(site, policy=policy), user, out, tls=not insecure, baselines=not no_baselines
+    )
+    typer.echo(f"federated run dir: {summary['run_dir']}")
+    typer.echo(f"federated C-index (within-site pairs): {summary['federated_c_index']:.4f}")
+    if "table" in summary:
+        typer.echo(summary["table"])
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app (filled in by the fl stage)."""
+    """Add `pathfl fl ...` to the root app."""
+    from pathfl.fl.audit_cli import register_audit
+
+    register_audit(fl_app)
+    app.add_typer(fl_app, name="fl")

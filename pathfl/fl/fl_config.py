@@ -100,6 +100,9 @@ def _validate(cfg: dict[str, Any]) -> None:
 
 
 def policy_view(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of the configuration a site policy is checked against."""
+    """The part of the configuration a site policy is checked against: the keys the
+    researcher set plus those always checked (TrainConfig keys read from ``cfg["train"]``)."""
     keys = set(cfg.get("user_keys", [])) | set(ALWAYS_CHECKED)
-    return {k: cfg[k] for k in sorted(keys) if k in cfg}
+    train = cfg.get("train", {})
+    out = {k: cfg[k] if k in cfg else train.get(k) for k in sorted(keys)}
+    return {k: v for k, v in out.items() if v is not None}
