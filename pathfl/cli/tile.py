@@ -168,6 +168,8 @@ def _run(v: dict[str, Any]) -> int:
         f"manifest: {out / 'manifest.csv'}"
     )
     for r in results:
+        for w in r.warnings:
+            console.print(f"[yellow]warning[/yellow] {r.slide_id}: {w}", highlight=False)
         if r.status == "failed":
             console.print(f"[red]failed[/red] {r.slide_id}: {r.error}", highlight=False)
     return 1 if s["failed"] else 0

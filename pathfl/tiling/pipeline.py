@@ -22,10 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from pathfl.io import Manifest, ManifestRow, sha256_json
-from pathfl.slide import SlideError, open_slide
+from pathfl.slide import Slide, SlideError, open_slide
 from pathfl.tiling.coords_io import build_attrs, read_coords, read_fingerprint, write_coords
 from pathfl.tiling.grid import GridParams, grid_coords, plan_read, tissue_fractions
 from pathfl.tiling.qc import draw_qc, tissue_geojson, write_geojson, write_png
@@ -145,8 +146,27 @@ def tile_slide(job: SlideJob, out_dir: str | os.PathLike[str], config: TileConfi
     if result.status == "failed":
         with contextlib.suppress(OSError):
             _remove_stale(out_dir, job.slide_id)
-        logger.error("%s", result.error)
+        logger.warning("%s", result.error)
     return result
+
+
+def _overviews(slide: Slide, config: TileConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The QC thumbnail (longer side ``thumbnail_px``) and the tissue-mask image (at
+    ``tissue.mask_mpp``); one slide read when the thumbnail is fine enough for both."""
+    assert slide.mpp is not None
+    w0, h0 = slide.dimensions
+    tissue_mpp = max(config.tissue.mask_mpp, slide.mpp)
+    thumb_mpp = max(slide.mpp, max(w0, h0) * slide.mpp / config.thumbnail_px)
+    thumb = read_overview(slide, thumb_mpp)
+    if abs(thumb_mpp - tissue_mpp) / tissue_mpp < 1e-3:
+        return thumb, thumb
+    if thumb_mpp < tissue_mpp:  # the thumbnail is finer: derive the mask image from it
+        size = (
+            max(1, round(w0 * slide.mpp / tissue_mpp)),
+            max(1, round(h0 * slide.mpp / tissue_mpp)),
+        )
+        return thumb, cv2.resize(thumb, size, interpolation=cv2.INTER_AREA)
+    return thumb, read_overview(slide, tissue_mpp)
 
 
 def _tile(job: SlideJob, out_dir: Path, config: TileConfig, fp: str, result: SlideResult) -> None:
@@ -158,21 +178,7 @@ def _tile(job: SlideJob, out_dir: Path, config: TileConfig, fp: str, result: Sli
         result.warnings = list(slide.warnings)
         plan = plan_read(slide, config.grid)
         w0, h0 = slide.dimensions
-        tissue_mpp = max(config.tissue.mask_mpp, slide.mpp)
-        thumb_mpp = max(slide.mpp, max(w0, h0) * slide.mpp / config.thumbnail_px)
-        thumb = read_overview(slide, thumb_mpp)
-        if abs(thumb_mpp - tissue_mpp) / tissue_mpp < 1e-3:
-            mask_rgb = thumb
-        elif thumb_mpp < tissue_mpp:  # thumbnail is finer: derive the mask image from it
-            import cv2
-
-            size = (
-                max(1, round(w0 * slide.mpp / tissue_mpp)),
-                max(1, round(h0 * slide.mpp / tissue_mpp)),
-            )
-            mask_rgb = cv2.resize(thumb, size, interpolation=cv2.INTER_AREA)
-        else:
-            mask_rgb = read_overview(slide, tissue_mpp)
+        thumb, mask_rgb = _overviews(slide, config)
         tissue = detect_tissue(slide, config.tissue, overview=mask_rgb)
         coords = grid_coords(slide, plan)
         frac = tissue_fractions(coords, plan.size_l0, tissue)
