@@ -1,0 +1,235 @@
+"""Sections of ``report.md`` (see :mod:`pathfl.demo.report`). Each returns Markdown and
+writes the pictures it shows under ``OUT/figures``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathfl.demo import figures
+from pathfl.demo.report import _fmt, _md_table, attention_auc, audit_summary, c_index_rows
+
+log = logging.getLogger(__name__)
+
+
+def _rel(state: Any, p: Path) -> str:
+    return str(Path(p).relative_to(state.config.out))
+
+
+def pipeline_section(state: Any) -> str:
+    rows = [
+        {"stage": s.name, "status": s.status, "seconds": f"{s.seconds:.1f}", "detail": s.detail}
+        for s in state.stages.values()
+    ]
+    total = sum(s.seconds for s in state.stages.values())
+    head = "## Pipeline\n\n"
+    if not state.complete:
+        bad = [s for s in state.stages.values() if s.status in ("unavailable", "failed")]
+        if bad:
+            head += (
+                f"**Incomplete: stage `{bad[0].name}` is {bad[0].status}** — "
+                f"{bad[0].detail}. Nothing after it was run; no result below is "
+                "invented.\n\n"
+            )
+    return head + _md_table(rows) + f"\nTotal {total:.0f} s.\n"
+
+
+def cohort_section(state: Any, fig_dir: Path) -> str:
+    co = state.cohort
+    if not co:
+        return ""
+    rows = []
+    for name, s in sorted(co["sites"].items()):
+        rows.append(
+            {
+                "site": name,
+                "format": s["format"],
+                "µm/px": s["mpp"],
+                "JPEG q": s["jpeg_quality"],
+                "patients": s["n_patients"],
+                "slides": s["n_slides"],
+                "events": s["n_events"],
+                "mean phenotype fraction": _fmt(s["mean_phenotype_fraction"], 2),
+                "oracle C (site)": _fmt(s["oracle_c_index"]),
+            }
+        )
+    hz = co["hazard"]
+    text = (
+        "## Demo cohort\n\n"
+        "Three simulated hospitals; every slide is a real pyramidal file (Aperio SVS or generic "
+        "tiled JPEG TIFF) with procedural H&E-like tissue. A *high-risk phenotype* (sheets of "
+        "crowded, large, dark nuclei) covers a fraction F of each patient's tissue; the hazard "
+        f"is λ0·exp({hz['beta']}·(F − {hz['centre']})) with a baseline median of "
+        f"{hz['baseline_median_months']} months, censoring uniform on "
+        f"{hz['censoring_months'][0]}–{hz['censoring_months'][1]} months. Sites differ in "
+        "stain, scanner resolution, file format, JPEG quality and case mix, not in biology.\n\n"
+        + _md_table(rows)
+        + f"\nOracle C-index (true risk, all {co['n_patients']} patients): "
+        f"{_fmt(co['oracle_c_index'])}; within-site pairs only: "
+        f"{_fmt(co['oracle_c_index_within_site'])}.\n"
+    )
+    examples = []
+    for name, s in sorted(co["sites"].items()):
+        slide = next(f for f in s["files"] if "/slides/" in f)
+        sid = Path(slide).stem
+        examples.append(
+            (
+                f"site {name}: {Path(slide).name} ({s['format']}, {s['mpp']} µm/px)",
+                state.config.cohort_dir / slide,
+                state.config.cohort_dir / s["dir"] / "masks" / f"{sid}.png",
+            )
+        )
+    try:
+        p = figures.cohort_figure(fig_dir / "cohort.png", examples)
+        text += f"\n![cohort]({_rel(state, p)})\n"
+    except Exception as e:  # a picture must not sink the report
+        log.warning("cohort figure failed: %s", e)
+    return text
+
+
+def results_section(state: Any, fig_dir: Path) -> str:
+    ev = state.evaluation
+    rows = c_index_rows(ev)
+    fed = ev["models"].get("federated", {})
+    text = (
+        "## Prognostic performance on held-out patients\n\n"
+        f"{ev['n_test_patients']} held-out patients ({ev['n_test_events']} events), about "
+        f"{state.config.test_fraction:.0%} of every site, never seen in training. Every model "
+        "is scored on the same patients: Harrell's C over all pairs with a patient-bootstrap "
+        "95% CI; *within-site* = only pairs of patients of the same hospital (what a "
+        "federation can measure without pooling data); per-site columns use that site's "
+        f"held-out patients only ({fed.get('comparable_pairs', 0)} comparable pairs in all, "
+        f"{fed.get('comparable_pairs_within_site', 0)} within sites).\n\n" + _md_table(rows)
+    )
+    if ev.get("missing_models"):
+        text += (
+            "\nNot available from `pathfl fl simulate`: " + ", ".join(ev["missing_models"]) + ".\n"
+        )
+    risks = {"federated model": ev["_preds"]["federated"], "oracle": ev["_preds"]["oracle"]}
+    try:
+        p = figures.km_plot(fig_dir / "km.png", ev["_event"], ev["_time"], risks)
+        text += f"\n![Kaplan–Meier]({_rel(state, fig_dir / 'km.png')})\n"
+        text += (
+            "\nKaplan–Meier of held-out patients split at the median risk; log-rank p: "
+            + ", ".join(f"{k} {v:.3g}" for k, v in p.items())
+            + ".\n"
+        )
+    except Exception as e:
+        log.warning("KM plot failed: %s", e)
+    return text
+
+
+def heatmap_section(state: Any, fig_dir: Path) -> str:
+    ev = state.evaluation
+    features_dir = Path(state.split["features_dir"])
+    bags = ev["_bags"]
+    if not bags or not ev["_attention"]:
+        return ""
+    # the held-out patient with the highest true risk; their largest slide
+    order = np.argsort(-ev["_preds"]["oracle"])
+    b = bags[int(order[0])]
+    k = int(np.bincount(b.tile_slide_index, minlength=len(b.slide_ids)).argmax())
+    sid = b.slide_ids[k]
+    sel = b.tile_slide_index == k
+    truth = ev["_truth"][b.patient_id]["slides"][sid]
+    slide_path = next(state.config.cohort_dir.glob(f"site_*/slides/{sid}.*"))
+    import h5py
+
+    with h5py.File(features_dir / f"{sid}.h5", "r") as f:
+        side = float(f.attrs["patch_size_level0"])
+    i = int(order[0])
+    title = (
+        f"{sid} (held-out, site {ev['_site'][i]}): phenotype fraction "
+        f"{truth['fraction']:.2f}; federated risk rank {_rank(ev, i)} of {len(bags)}"
+    )
+    text = "## Where the federated model looks\n\n"
+    try:
+        p = figures.heatmap_figure(
+            fig_dir / "heatmap.png",
+            slide_path=slide_path,
+            mask_path=truth["mask"],
+            coords=b.coords[sel],
+            tile_l0_px=side,
+            scores=ev["_attention"][b.patient_id][sel],
+            title=title,
+        )
+        text += f"![attention heatmap]({_rel(state, p)})\n\n"
+    except Exception as e:
+        log.warning("heatmap failed: %s", e)
+    auc = attention_auc(ev, features_dir)
+    ev["attention_auc"] = auc
+    text += (
+        f"Attention vs ground truth over all held-out slides: within-slide AUC of the "
+        f"attention for tiles that are ≥ 50 % phenotype = {_fmt(auc['mean_auc'])} "
+        f"(mean of {auc['n_slides']} slides having both kinds of tile; 0.5 = attention "
+        "ignores the phenotype, >0.5 = it looks at it, <0.5 = it looks away from it — "
+        "an attention model may also score risk by attending to the *low-risk* tissue).\n"
+    )
+    return text
+
+
+def _rank(ev: dict[str, Any], i: int) -> int:
+    r = ev["_preds"]["federated"]
+    return int((r > r[i]).sum()) + 1
+
+
+def qc_section(state: Any, fig_dir: Path) -> str:
+    thumbs = state.config.work_dir / "tiles" / "thumbnails"
+    if not thumbs.is_dir():
+        return ""
+    import cv2
+
+    items = []
+    for name in sorted(state.cohort.get("sites", {})):
+        files = sorted(thumbs.glob(f"site{name}-*.png"))
+        for f in files[:2]:
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if img is not None:
+                items.append((f"site {name}: {f.stem}", cv2.cvtColor(img, cv2.COLOR_BGR2RGB)))
+    if not items:
+        return ""
+    p = figures.image_grid(
+        fig_dir / "qc_thumbnails.png",
+        items,
+        ncols=2,
+        title="QC thumbnails from `pathfl tile` (tissue contour + tile grid)",
+    )
+    return (
+        "## Tiling QC\n\nTwo slides per site as `pathfl tile` drew them (all are in "
+        f"`{_rel(state, thumbs)}`).\n\n![QC]({_rel(state, p)})\n"
+    )
+
+
+def federation_section(state: Any, fig_dir: Path) -> str:
+    run = Path(state.fl_run)
+    text = "## Federation and audit trail\n\n"
+    rounds: list[dict[str, Any]] = []
+    rj = run / "rounds.jsonl"
+    if rj.is_file():
+        rounds = [json.loads(x) for x in rj.read_text().splitlines() if x.strip()]
+        text += f"{len(rounds)} round record(s) in `{_rel(state, rj)}`.\n\n"
+        p = figures.rounds_plot(fig_dir / "fl_rounds.png", rounds)
+        if p:
+            text += f"![rounds]({_rel(state, p)})\n\n"
+    rows = audit_summary(state.config.work_dir)
+    text += (
+        "Audit logs (append-only, hash-chained; checked with `pathfl fl audit verify`):\n\n"
+        + _md_table(rows)
+    )
+    return text
+
+
+def reproduce_section(state: Any) -> str:
+    c = state.config
+    cmd = f"pathfl demo --out {c.out} --seed {c.seed}" + (" --tiny" if c.tiny else "")
+    return (
+        "## Reproduce\n\n```\n" + cmd + "\n```\n\nThe stage commands it ran (and their logs) "
+        f"are in `{_rel(state, c.work_dir / 'logs')}`; held-out predictions in "
+        f"`{_rel(state, c.work_dir / 'test_predictions.csv')}`; numbers in "
+        f"`{_rel(state, c.work_dir / 'evaluation.json')}`. Python {sys.version.split()[0]}.\n"
+    )
