@@ -230,6 +230,10 @@ def test_policy_refusal(tmp_path):
     for needle in ("transmil", "max_rounds=5", "max_local_epochs=2", "differential privacy", "lr"):
         assert needle in text, text
     assert any("max_epsilon" in m for m in pol.check({**ok, "dp_epsilon": 20}))
+    # governed keys never trip allowed_config_keys; other keys must be listed
+    narrow = SitePolicy.from_dict({"allowed_config_keys": ["lr"]})
+    assert narrow.check({"model": "abmil", "rounds": 2, "dp": False, "lr": 0.1}) == []
+    assert "seed" in narrow.check({"model": "abmil", "seed": 3})[0]
 
 
 def test_policy_file_errors(tmp_path):

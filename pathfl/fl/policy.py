@@ -9,10 +9,11 @@ Example ``site_policy.yaml``::
     max_local_epochs: 5
     require_dp: true                      # the run must enable client-side DP ...
     max_epsilon: 8.0                      # ... with a target epsilon no larger than this
-    allowed_config_keys: [model, loss, rounds, local_epochs, lr, dp, dp_noise_multiplier]
+    allowed_config_keys: [lr, dp_noise_multiplier]   # other keys the researcher may set
 
 Run-config keys read (those the federation's run config uses): ``model``, ``loss``,
 ``num_rounds``/``rounds``, ``local_epochs``/``epochs``, ``dp`` (bool), ``dp_epsilon`` (target).
+These keys are governed by their own rules and are never refused by ``allowed_config_keys``.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ _ROUNDS_KEYS = ("num_rounds", "num-server-rounds", "rounds")
 _EPOCHS_KEYS = ("local_epochs", "local-epochs", "epochs")
 _DP_KEYS = ("dp", "dp_enabled", "privacy")
 _EPS_KEYS = ("dp_epsilon", "dp-epsilon", "target_epsilon")
+#: Keys with a rule of their own (allowed_models, max_rounds, ...): always allowed as keys.
+GOVERNED_KEYS = frozenset(
+    k.replace("-", "_")
+    for k in ("model", "loss", *_ROUNDS_KEYS, *_EPOCHS_KEYS, *_DP_KEYS, *_EPS_KEYS)
+)
 
 
 def _first(cfg: dict[str, Any], keys: tuple[str, ...]) -> Any:
     for k in keys:
-        if k in cfg:
+        if cfg.get(k) is not None:
             return cfg[k]
     return None
 
@@ -105,7 +111,7 @@ class SitePolicy:
         cfg = {str(k).replace("-", "_"): v for k, v in run_config.items()}
         v: list[str] = []
         if self.allowed_config_keys is not None:
-            extra = sorted(set(cfg) - set(self.allowed_config_keys))
+            extra = sorted(set(cfg) - set(self.allowed_config_keys) - GOVERNED_KEYS)
             if extra:
                 v.append(
                     f"run config key(s) not allowed by site policy: {', '.join(extra)} "
