@@ -6,6 +6,7 @@ Owned by the tiling stage; the extraction stage reads tiles only through this in
 from __future__ import annotations
 
 import abc
+import math
 from pathlib import Path
 
 import numpy as np
@@ -75,12 +76,34 @@ class Slide(abc.ABC):
     def get_thumbnail(self, max_px: int) -> Image.Image:
         """RGB thumbnail whose longer side is at most ``max_px``."""
         w, h = self.dimensions
-        target = max(w, h) / max_px
-        level = self.best_level_for_downsample(target)
+        scale = min(1.0, max_px / max(w, h))
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return Image.fromarray(self.read_downsampled(size))
+
+    def read_downsampled(self, size_px: tuple[int, int], *, block_px: int = 1024) -> np.ndarray:
+        """The whole slide as an RGB uint8 array of ``size_px`` (w, h), area-averaged from the
+        best pyramid level, read in blocks so single-level giant slides fit in memory."""
+        out_w, out_h = int(size_px[0]), int(size_px[1])
+        w0, h0 = self.dimensions
+        level = self.best_level_for_downsample(min(w0 / out_w, h0 / out_h))
         lw, lh = self.level_dimensions[level]
-        img = self.read_region((0, 0), level, (lw, lh))
-        img.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
-        return img
+        lds = self.level_downsamples[level]
+        fx, fy = lw / out_w, lh / out_h  # level px per output px
+        out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+        for oy in range(0, out_h, block_px):
+            for ox in range(0, out_w, block_px):
+                ow, oh = min(block_px, out_w - ox), min(block_px, out_h - oy)
+                lx0, ly0 = math.floor(ox * fx), math.floor(oy * fy)
+                lx1 = max(lx0 + 1, min(lw, math.ceil((ox + ow) * fx)))
+                ly1 = max(ly0 + 1, min(lh, math.ceil((oy + oh) * fy)))
+                # ceil: level-0 coordinates that map back exactly onto (lx0, ly0)
+                region = self.read_region(
+                    (math.ceil(lx0 * lds), math.ceil(ly0 * lds)), level, (lx1 - lx0, ly1 - ly0)
+                )
+                if region.size != (ow, oh):
+                    region = region.resize((ow, oh), Image.Resampling.BOX)
+                out[oy : oy + oh, ox : ox + ow] = np.asarray(region.convert("RGB"))
+        return out
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """Coarsest level whose downsample is ≤ ``downsample`` (level 0 if none)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 
 import cv2
@@ -105,32 +104,13 @@ class TissueMask:
         return [rings for rings in polys.values() if rings]
 
 
-def read_overview(slide: Slide, mpp: float, *, block_px: int = 1024) -> np.ndarray:
-    """RGB uint8 image of the whole slide at ``mpp`` µm/px (never finer than level 0),
-    read from the best pyramid level in blocks so single-level giant slides fit in memory."""
+def read_overview(slide: Slide, mpp: float) -> np.ndarray:
+    """RGB uint8 image of the whole slide at ``mpp`` µm/px (never finer than level 0)."""
     if slide.mpp is None:
         raise SlideError(f"{slide.path}: microns per pixel unknown")
     w0, h0 = slide.dimensions
     ds = max(mpp / slide.mpp, 1.0)
-    out_w, out_h = max(1, round(w0 / ds)), max(1, round(h0 / ds))
-    level = slide.best_level_for_downsample(ds)
-    lw, lh = slide.level_dimensions[level]
-    fx, fy = lw / out_w, lh / out_h  # level px per output px
-    out = np.empty((out_h, out_w, 3), dtype=np.uint8)
-    lds = slide.level_downsamples[level]
-    for oy in range(0, out_h, block_px):
-        for ox in range(0, out_w, block_px):
-            ow, oh = min(block_px, out_w - ox), min(block_px, out_h - oy)
-            lx0, ly0 = math.floor(ox * fx), math.floor(oy * fy)
-            lx1 = min(lw, math.ceil((ox + ow) * fx))
-            ly1 = min(lh, math.ceil((oy + oh) * fy))
-            region = slide.read_region_array(
-                (round(lx0 * lds), round(ly0 * lds)), level, (lx1 - lx0, ly1 - ly0)
-            )
-            if region.shape[:2] != (oh, ow):
-                region = cv2.resize(region, (ow, oh), interpolation=cv2.INTER_AREA)
-            out[oy : oy + oh, ox : ox + ow] = region
-    return out
+    return slide.read_downsampled((max(1, round(w0 / ds)), max(1, round(h0 / ds))))
 
 
 def _odd(n: float) -> int:
