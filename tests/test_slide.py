@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from slides import synthetic_tissue, write_svs, write_tiled_tiff
 
 from pathfl.registry import UnknownNameError
@@ -190,3 +191,19 @@ def test_backends_agree_on_cmu_pixels(cmu_slide: Path) -> None:
         pa = np.asarray(a.read_region((700, 900), 0, (256, 256)), dtype=int)
         pb = np.asarray(b.read_region((700, 900), 0, (256, 256)), dtype=int)
     assert np.abs(pa - pb).mean() < 6  # same tile, different JPEG decoders
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_downsampled_blocks_match_whole(
+    slide_files: dict, backend: str, tissue_rgb: np.ndarray
+) -> None:
+    with open_slide(slide_files["tiff"], backend=backend) as s:
+        whole = s.read_downsampled((300, 225))
+        blocks = s.read_downsampled((300, 225), block_px=64)
+        thumb = s.get_thumbnail(200)
+    assert whole.shape == blocks.shape == (225, 300, 3)
+    assert np.abs(whole.astype(int) - blocks.astype(int)).mean() < 3
+    assert thumb.size == (200, 150)
+    # the overview shows the written image (box-downsampled)
+    ref = np.asarray(Image.fromarray(tissue_rgb).resize((300, 225), Image.Resampling.BOX))
+    assert np.abs(whole.astype(int) - ref.astype(int)).mean() < 8
