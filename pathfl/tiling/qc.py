@@ -57,9 +57,11 @@ def draw_qc(
             cv2.polylines(img, [pts], True, CONTOUR_RGB, thickness, lineType=cv2.LINE_AA)
     if label:
         scale = max(0.4, max(h, w) / 1600)
-        org = (8, int(24 * scale))
-        cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 4)
-        cv2.putText(img, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1)
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        (tw, th), base = cv2.getTextSize(label, font, scale, 1)
+        pad = max(2, round(4 * scale))
+        cv2.rectangle(img, (0, 0), (tw + 2 * pad, th + base + 2 * pad), (255, 255, 255), -1)
+        cv2.putText(img, label, (pad, pad + th), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return img
 
 
