@@ -197,3 +197,38 @@ def test_sigkill_mid_batch_then_rerun(tmp_path: Path, good_slide: Path) -> None:
     assert {sid for sid, r in rows.items() if r["status"] == "skipped"} >= done_before
     assert len(list((out / "coords").glob("*.h5"))) == n
     assert no_temp_files(out)
+
+
+def test_slide_lists_folders_and_csv_errors(tmp_path: Path, good_slide: Path) -> None:
+    from pathfl.config import ConfigError
+    from pathfl.tiling.inputs import collect_jobs, read_slides_csv
+
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    shutil.copy(good_slide, nested / "deep.tif")
+    (nested / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="no slide files"):
+        collect_jobs([tmp_path / "a"])
+    jobs = collect_jobs([tmp_path / "a"], recursive=True, mpp_override=0.5)
+    assert [(j.slide_id, j.mpp_override) for j in jobs] == [("deep", 0.5)]
+    assert jobs[0].path.is_absolute()
+    with pytest.raises(ConfigError, match="duplicate slide id"):
+        collect_jobs([nested / "deep.tif", nested / "deep.tif"])
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,file\nx,y.svs\n")
+    with pytest.raises(ConfigError, match="missing column"):
+        read_slides_csv(bad)
+    bad.write_text("slide_id,path,mpp\nx,y.svs,-1\n")
+    with pytest.raises(ConfigError, match="mpp must be > 0"):
+        read_slides_csv(bad)
+    assert tile("--slides-csv", bad, "--out", tmp_path / "o")[0] == 2
+
+    # a CSV row whose file is missing is one failed slide, not a stopped batch
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(f"slide_id,path\nok1,{good_slide}\ngone,missing.svs\n")
+    out = tmp_path / "out"
+    assert tile("--slides-csv", sheet, "--out", out)[0] == 1
+    rows = manifest(out)
+    assert rows["ok1"]["status"] == "ok"
+    assert rows["gone"]["status"] == "failed" and "no such file" in rows["gone"]["error"]
