@@ -232,3 +232,24 @@ def test_slide_lists_folders_and_csv_errors(tmp_path: Path, good_slide: Path) ->
     rows = manifest(out)
     assert rows["ok1"]["status"] == "ok"
     assert rows["gone"]["status"] == "failed" and "no such file" in rows["gone"]["error"]
+
+
+def crash_on_slide_named_crash(job, out_dir, config):  # runs in spawned worker processes
+    from pathfl.tiling import tile_slide
+
+    if job.slide_id == "crash":
+        os._exit(3)  # what a segfault inside a native reader looks like to the pool
+    return tile_slide(job, out_dir, config)
+
+
+@pytest.mark.slow
+def test_worker_crash_fails_only_that_slide(tmp_path: Path, good_slide: Path) -> None:
+    from pathfl.tiling import SlideJob, TileConfig, run_batch
+
+    jobs = [SlideJob(sid, good_slide) for sid in ("a", "crash", "b", "c")]
+    results = run_batch(jobs, tmp_path, TileConfig(), workers=2, worker=crash_on_slide_named_crash)
+    status = {r.slide_id: r.status for r in results}
+    assert status == {"a": "ok", "crash": "failed", "b": "ok", "c": "ok"}
+    rows = manifest(tmp_path)
+    assert "crashed" in rows["crash"]["error"]
+    assert sorted(p.stem for p in (tmp_path / "coords").glob("*.h5")) == ["a", "b", "c"]

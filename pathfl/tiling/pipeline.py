@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,6 +235,9 @@ def _worker_init(log_level: int) -> None:
     logging.basicConfig(level=log_level, format="%(name)s: %(message)s")
 
 
+Worker = Callable[[SlideJob, Path, TileConfig], SlideResult]
+
+
 def run_batch(
     jobs: Sequence[SlideJob],
     out_dir: str | os.PathLike[str],
@@ -241,9 +245,14 @@ def run_batch(
     *,
     workers: int = 1,
     on_result: Callable[[SlideResult], None] | None = None,
+    worker: Worker = tile_slide,
 ) -> list[SlideResult]:
-    """Tile every job; the manifest is updated as each slide finishes. With ``workers > 1``
-    slides run in a process pool (spawned workers, one slide per task)."""
+    """Tile every job; the manifest is updated as each slide finishes.
+
+    With ``workers > 1`` slides run in a pool of spawned processes. If a worker process dies
+    (a crash inside a native reader), the slides that were in flight are retried one at a
+    time, so only the slide that crashes the reader is marked failed. ``worker`` is the
+    per-slide function (a module-level function; replaceable for tests)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_temp_files(out_dir)
@@ -258,30 +267,69 @@ def run_batch(
 
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
-            done(tile_slide(job, out_dir, config))
+            done(worker(job, out_dir, config))
         return results
-    ctx = mp.get_context("spawn")
+    pending, n_workers = list(jobs), min(workers, len(jobs))
+    while pending:
+        crashed = _pool_round(pending, out_dir, config, n_workers, worker, done)
+        if not crashed:
+            break
+        if n_workers == 1:
+            # one worker runs jobs in submission order: the first crashed job is the culprit
+            culprit = crashed[0]
+            done(
+                SlideResult(
+                    slide_id=culprit.slide_id,
+                    path=str(culprit.path),
+                    status="failed",
+                    error=f"{culprit.path}: the worker process crashed while reading this slide",
+                )
+            )
+            pending, n_workers = crashed[1:], min(workers, max(1, len(crashed) - 1))
+        else:
+            logger.warning(
+                "a worker process died; retrying %d slide(s) one at a time", len(crashed)
+            )
+            pending, n_workers = crashed, 1
+    return results
+
+
+def _pool_round(
+    jobs: list[SlideJob],
+    out_dir: Path,
+    config: TileConfig,
+    n_workers: int,
+    worker: Worker,
+    done: Callable[[SlideResult], None],
+) -> list[SlideJob]:
+    """Run ``jobs`` in one process pool; return the jobs lost to a broken pool (in
+    submission order)."""
     level = logging.getLogger().getEffectiveLevel()
+    crashed: list[int] = []
     with cf.ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)),
-        mp_context=ctx,
+        max_workers=n_workers,
+        mp_context=mp.get_context("spawn"),
         initializer=_worker_init,
         initargs=(level,),
     ) as pool:
-        futures = {pool.submit(tile_slide, job, out_dir, config): job for job in jobs}
+        futures = {pool.submit(worker, job, out_dir, config): i for i, job in enumerate(jobs)}
         for fut in cf.as_completed(futures):
-            job = futures[fut]
+            i = futures[fut]
             try:
-                r = fut.result()
-            except Exception as e:  # worker died (e.g. a crash inside a native reader)
-                r = SlideResult(
-                    slide_id=job.slide_id,
-                    path=str(job.path),
-                    status="failed",
-                    error=f"{job.path}: worker process failed: {type(e).__name__}: {e}",
+                done(fut.result())
+            except BrokenProcessPool:
+                crashed.append(i)
+            except Exception as e:  # e.g. a result that cannot be pickled back
+                job = jobs[i]
+                done(
+                    SlideResult(
+                        slide_id=job.slide_id,
+                        path=str(job.path),
+                        status="failed",
+                        error=f"{job.path}: worker failed: {type(e).__name__}: {e}",
+                    )
                 )
-            done(r)
-    return results
+    return [jobs[i] for i in sorted(crashed)]
 
 
 def summarize(results: Sequence[SlideResult]) -> dict[str, int]:
