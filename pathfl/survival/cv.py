@@ -1,0 +1,232 @@
+"""Cross-validated training of a survival MIL model -> run directory (what ``pathfl train``
+does). Per fold: covariate scaler, time bins (and Cox baseline) from the training fold only;
+out-of-fold risks are pooled. A final model is then fitted on all patients with the same
+settings (epochs = median of the folds' best epochs when early stopping is on) and saved as
+``model.pt`` — the model used by ``pathfl predict`` and ``pathfl heatmap``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathfl.survival.data import CovariateScaler, PatientBag, bags_fingerprint, make_folds, targets
+from pathfl.survival.metrics import survival_metrics
+from pathfl.survival.run import save_run
+from pathfl.survival.train import (
+    TrainConfig,
+    build_model,
+    fit_baseline,
+    fit_time_bins,
+    predict,
+    train_local,
+)
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]  # (phase, epoch, epochs)
+
+
+def _split_inner(bags: Sequence[PatientBag], fraction: float, seed: int):
+    """Stratified inner train/validation split for early stopping."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(bags))
+    ev = np.array([b.event for b in bags])
+    strat = ev if min(ev.sum(), len(ev) - ev.sum()) >= 2 else None
+    tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
+    return [bags[i] for i in tr], [bags[i] for i in va]
+
+
+def fit_one(
+    train_bags: Sequence[PatientBag],
+    config: TrainConfig,
+    *,
+    epochs: int | None = None,
+    seed: int | None = None,
+    progress: ProgressFn | None = None,
+    phase: str = "train",
+) -> dict[str, Any]:
+    """Fit scaler, time bins, model (and Cox baseline) on ``train_bags``. Returns a dict with
+    ``model, scaler, time_bins, baseline, stats, train_bags`` (the scaled bags)."""
+    seed = config.seed if seed is None else seed
+    epochs = config.epochs if epochs is None else epochs
+    scaler = CovariateScaler.fit(train_bags, config.covariates)
+    scaled = scaler.apply(train_bags)
+    ev, t = targets(scaled)
+    time_bins = fit_time_bins(t, ev, n_bins=config.n_bins) if config.loss == "nll" else None
+    model = build_model(
+        config, feature_dim=scaled[0].feature_dim, n_covariates=len(config.covariates)
+    )
+    fit_bags, val_bags = scaled, None
+    if config.early_stopping_patience > 0:
+        fit_bags, val_bags = _split_inner(scaled, config.val_fraction, seed)
+
+    def _cb(epoch: int, _stats: dict[str, float]) -> None:
+        if progress is not None:
+            progress(phase, epoch + 1, epochs)
+
+    stats = train_local(
+        model,
+        fit_bags,
+        config,
+        epochs=epochs,
+        time_bins=time_bins,
+        seed=seed,
+        val_bags=val_bags,
+        progress=_cb,
+    )
+    baseline = fit_baseline(model, scaled, config)
+    return {
+        "model": model,
+        "scaler": scaler,
+        "time_bins": time_bins,
+        "baseline": baseline,
+        "stats": stats,
+        "train_bags": scaled,
+    }
+
+
+def cross_validate(
+    bags: Sequence[PatientBag],
+    config: TrainConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    progress: ProgressFn | None = None,
+    final_model: bool = True,
+) -> dict[str, Any]:
+    """K-fold CV (``config.folds``; 1 = fit on everything, no validation metrics), pooled OOF
+    metrics, predictions.csv, KM plot, final model. Returns the metrics dict."""
+    from pathfl.survival.plots import km_plot
+
+    run_dir = Path(run_dir)
+    bags = list(bags)
+    ev_all, t_all = targets(bags)
+    fold_metrics: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    oof_risk = np.full(len(bags), np.nan)
+    oof_high = np.zeros(len(bags), dtype=bool)
+    oof_surv: dict[int, Any] = {}
+    best_epochs: list[float] = []
+    if config.folds >= 2:
+        folds = make_folds(bags, k=config.folds, seed=config.seed)
+        for k, (tr, va) in enumerate(folds):
+            fit = fit_one(
+                [bags[i] for i in tr],
+                config,
+                seed=config.seed + k,
+                progress=progress,
+                phase=f"fold {k + 1}/{len(folds)}",
+            )
+            val = fit["scaler"].apply([bags[i] for i in va])
+            p = predict(
+                fit["model"], val, config, time_bins=fit["time_bins"], baseline=fit["baseline"]
+            )
+            p_tr = predict(fit["model"], fit["train_bags"], config, time_bins=fit["time_bins"])
+            median_train = float(np.median(p_tr.risk))
+            m = survival_metrics(
+                train_event=ev_all[tr],
+                train_time=t_all[tr],
+                event=p.event,
+                time=p.time,
+                risk=p.risk,
+                surv_fn=p.surv_fn,
+                n_boot=config.n_boot,
+                seed=config.seed,
+            )
+            m.update(fold=k, train_loss=fit["stats"]["loss"], best_epoch=fit["stats"]["best_epoch"])
+            m["train_median_risk"] = median_train
+            fold_metrics.append(m)
+            best_epochs.append(fit["stats"]["best_epoch"])
+            oof_risk[va] = p.risk
+            oof_high[va] = p.risk > median_train
+            oof_surv[k] = (va, p.surv_fn)
+            logger.info("fold %d: C-index %.3f (n=%d)", k + 1, m["c_index"], m["n"])
+            for j, i in enumerate(va):
+                rows.append(
+                    {
+                        "patient_id": bags[i].patient_id,
+                        "risk": float(p.risk[j]),
+                        "time": float(t_all[i]),
+                        "event": int(ev_all[i]),
+                        "fold": k,
+                        "risk_group": "high" if oof_high[i] else "low",
+                    }
+                )
+
+    metrics: dict[str, Any] = {"config": config.to_dict(), "folds": fold_metrics}
+    if fold_metrics:
+        # pooled out-of-fold: risks of different folds are on different scales for Cox; the
+        # pooled Harrell C is reported as is (the common convention) together with the mean
+        # of per-fold values.
+        def pooled_surv(times: np.ndarray) -> np.ndarray | None:
+            out = np.full((len(bags), len(times)), np.nan)
+            for va, fn in oof_surv.values():
+                if fn is None:
+                    return None
+                out[va] = fn(times)
+            return out
+
+        metrics["pooled_oof"] = survival_metrics(
+            train_event=ev_all,
+            train_time=t_all,
+            event=ev_all,
+            time=t_all,
+            risk=oof_risk,
+            surv_fn=pooled_surv if all(fn for _, fn in oof_surv.values()) else None,
+            n_boot=config.n_boot,
+            seed=config.seed,
+        )
+        cs = np.array([m["c_index"] for m in fold_metrics], float)
+        metrics["fold_mean"] = {
+            "c_index_mean": float(np.nanmean(cs)),
+            "c_index_sd": float(np.nanstd(cs, ddof=1)) if len(cs) > 1 else 0.0,
+            "uno_c_mean": float(np.nanmean([m["uno_c"] for m in fold_metrics])),
+            "integrated_brier_mean": float(
+                np.nanmean([m["integrated_brier"] for m in fold_metrics])
+            ),
+        }
+        metrics["km_logrank"] = km_plot(
+            t_all,
+            ev_all,
+            oof_high,
+            run_dir / "plots" / "km_risk_groups.png",
+            title=f"{config.model}/{config.loss}: out-of-fold risk groups "
+            f"(split at each training fold's median)",
+        )
+        logger.info(
+            "pooled OOF C-index %.3f (95%% CI %.3f-%.3f)",
+            metrics["pooled_oof"]["c_index"],
+            *metrics["pooled_oof"].get("c_index_ci95", (np.nan, np.nan)),
+        )
+
+    fit: dict[str, Any] | None = None
+    if final_model or not fold_metrics:
+        epochs = config.epochs
+        if config.early_stopping_patience > 0 and best_epochs:
+            epochs = int(np.median(best_epochs))
+        fit = fit_one(bags, config, epochs=epochs, progress=progress, phase="final (all data)")
+        metrics["final_model"] = {
+            "trained_on": "all patients",
+            "epochs": epochs,
+            "train_loss": fit["stats"]["loss"],
+        }
+    assert fit is not None
+    save_run(
+        run_dir,
+        fit["model"],
+        config,
+        feature_dim=bags[0].feature_dim,
+        fingerprint=bags_fingerprint(bags),
+        time_bins=fit["time_bins"],
+        scaler=fit["scaler"],
+        metrics=metrics,
+        predictions=rows or None,
+        baseline=fit["baseline"],
+        extra={"n_patients": len(bags), "folds": config.folds},
+    )
+    return metrics

@@ -1,0 +1,132 @@
+"""Survival losses (registry ``LOSSES``) over a mini-batch of bags, plus the matching
+risk / survival-function transforms.
+
+* ``nll`` — discrete-time negative log-likelihood (Zadeh & Schmid 2020). ``logits (B, T)`` are
+  per-bin hazard logits, ``h_j = sigmoid(logit_j)``, ``S_j = Π_{k≤j}(1 - h_k)``. For a patient
+  whose time falls in bin ``y``: event → ``-log S_{y-1} - log h_y``; censored →
+  ``-log S_y`` (censoring taken at the end of the bin). Loss = ``(1-α)·mean(all) +
+  α·mean(event terms)`` where "mean" divides by the batch size. Risk = ``-Σ_j S_j``.
+* ``cox`` — negative Cox partial log-likelihood, Breslow handling of tied times (every
+  subject with ``t_j ≥ t_i`` is in the risk set of an event at ``t_i``), averaged over the
+  events of the batch. ``logits (B, 1)`` are log-risks. A batch without events gives 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from pathfl.registry import Registry
+
+LossFn = Callable[..., torch.Tensor]
+LOSSES: Registry[torch.Tensor] = Registry("loss")
+
+
+def time_to_bin(time: np.ndarray | torch.Tensor, cuts: np.ndarray) -> np.ndarray:
+    """Bin index of each time: bin 0 = (-inf, c_0], bin j = (c_{j-1}, c_j], last = (c_last, inf)."""
+    return np.searchsorted(np.asarray(cuts, dtype=float), np.asarray(time, dtype=float), "left")
+
+
+@LOSSES.register("nll", n_out="n_bins")
+def nll_loss(
+    logits: torch.Tensor,
+    event: torch.Tensor,
+    time: torch.Tensor,
+    *,
+    time_bins: np.ndarray,
+    alpha: float = 0.0,
+    eps: float = 1e-7,
+) -> torch.Tensor:
+    """Discrete-time survival NLL (see module docstring). ``time_bins``: the inner cut points
+    (``n_bins - 1`` values)."""
+    if logits.ndim != 2 or logits.shape[1] != len(time_bins) + 1:
+        raise ValueError(f"nll expects logits (B, {len(time_bins) + 1}), got {tuple(logits.shape)}")
+    y = torch.as_tensor(time_to_bin(time.detach().cpu().numpy(), time_bins), device=logits.device)
+    y = y.long().view(-1, 1)
+    ev = event.to(logits.dtype).view(-1, 1)
+    hazards = torch.sigmoid(logits)
+    surv = torch.cumprod(1 - hazards, dim=1)
+    surv_pad = torch.cat([torch.ones_like(surv[:, :1]), surv], dim=1)  # S_{-1} = 1
+    s_before = torch.gather(surv_pad, 1, y).clamp(min=eps)
+    h_this = torch.gather(hazards, 1, y).clamp(min=eps)
+    s_this = torch.gather(surv_pad, 1, y + 1).clamp(min=eps)
+    uncensored = -ev * (torch.log(s_before) + torch.log(h_this))
+    censored = -(1 - ev) * torch.log(s_this)
+    full = (uncensored + censored).mean()
+    return (1 - alpha) * full + alpha * uncensored.mean()
+
+
+@LOSSES.register("cox", n_out=1)
+def cox_loss(
+    logits: torch.Tensor,
+    event: torch.Tensor,
+    time: torch.Tensor,
+    *,
+    time_bins: np.ndarray | None = None,
+    alpha: float = 0.0,
+) -> torch.Tensor:
+    """Negative Cox partial log-likelihood with Breslow ties, mean over events."""
+    eta = logits.reshape(-1)
+    ev = event.to(eta.dtype).reshape(-1)
+    t = time.to(eta.dtype).reshape(-1)
+    if ev.sum() == 0:
+        return eta.sum() * 0.0
+    at_risk = (t.view(1, -1) >= t.view(-1, 1)).to(eta.dtype)  # [i, j] = t_j >= t_i
+    log_risk_set = torch.logsumexp(eta.view(1, -1) + torch.log(at_risk), dim=1)
+    return -((eta - log_risk_set) * ev).sum() / ev.sum()
+
+
+def n_outputs(loss: str, n_bins: int) -> int:
+    LOSSES.get(loss)
+    return n_bins if loss == "nll" else 1
+
+
+def hazards_to_survival(logits: torch.Tensor) -> torch.Tensor:
+    """Per-bin survival ``S_j`` (B, T) from hazard logits (NLL models)."""
+    return torch.cumprod(1 - torch.sigmoid(logits), dim=1)
+
+
+def risk_from_logits(logits: torch.Tensor, loss: str) -> torch.Tensor:
+    """Scalar risk per bag (higher = worse): Cox log-risk, or ``-Σ_j S_j`` for NLL."""
+    if loss == "cox":
+        return logits.reshape(logits.shape[0], -1)[:, 0]
+    return -hazards_to_survival(logits).sum(dim=1)
+
+
+# --- Breslow baseline for Cox survival functions ------------------------------------------------
+
+
+def breslow_baseline(
+    risk: np.ndarray, event: np.ndarray, time: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Breslow cumulative baseline hazard ``H0`` at the distinct event times of the training
+    data (``risk`` = log-risk). Returns ``(event_times, H0)``."""
+    risk, event, time = (np.asarray(a, dtype=float) for a in (risk, event, time))
+    exp_r = np.exp(risk - risk.max())  # shift for stability; undone below
+    uniq = np.unique(time[event > 0])
+    h = np.empty(len(uniq))
+    for i, t in enumerate(uniq):
+        d = float(((time == t) & (event > 0)).sum())
+        h[i] = d / exp_r[time >= t].sum()
+    return uniq, np.cumsum(h) * np.exp(-risk.max())
+
+
+def cox_survival(
+    risk: np.ndarray, baseline: tuple[np.ndarray, np.ndarray], times: np.ndarray
+) -> np.ndarray:
+    """``S(t | x) = exp(-H0(t) · exp(risk))`` at ``times`` (n, T), H0 a right-continuous step."""
+    bt, h0 = (np.asarray(a, dtype=float) for a in baseline)
+    idx = np.searchsorted(bt, np.asarray(times, dtype=float), side="right") - 1
+    h_at = np.where(idx >= 0, h0[np.clip(idx, 0, None)], 0.0)
+    return np.exp(-np.outer(np.exp(np.asarray(risk, dtype=float)), h_at))
+
+
+def discrete_survival_at(surv_bins: np.ndarray, cuts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Step survival function of NLL models at ``times``: the hazard of bin ``j`` is taken
+    at the bin's upper edge ``c_j``, so ``S(t) = S_{j-1}`` for ``t`` in bin ``j`` (the last
+    bin's hazard has no finite edge and is never applied)."""
+    surv_pad = np.concatenate([np.ones((surv_bins.shape[0], 1)), surv_bins], axis=1)
+    idx = np.searchsorted(np.asarray(cuts, dtype=float), np.asarray(times, dtype=float), "right")
+    return surv_pad[:, idx]
