@@ -143,6 +143,12 @@ def site_cmd(
     audit_log: Path = typer.Option(None, "--audit-log", help="Site audit log (JSONL)."),
     state_dir: Path = typer.Option(Path("pathfl-site"), "--state-dir", help="Logs, Flower home."),
     insecure: bool = typer.Option(False, "--insecure", help="No TLS, no auth (testing only)."),
+    flower_poll: bool = typer.Option(
+        False, "--flower-poll", help="Keep Flower's 3 s idle poll (no pathfl.fl.fast_supernode)."
+    ),
+    no_worker: bool = typer.Option(
+        False, "--no-worker", help="No long-running worker: each message loads torch + data."
+    ),
 ) -> None:
     """Run this site's SuperNode: connects out to the aggregator and trains on local data."""
     from pathfl.config import ConfigError
@@ -164,6 +170,11 @@ def site_cmd(
     }
     if policy is not None:
         node_config["policy"] = str(policy.resolve())
+    worker = None
+    if not no_worker:
+        worker, node_config["worker"] = procs.start_worker(
+            f"site-{name}-worker", state_dir, env=procs.flower_env(None)
+        )
     proc = procs.start_process(
         f"site-{name}",
         procs.supernode_argv(
@@ -172,12 +183,17 @@ def site_cmd(
             key=None if insecure else key,
             node_config=node_config,
             runtime_port=procs.free_port(),
+            fast_poll=not flower_poll,
         ),
         log_path=state_dir / "supernode.log",
         env=procs.flower_env(state_dir / "flwr_home"),
     )
     typer.echo(f"site {name} connecting to {server} (pid {proc.pid}); log {proc.log_path}")
-    _foreground(proc)
+    try:
+        _foreground(proc)
+    finally:
+        if worker is not None:
+            worker.stop()
 
 
 @fl_app.command("run")

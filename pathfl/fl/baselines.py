@@ -38,7 +38,7 @@ def _fit_eval(
     model = build_model(tcfg, feature_dim=sites[0].feature_dim)
     epochs = int(cfg["rounds"]) * int(cfg["local_epochs"])
     train_local(model, train_bags, tcfg, epochs=epochs, time_bins=time_bins, seed=int(cfg["seed"]))
-    return {s.name: evaluate(model, s.val, tcfg, time_bins=time_bins) for s in sites if s.val}
+    return {s.site: evaluate(model, s.val, tcfg, time_bins=time_bins) for s in sites if s.val}
 
 
 def _summary(per_site: dict[str, dict[str, float]]) -> dict[str, Any]:

@@ -59,11 +59,28 @@ def _reply(msg: Message, kind: str, content: RecordDict) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _compute(
+    kind: str, context: Context, cfg: dict[str, Any], arrays: list | None
+) -> dict[str, Any]:
+    """Ask the site's long-running worker (node config ``worker``); compute here when there
+    is none or it cannot be reached."""
+    node_config = dict(context.node_config)
+    sock = str(node_config.get("worker", "") or "")
+    if sock:
+        from pathfl.fl.worker import WorkerUnavailableError, call
+
+        try:
+            return call(sock, kind, node_config, cfg, arrays)
+        except WorkerUnavailableError as e:
+            logger.warning("%s; computing in the ClientApp process", e)
+    return site_mod.handle(kind, node_config, cfg, arrays)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     cfg = records.decode_config(msg.content["config"])
-    data = site_mod.load_site(context.node_config, cfg)
-    info, counts = site_mod.query_reply(data, cfg)
+    result = _compute(records.QUERY, context, cfg, None)
+    info, counts = result["info"], result["counts"]
     _audit(context, cfg, "fingerprint", fingerprint=info, n_examples=counts["num-examples"])
     content = RecordDict({"site": ConfigRecord(info), "counts": MetricRecord(counts)})
     return _reply(msg, records.QUERY, content)
@@ -77,9 +94,9 @@ def train(msg: Message, context: Context) -> Message:
     cfg = records.decode_config(msg.content["config"])
     round_no = int(cfg["round"])
     _check_policy(context, cfg, round_no)
-    data = site_mod.load_site(context.node_config, cfg)
     arrays_in = records.from_array_record(msg.content["arrays"])
-    arrays_out, metrics = site_mod.train_round(data, cfg, arrays_in, round_no=round_no)
+    result = _compute(records.TRAIN, context, cfg, arrays_in)
+    arrays_out, metrics = result["arrays"], result["metrics"]
     metrics["compute_s"] = time.perf_counter() - t0
     content = RecordDict(
         {"arrays": records.to_array_record(arrays_out), "metrics": MetricRecord(metrics)}
@@ -94,7 +111,6 @@ def train(msg: Message, context: Context) -> Message:
         update_sha256=hash_arrays(arrays_out),
         n_examples=int(metrics["num-examples"]),
         metrics=metrics,
-        seconds=round(time.perf_counter() - t0, 3),
     )
     return reply
 
@@ -107,11 +123,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = records.decode_config(msg.content["config"])
     round_no = int(cfg["round"])
     _check_policy(context, cfg, round_no)
-    data = site_mod.load_site(context.node_config, cfg)
     arrays_in = records.from_array_record(msg.content["arrays"])
-    model = site_mod.build_global_model(cfg, data.feature_dim, arrays_in)
-    metrics = site_mod.evaluate_site(model, data, cfg)
-    metrics["num-examples"] = float(len(data.val))
+    metrics = _compute(records.EVALUATE, context, cfg, arrays_in)["metrics"]
     metrics["compute_s"] = time.perf_counter() - t0
     reply = _reply(msg, records.EVALUATE, RecordDict({"metrics": MetricRecord(metrics)}))
     _audit(
@@ -120,7 +133,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         "evaluate",
         round=round_no,
         model_in_sha256=hash_arrays(arrays_in),
-        n_examples=len(data.val),
+        n_examples=int(metrics["num-examples"]),
         metrics=metrics,
     )
     return reply

@@ -36,6 +36,9 @@ class LocalFederation:
     sites: dict[str, procs.ManagedProcess] = field(default_factory=dict)
     port: int = 0
     env_extra: dict[str, str] = field(default_factory=dict)
+    fast_poll: bool = True  # SuperNodes via pathfl.fl.fast_supernode (0.5 s idle poll)
+    use_worker: bool = True  # a long-running pathfl.fl.worker per site
+    workers: dict[str, procs.ManagedProcess] = field(default_factory=dict)
 
     @property
     def server(self) -> str:
@@ -53,8 +56,12 @@ class LocalFederation:
         return self.work / "sites" / name
 
     # ---------------------------------------------------------------- start/stop
-    def start(self, specs: list[SiteSpec], *, timeout_s: float = 120.0) -> LocalFederation:
-        from pathfl.fl.certs import make_certs
+    def start(self, specs: list[SiteSpec], *, timeout_s: float = 180.0) -> LocalFederation:
+        """SuperLink, then every site: workers launched first (they import torch), site keys
+        registered meanwhile, SuperNodes started once their worker listens."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from pathfl.fl.certs import make_certs, make_site_keys
 
         try:
             if self.tls:
@@ -76,24 +83,48 @@ class LocalFederation:
                 log_path=self.work / "logs" / "superlink.log",
                 env=procs.flower_env(self.home, **self.env_extra),
             )
+            socks: dict[str, str] = {}
+            if self.use_worker:
+                for spec in specs:
+                    self.workers[spec.name], socks[spec.name] = procs.launch_worker(
+                        f"site-{spec.name}-worker",
+                        self.site_dir(spec.name),
+                        env=procs.flower_env(None, **self.env_extra),
+                    )
             procs.wait_port(self.host, self.port, timeout_s=timeout_s, proc=self.superlink)
             procs.write_flwr_home(
                 self.home,
                 server=self.server,
                 root_cert=self.certs / "ca.crt" if self.certs else None,
             )
+            if self.auth:
+                pubs = [make_site_keys(self.certs, s.name)[1] for s in specs]  # type: ignore[arg-type]
+                with ThreadPoolExecutor(max_workers=4) as pool:
+                    list(
+                        pool.map(
+                            lambda sp: procs.register_site(self.home, sp[0], sp[1].name),
+                            zip(pubs, specs, strict=True),
+                        )
+                    )
             for spec in specs:
-                self.start_site(spec, register=self.auth)
+                if spec.name in socks:
+                    procs.wait_worker(self.workers[spec.name], socks[spec.name])
+                self.start_site(spec, register=False, worker_socket=socks.get(spec.name))
         except BaseException:
             self.stop()
             raise
         return self
 
     def start_site(
-        self, spec: SiteSpec, *, register: bool = True, key: Path | None = None
+        self,
+        spec: SiteSpec,
+        *,
+        register: bool = True,
+        key: Path | None = None,
+        worker_socket: str | None = None,
     ) -> procs.ManagedProcess:
-        """Start (and, with auth, first register) one SuperNode for ``spec``. ``key``
-        overrides the site's key (tests use an unregistered key)."""
+        """Start (and, with auth and ``register``, first register) one SuperNode for
+        ``spec``. ``key`` overrides the site's key (tests use an unregistered key)."""
         from pathfl.fl.certs import make_site_keys
 
         key_path = key
@@ -110,6 +141,8 @@ class LocalFederation:
         }
         if spec.policy is not None:
             node_config["policy"] = str(Path(spec.policy).resolve())
+        if worker_socket:
+            node_config["worker"] = worker_socket
         proc = procs.start_process(
             f"site-{spec.name}",
             procs.supernode_argv(
@@ -118,6 +151,7 @@ class LocalFederation:
                 key=key_path if self.auth else None,
                 node_config=node_config,
                 runtime_port=procs.free_port(self.host),
+                fast_poll=self.fast_poll,
             ),
             log_path=sdir / "supernode.log",
             env=procs.flower_env(sdir / "flwr_home", **self.env_extra),
@@ -126,10 +160,10 @@ class LocalFederation:
         return proc
 
     def stop(self) -> None:
-        for proc in list(self.sites.values()):
-            proc.stop()
+        """Stop every process this federation started (sites and workers first)."""
+        procs.stop_all([*self.sites.values(), *self.workers.values()])
         if self.superlink is not None:
-            self.superlink.stop()
+            procs.stop_all([self.superlink])
 
     def __enter__(self) -> LocalFederation:
         return self
@@ -152,30 +186,40 @@ def follow_run(
     *,
     timeout_s: float,
     superlink_log: Path | None = None,
-    poll_s: float = 1.0,
+    poll_s: float = 0.5,
+    flower_poll_s: float = 10.0,
 ) -> dict[str, Any]:
-    """Wait until the run finished (Flower status ``finished:*``) or ``timeout_s`` passed; then
-    return the run dir's status.json (when the run dir is on this host) with Flower's status.
+    """Wait until the run ended — the run dir's status.json says completed/failed (when the
+    run dir is on this host) or Flower reports ``finished:*`` — or ``timeout_s`` passed.
+    Flower's status costs a ``flwr ls`` process, so it is asked only every ``flower_poll_s``.
     On timeout the run is stopped, never left hanging."""
     deadline = time.monotonic() + timeout_s
-    status, last_log = "", 0.0
-    while time.monotonic() < deadline:
-        status = procs.run_status(home, run_id)
-        if status.startswith("finished"):
-            break
-        if run_dir is not None and time.monotonic() - last_log > 15:
-            last_log = time.monotonic()
-            logger.info("run %d: %s %s", run_id, status, RunDir(run_dir).read_status())
+    status, next_flower, last_log = "", 0.0, time.monotonic()
+    local: dict[str, Any] = {}
+    while True:
+        now = time.monotonic()
+        if run_dir is not None:
+            local = RunDir(run_dir).read_status()
+            if local.get("state") in ("completed", "failed"):
+                status = status or f"serverapp:{local['state']}"
+                break
+        if now >= next_flower:
+            next_flower = now + flower_poll_s
+            status = procs.run_status(home, run_id)
+            if status.startswith("finished"):
+                if run_dir is not None:  # the ServerApp may have written status.json since
+                    local = RunDir(run_dir).read_status()
+                break
+        if now - last_log > 30:
+            last_log = now
+            logger.info("run %d: %s %s", run_id, status, local)
+        if now >= deadline:
+            procs.stop_run(home, run_id)
+            raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s (stopped)")
         time.sleep(poll_s)
-    else:
-        procs.stop_run(home, run_id)
-        raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s (stopped it)")
-    result: dict[str, Any] = {"flower_status": status, "run_id": run_id}
-    if run_dir is not None:
-        result.update(RunDir(run_dir).read_status())
-    if status != "finished:completed" and superlink_log is not None and superlink_log.exists():
+    result: dict[str, Any] = {"flower_status": status, "run_id": run_id, **local}
+    if local.get("state") != "completed" and superlink_log is not None and superlink_log.exists():
         result["log_tail"] = superlink_log.read_text(errors="replace")[-3000:]
-    logger.info(
-        "run %d ended: %s", run_id, json.dumps({k: v for k, v in result.items() if k != "log_tail"})
-    )
+    shown = {k: v for k, v in result.items() if k != "log_tail"}
+    logger.info("run %d ended: %s", run_id, json.dumps(shown, default=str))
     return result

@@ -73,12 +73,13 @@ def simulate(
         result = follow_run(
             fed.home, run_id, out, timeout_s=budget, superlink_log=fed.superlink.log_path
         )
+        pids = [fed.superlink.pid, *(p.pid for p in [*fed.sites.values(), *fed.workers.values()])]
     if result.get("state") != "completed":
         raise RuntimeError(
             f"federated run {run_id} ended as {result.get('flower_status')}: "
             f"{result.get('message') or result.get('log_tail', '')[-1500:]}"
         )
-    summary: dict[str, Any] = {"run_id": run_id, "run_dir": str(out)}
+    summary: dict[str, Any] = {"run_id": run_id, "run_dir": str(out), "pids": pids}
     metrics = json.loads((out / "metrics.json").read_text())
     summary["federated_c_index"] = metrics["federated_c_index"]
     if baselines:

@@ -175,3 +175,51 @@ def default_audit_path(node_config: Mapping[str, Any]) -> Path:
     if node_config.get(NODE_AUDIT):
         return Path(str(node_config[NODE_AUDIT]))
     return Path(os.path.expanduser("~")) / ".pathfl" / f"site-{node_config.get(NODE_SITE)}.jsonl"
+
+
+class SiteCache:
+    """Keeps a site's loaded data between requests (used by the long-running site worker)."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._data: SiteData | None = None
+
+    def get(self, node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> SiteData:
+        paths = node_paths(node_config)
+        key = (
+            paths[NODE_FEATURES],
+            paths[NODE_CLINICAL],
+            int(cfg.get("val_folds", 4)),
+            int(cfg["seed"]),
+        )
+        if key != self._key or self._data is None:
+            self._data, self._key = load_site(node_config, cfg), key
+        return self._data
+
+
+def handle(
+    kind: str,
+    node_config: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    arrays: list[np.ndarray] | None,
+    *,
+    cache: SiteCache | None = None,
+) -> dict[str, Any]:
+    """The site's answer to one request, as plain Python (the ClientApp turns it into Flower
+    records and checks it against the whitelist): ``query`` → info + counts, ``train`` →
+    arrays + metrics, ``evaluate`` → metrics."""
+    data = (cache or SiteCache()).get(node_config, cfg)
+    if kind == "query":
+        info, counts = query_reply(data, cfg)
+        return {"info": info, "counts": counts}
+    if arrays is None:
+        raise ValueError(f"a {kind} request needs the global model arrays")
+    if kind == "train":
+        new, metrics = train_round(data, cfg, arrays, round_no=int(cfg["round"]))
+        return {"arrays": new, "metrics": metrics}
+    if kind == "evaluate":
+        model = build_global_model(cfg, data.feature_dim, arrays)
+        metrics = evaluate_site(model, data, cfg)
+        metrics["num-examples"] = float(len(data.val))
+        return {"metrics": metrics}
+    raise ValueError(f"unknown request kind {kind!r}")

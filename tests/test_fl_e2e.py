@@ -1,0 +1,141 @@
+"""End-to-end federation as real processes on 127.0.0.1: SuperLink with TLS and SuperNode
+authentication, three sites, three rounds, planted-signal features; an unregistered site is
+refused. Every process started is stopped (checked by process group)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _group_gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def three_sites(tmp_path_factory) -> list[Path]:
+    """One planted-signal cohort (a shared signal direction) split by patient into 3 sites."""
+    from pathfl.survival.synthetic import make_cohort
+
+    root = tmp_path_factory.mktemp("fl_sites")
+    cohort = make_cohort(
+        root / "all", n_patients=96, feature_dim=16, tiles=(8, 24), seed=5, two_slide_fraction=0.0
+    )
+    with open(cohort.clinical_csv) as f:
+        rows = list(csv.DictReader(f))
+    patients = sorted({r["patient_id"] for r in rows})
+    dirs = []
+    for k, name in enumerate(("hosp_a", "hosp_b", "hosp_c")):
+        mine = set(patients[k::3])
+        d = root / name
+        (d / "features").mkdir(parents=True)
+        site_rows = [r for r in rows if r["patient_id"] in mine]
+        for r in site_rows:
+            (d / "features" / f"{r['slide_id']}.h5").symlink_to(
+                cohort.features_dir / f"{r['slide_id']}.h5"
+            )
+        with open(d / "clinical.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(site_rows)
+        dirs.append(d)
+    return dirs
+
+
+FL_CFG = {
+    "rounds": 3,
+    "local_epochs": 2,
+    "model": "meanpool",
+    "loss": "nll",
+    "n_bins": 4,
+    "lr": 0.005,
+    "bags_per_batch": 8,
+    "hidden_dim": 32,
+    "dropout": 0.0,
+    "val_folds": 3,
+    "min_sites": 3,
+    "round_timeout_s": 240,
+    "connect_timeout_s": 180,
+    "seed": 1,
+}
+
+
+def test_three_sites_three_rounds_tls_auth(three_sites, tmp_path) -> None:
+    from pathfl.fl.audit import verify
+    from pathfl.fl.records import REPLY_WHITELIST
+    from pathfl.fl.rundir import RunDir
+    from pathfl.fl.simulate import simulate, site_specs
+    from pathfl.survival.run import load_run
+
+    out = tmp_path / "run"
+    summary = simulate(site_specs(three_sites), FL_CFG, out, tls=True)
+
+    # every Flower process (and its children) is gone
+    assert summary["pids"] and all(_group_gone(p) for p in summary["pids"])
+
+    # federated C-index from pooled pair counts is close to pooled training
+    fed = summary["federated_c_index"]
+    pooled = summary["baselines"]["pooled"]["federated_c_index"]
+    assert fed >= pooled - 0.05, summary["table"]
+    assert fed > 0.6, summary["table"]  # the planted signal is learned
+    assert (out / "comparison.csv").is_file() and "local_only" in summary["table"]
+
+    # a run dir `pathfl predict` can read
+    _model, cfg, extras = load_run(out)
+    assert cfg.model == "meanpool" and len(extras["time_bins"]) == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "federated" and len(metrics["rounds"]) == 3
+    assert sorted(metrics["sites"]) == ["hosp_a", "hosp_b", "hosp_c"]
+
+    # per-round, per-site metrics; global model per round; checkpoint of the last round
+    rows = RunDir(out).read_rounds()
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    allowed = REPLY_WHITELIST["train"]["metrics"][1]
+    for r in rows:
+        assert set(r["sites"]) == {"hosp_a", "hosp_b", "hosp_c"}
+        for m in r["sites"].values():
+            assert m["status"] == "aggregated" and m["bytes_up"] > 0
+            assert set(m) - {"status", "bytes_up"} <= allowed
+        assert RunDir(out).round_arrays(r["round"]).is_file()
+    assert RunDir(out).load_checkpoint()[0]["round"] == 3
+
+    # hash-chained audit logs: the server's and each site's own
+    assert verify(out / "audit.jsonl").ok
+    for site in ("hosp_a", "hosp_b", "hosp_c"):
+        log = out / "federation" / "sites" / site / "audit.jsonl"
+        assert verify(log).ok
+        events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+        assert events.count("train") == 3 and "evaluate" in events
+
+
+def test_unregistered_site_is_refused(three_sites, tmp_path) -> None:
+    from pathfl.fl import processes as procs
+    from pathfl.fl.certs import make_site_keys
+    from pathfl.fl.federation import LocalFederation, SiteSpec
+
+    spec = SiteSpec("rogue", three_sites[0] / "features", three_sites[0] / "clinical.csv")
+    with LocalFederation(tmp_path / "fed", tls=True, auth=True) as fed:
+        fed.start([])
+        key, _ = make_site_keys(fed.certs, "rogue")  # a key the server never registered
+        proc = fed.start_site(spec, key=key)
+        deadline = time.monotonic() + 120
+        while proc.alive() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not proc.alive(), "an unregistered SuperNode kept running"
+        assert proc.popen.returncode != 0
+        assert "Failed to activate SuperNode" in proc.log_tail(20000)
+        nodes = procs.flwr_cli(fed.home, ["supernode", "ls", procs.CONNECTION, "--format", "json"])
+        assert json.loads(nodes[nodes.index("{") :]).get("nodes", []) == []
+        pids = [fed.superlink.pid, proc.pid]
+    assert all(_group_gone(p) for p in pids)
