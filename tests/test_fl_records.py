@@ -164,3 +164,34 @@ def test_check_reply_fails_closed() -> None:
     for kind, content in zip(kinds, bad, strict=True):
         with pytest.raises(records.ReplyNotAllowedError):
             records.check_reply(kind, content)
+
+
+def test_dp_training_reports_epsilon_and_keeps_ledger(site, tmp_path) -> None:
+    """With dp=true the ClientApp trains with DP-SGD; its reply carries ε (cumulative over
+    rounds through the site-local ledger) and still nothing personal."""
+    from pathfl.fl.client_app import app
+    from pathfl.fl.fl_config import effective_config
+    from pathfl.fl.records import state_to_arrays
+    from pathfl.fl.site import train_config
+    from pathfl.survival.train import build_model
+
+    cfg = effective_config(
+        {
+            "model": "meanpool",
+            "time_grid_max": 30.0,
+            "hidden_dim": 8,
+            "dp": True,
+            "dp_noise_multiplier": 1.0,
+            "rounds": 2,
+        }
+    )
+    ctx = _context(site, tmp_path)
+    _, arrays = state_to_arrays(build_model(train_config(cfg), feature_dim=8).state_dict())
+    eps = []
+    for r in (1, 2):
+        run_cfg = {**cfg, "round": r, "time_bins": [2.0, 5.0, 9.0], "run_id": "dp-test"}
+        reply = app(_request("train", run_cfg, arrays), ctx)
+        assert not reply.has_error(), reply.error
+        _assert_nothing_personal(reply, site)
+        eps.append(reply.content["metrics"]["train_dp_epsilon"])
+    assert 0 < eps[0] < eps[1]  # the second round spends more privacy budget

@@ -229,6 +229,7 @@ class FederatedRun:
             rejected=rejected,
             failed=failed,
             missing=missing,
+            updates={labels[i]: hash_arrays(updates[i]) for i in range(len(order))},
             metrics={"federated_c_index_prev_global": row["federated_c_index_prev_global"]},
         )
         logger.info(

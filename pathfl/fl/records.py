@@ -38,6 +38,9 @@ TRAIN_KEYS = (
     "dp_epsilon_round",
     "dp_delta",
     "dp_noise_multiplier",
+    "dp_max_grad_norm",
+    "dp_sample_rate",
+    "dp_steps",
 )
 FINGERPRINT_KEYS = (
     "encoder",

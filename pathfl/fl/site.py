@@ -36,6 +36,7 @@ class SiteData:
     train: list[Any]
     val: list[Any]
     feature_dim: int
+    state_dir: Path = Path(".")
 
     @property
     def n_patients(self) -> int:
@@ -84,6 +85,7 @@ def load_site(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> SiteDat
         train=train,
         val=val,
         feature_dim=bags[0].feature_dim,
+        state_dir=default_audit_path(node_config).parent,
     )
 
 
@@ -156,19 +158,36 @@ def train_round(
 
     model = build_global_model(cfg, data.feature_dim, arrays)
     metrics = evaluate_site(model, data, cfg)
-    stats = train_local(
-        model,
-        data.train,
-        train_config(cfg),
-        epochs=int(cfg["local_epochs"]),
-        time_bins=np.asarray(cfg["time_bins"]),
-        proximal_mu=float(cfg.get("proximal_mu", 0.0)),
-        seed=site_seed(int(cfg["seed"]), round_no, data.site),
-    )
+    kwargs: dict[str, Any] = {
+        "epochs": int(cfg["local_epochs"]),
+        "time_bins": np.asarray(cfg["time_bins"]),
+        "proximal_mu": float(cfg.get("proximal_mu", 0.0)),
+        "seed": site_seed(int(cfg["seed"]), round_no, data.site),
+    }
+    dp = _dp_config(cfg)
+    if dp is not None:
+        from pathfl.fl.privacy import PrivacyLedger, dp_train_local
+
+        # site-local accountant history, keyed by run id so a resumed run keeps spending it
+        ledger_path = data.state_dir / f"dp_ledger_{cfg.get('run_id', 'run')}.json"
+        ledger = PrivacyLedger.load(ledger_path)
+        stats = dp_train_local(model, data.train, train_config(cfg), dp, ledger=ledger, **kwargs)
+        ledger.save(ledger_path)
+    else:
+        stats = train_local(model, data.train, train_config(cfg), **kwargs)
     metrics.update(clean_metrics(stats, prefix="train_", keys=TRAIN_KEYS))
     metrics["num-examples"] = float(len(data.train))
     _, new_arrays = state_to_arrays(model.state_dict())
     return new_arrays, metrics
+
+
+def _dp_config(cfg: Mapping[str, Any]) -> Any:
+    """The run's DP-SGD settings, or None when DP is off (PrivacyError for impossible ones,
+    e.g. the Cox loss, which makes the site refuse the request)."""
+    from pathfl.fl.privacy import DPConfig
+
+    dp = DPConfig.from_run_config(cfg)
+    return dp if dp.enabled else None
 
 
 def default_audit_path(node_config: Mapping[str, Any]) -> Path:
