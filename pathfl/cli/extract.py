@@ -42,6 +42,9 @@ def extract_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16."),
     workers: int = typer.Option(-1, "--workers", help="Tile-reading processes (-1 = auto)."),
+    threads: int = typer.Option(
+        0, "--threads", help="Encoder threads on CPU (0 = torch's default: all cores)."
+    ),
     shard: str | None = typer.Option(None, "--shard", help="K/N: this job's share (0 <= K < N)."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Recompute features files made with other settings."
@@ -64,6 +67,7 @@ def extract_cmd(
             "device": device,
             "precision": precision,
             "workers": workers,
+            "threads": threads,
             "shard": shard,
             "overwrite": overwrite,
             "slide_dir": slide_dir,
@@ -96,6 +100,7 @@ def extract_cmd(
         shard=parse_shard(params["shard"]),
         overwrite=bool(params["overwrite"]),
         slide_dir=Path(params["slide_dir"]) if params["slide_dir"] else None,
+        threads=int(params["threads"]) or None,
     )
     out_dir = Path(params["out"])
     rows = _run_with_progress(Path(params["tiles"]), out_dir, opts, ExtractCallbacks, extract)

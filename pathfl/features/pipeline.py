@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from pathfl import __version__
@@ -52,10 +53,13 @@ class ExtractOptions:
     shard: tuple[int, int] | None = None
     overwrite: bool = False
     slide_dir: Path | None = None
+    threads: int | None = None  # intra-op threads of the encoder; None = torch's default
 
     def check(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("--batch-size must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("--threads must be >= 1")
         if self.workers < 0:
             raise ConfigError("--workers must be >= 0")
 
@@ -261,6 +265,8 @@ def extract(
     opts = options or ExtractOptions()
     opts.check()
     tiles_dir, out_dir = Path(tiles_dir), Path(out_dir)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
     encoder = create_encoder(opts.encoder, weights=opts.weights, options=opts.encoder_options)
     runner = InferenceRunner(encoder, device=opts.device, precision=opts.precision)
     plan = make_plan(
