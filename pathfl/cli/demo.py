@@ -12,7 +12,7 @@ HELP = (
     "Run the whole pipeline on a generated three-hospital cohort: write real pyramidal slides "
     "with a planted prognostic phenotype, tile, extract features (MobileNetV2, offline), "
     "train federated / pooled / local-only survival models with `pathfl fl simulate` (real "
-    "processes on 127.0.0.1), score them on held-out patients next to the oracle, and write "
+    "processes on 127.0.0.1), score them on validation patients next to the oracle, and write "
     "OUT/report.md + OUT/figures/*.png.\n\n"
     "Exit code: 0 every stage ran, 1 a stage is unavailable or failed (the report says which), "
     "2 usage or configuration error."
@@ -25,9 +25,6 @@ def demo(
     tiny: bool = typer.Option(False, "--tiny", help="Small cohort for CI (3 × 8 patients)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cohort, split and training."),
     workers: int = typer.Option(2, "--workers", "-j", help="Processes for generation/tiling."),
-    test_fraction: float = typer.Option(
-        1 / 3, "--test-fraction", help="Share of every site's patients held out for testing."
-    ),
     rounds: int = typer.Option(None, "--rounds", help="Federated rounds (default: by size)."),
     local_epochs: int = typer.Option(None, "--local-epochs", help="Local epochs per round."),
     config: Path = typer.Option(
@@ -39,8 +36,6 @@ def demo(
     values = {k: v for k, v in ctx.params.items() if k != "config"}
     try:
         v = merge_cli_and_yaml(ctx, values, config)
-        if not 0 < float(v["test_fraction"]) < 1:
-            raise ConfigError("--test-fraction must be between 0 and 1")
         if int(v["workers"]) < 1:
             raise ConfigError("--workers must be ≥ 1")
     except ConfigError as e:
@@ -55,12 +50,13 @@ def _run(v: dict[str, Any]) -> int:
     from pathfl.demo.pipeline import DemoConfig, run_demo
 
     console = Console()
+    if not console.is_terminal:
+        console.width = 120  # logs and CI: no wrapping of the result table
     cfg = DemoConfig(
         out=Path(v["out"]),
         tiny=bool(v["tiny"]),
         seed=int(v["seed"]),
         workers=int(v["workers"]),
-        test_fraction=float(v["test_fraction"]),
         rounds=v["rounds"],
         local_epochs=v["local_epochs"],
     )
@@ -95,7 +91,7 @@ def _print_table(console: Any, evaluation: dict[str, Any]) -> None:
     if not rows:
         return
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    t = Table(title=f"C-index on {evaluation['n_test_patients']} held-out patients")
+    t = Table(title=f"C-index on the {evaluation['n_val_patients']} validation patients")
     for c in cols:
         t.add_column(c.replace("_", " "), justify="left" if c == "model" else "right")
     for r in rows:

@@ -97,17 +97,17 @@ STAIN_C = StainStyle(
 
 
 def demo_spec(*, tiny: bool = False, seed: int = 0) -> CohortSpec:
-    """The cohort `pathfl demo` uses: 3 sites × 24 patients (``tiny``: 3 × 8, smaller slides,
-    one slide per patient)."""
-    n = 8 if tiny else 24
-    two = 0.0 if tiny else 0.5
+    """The cohort `pathfl demo` uses: 3 sites × 32 patients, about a third of them with two
+    slides (``tiny``: 3 × 12 patients, one small slide each)."""
+    n = 12 if tiny else 32
+    two = 0.0 if tiny else 0.35
     sites = (
         SiteSpec("A", n, 0.25, "svs", 90, STAIN_A, 0.22, two),
         SiteSpec("B", n, 0.5, "tiff", 80, STAIN_B, 0.30, two),
         SiteSpec("C", n, 0.5, "svs", 55, STAIN_C, 0.38, two),
     )
     if tiny:
-        return CohortSpec(sites, slide_w_um=(560, 640), slide_h_um=(450, 520), seed=seed)
+        return CohortSpec(sites, slide_w_um=(480, 540), slide_h_um=(400, 440), seed=seed)
     return CohortSpec(sites, seed=seed)
 
 

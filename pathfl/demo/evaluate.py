@@ -1,9 +1,13 @@
-"""Score the federated, pooled and local-only models on the held-out patients of every site,
-next to the oracle (the true risk the survival times were drawn from).
+"""Score the federated model, the pooled and local-only baselines and the oracle on the
+same patients: the validation part that every site kept out of training inside
+`pathfl fl simulate` (fold 0 of ``val_folds``, reproduced here with the same function).
 
-All models are scored on the *same* held-out patients, so their C-indices are comparable:
-Harrell's C over all test pairs with a patient bootstrap 95% CI, the within-site C (only pairs
-of patients of the same hospital — what the federation itself can measure), and per-site C."""
+The baselines are trained here with the project's own training functions, the federation's
+effective configuration, its time bins and the same total number of epochs
+(``rounds × local_epochs``), so that per-patient predictions (hence bootstrap CIs and KM
+curves) exist for every model. Scores: Harrell's C over all validation pairs with a patient
+bootstrap 95% CI; the within-site C (only pairs of patients of the same hospital — what the
+federation itself reports); the C of each site's validation patients."""
 
 from __future__ import annotations
 
@@ -17,29 +21,6 @@ import numpy as np
 from pathfl.io import write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-def find_runs(fl_run: Path, site_names: list[str]) -> dict[str, Path]:
-    """Model run dirs written by `pathfl fl simulate`: the federated one (``fl_run`` itself)
-    and the pooled / local-only baselines found below it (any folder holding ``model.pt``
-    whose name says ``pooled`` or ``local`` + the site)."""
-    runs: dict[str, Path] = {}
-    if (fl_run / "model.pt").is_file():
-        runs["federated"] = fl_run
-    candidates = sorted(p.parent for p in fl_run.glob("*/model.pt"))
-    candidates += sorted(p.parent for p in fl_run.glob("*/*/model.pt"))
-    for d in candidates:
-        rel = str(d.relative_to(fl_run)).lower()
-        if "round" in rel or "checkpoint" in rel:
-            continue
-        if "pooled" in rel or "central" in rel:
-            runs.setdefault("pooled", d)
-        elif "local" in rel:
-            for s in site_names:
-                tail = rel.rsplit("/", 1)[-1]
-                if tail.endswith(f"_{s.lower()}") or tail.endswith(f"site_{s.lower()}"):
-                    runs.setdefault(f"local_{s}", d)
-    return runs
 
 
 def _truth(cohort_dir: Path, cohort: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -99,62 +80,108 @@ def score(
     }
 
 
+def _site_bags(split: dict[str, Any], fl_cfg: dict[str, Any]) -> dict[str, tuple[list, list]]:
+    """Each site's (train, validation) bags, split exactly as `pathfl fl simulate` did."""
+    from pathfl.fl.site import split_bags
+    from pathfl.survival.data import load_bags, load_clinical
+
+    out = {}
+    for name, s in sorted(split["sites"].items()):
+        d = Path(s["dir"])
+        bags = load_bags(d / "features", load_clinical(d / "clinical.csv", covariates=[]))
+        out[name] = split_bags(bags, val_folds=int(fl_cfg["val_folds"]), seed=int(fl_cfg["seed"]))
+    return out
+
+
+def train_baselines(
+    site_bags: dict[str, tuple[list, list]], fl_cfg: dict[str, Any], time_bins: Any
+) -> dict[str, Any]:
+    """Pooled and local-only models trained like the federated one (same config, bins and
+    total epochs). Returns {name: (model, TrainConfig)}."""
+    from pathfl.fl.site import train_config
+    from pathfl.survival.train import build_model, train_local
+
+    tcfg = train_config(fl_cfg)
+    epochs = int(fl_cfg["rounds"]) * int(fl_cfg["local_epochs"])
+    dim = next(iter(site_bags.values()))[0][0].feature_dim
+    jobs = {f"local_{n}": tr for n, (tr, _) in site_bags.items()}
+    jobs["pooled"] = [b for tr, _ in site_bags.values() for b in tr]
+    models = {}
+    for name, bags in jobs.items():
+        model = build_model(tcfg, feature_dim=dim)
+        train_local(model, bags, tcfg, epochs=epochs, time_bins=time_bins, seed=int(fl_cfg["seed"]))
+        models[name] = (model, tcfg)
+        log.info("trained %s baseline on %d patients for %d epochs", name, len(bags), epochs)
+    return models
+
+
 def evaluate_models(
     config: Any, split: dict[str, Any], fl_run: Path | None, cohort: dict[str, Any]
 ) -> dict[str, Any]:
-    """Predict with every model on the held-out patients; write ``work/evaluation.json`` and
-    ``work/test_predictions.csv``; return the summary (plus in-memory predictions)."""
+    """Train the baselines, predict with every model on the validation patients, write
+    ``work/evaluation.json`` and ``work/val_predictions.csv``; return the summary (plus
+    in-memory predictions for the report)."""
+    import json
+
     import torch
 
-    from pathfl.survival.data import load_bags, load_clinical
     from pathfl.survival.run import load_run
     from pathfl.survival.train import predict
 
-    site_names = sorted(cohort["sites"])
-    runs = find_runs(Path(fl_run), site_names) if fl_run else {}
-    if "federated" not in runs:
-        raise FileNotFoundError(f"{fl_run}: no federated model.pt found")
-    clinical = load_clinical(split["test_clinical"])
-    bags = load_bags(split["features_dir"], clinical)
+    if fl_run is None or not (Path(fl_run) / "model.pt").is_file():
+        raise FileNotFoundError(f"{fl_run}: no federated model.pt")
+    fl_cfg = json.loads((Path(fl_run) / "fl_config.json").read_text())["config"]
+    fed_model, fed_tcfg, extras = load_run(fl_run)
+    bins = extras.get("time_bins")
+    site_bags = _site_bags(split, fl_cfg)
+    bags = [b for _, va in site_bags.values() for b in va]
+    models = {"federated": (fed_model, fed_tcfg), **train_baselines(site_bags, fl_cfg, bins)}
+
     truth = _truth(config.cohort_dir, cohort)
     pids = [b.patient_id for b in bags]
     event = np.array([b.event for b in bags], int)
     time = np.array([b.time for b in bags], float)
     site = np.array([truth[p]["site"] for p in pids])
-    true_risk = np.array([truth[p]["risk"] for p in pids], float)
-
-    models: dict[str, Any] = {"oracle": score(true_risk, event, time, site, seed=config.seed)}
-    preds: dict[str, np.ndarray] = {"oracle": true_risk}
+    preds: dict[str, np.ndarray] = {"oracle": np.array([truth[p]["risk"] for p in pids])}
+    for name, (model, tcfg) in models.items():
+        preds[name] = np.asarray(predict(model, bags, tcfg, time_bins=bins).risk, float)
+    scores = {k: score(v, event, time, site, seed=config.seed) for k, v in preds.items()}
+    # each local model on its own site's patients only (the federation's "local-only" number)
+    own = np.zeros(len(bags))
+    for n in site_bags:
+        own[site == n] = preds[f"local_{n}"][site == n]
+    own_score = score(own, event, time, site, seed=config.seed)
     attention: dict[str, np.ndarray] = {}
-    for name, run_dir in runs.items():
-        model, cfg, extras = load_run(run_dir)
-        p = predict(model, bags, cfg, time_bins=extras.get("time_bins"))
-        preds[name] = np.asarray(p.risk, float)
-        models[name] = score(preds[name], event, time, site, seed=config.seed)
-        models[name]["run_dir"] = str(run_dir)
-        if name == "federated":
-            model.eval()
-            with torch.no_grad():
-                for b in bags:
-                    out = model(torch.as_tensor(np.asarray(b.features, np.float32)))
-                    attention[b.patient_id] = out.tile_scores.detach().cpu().numpy()
-    locals_ = [models[k]["c_index"] for k in models if k.startswith("local_")]
+    fed_model.eval()
+    with torch.no_grad():
+        for b in bags:
+            out = fed_model(torch.as_tensor(np.asarray(b.features, np.float32)))
+            attention[b.patient_id] = out.tile_scores.detach().cpu().numpy()
+    fed_metrics = json.loads((Path(fl_run) / "metrics.json").read_text())
+    locals_ = [scores[k]["c_index"] for k in scores if k.startswith("local_")]
     summary = {
-        "n_test_patients": len(bags),
-        "n_test_events": int(event.sum()),
-        "models": models,
-        "local_only_mean_c_index": float(np.mean(locals_)) if locals_ else float("nan"),
-        "missing_models": [
-            k for k in ["pooled", *(f"local_{s}" for s in site_names)] if k not in runs
-        ],
+        "n_val_patients": len(bags),
+        "n_val_events": int(event.sum()),
+        "n_train_patients": sum(len(tr) for tr, _ in site_bags.values()),
+        "fl_config": {
+            k: fl_cfg[k] for k in ("rounds", "local_epochs", "val_folds", "seed") if k in fl_cfg
+        },
+        "models": scores,
+        "local_own_site_c_index_within_site": own_score["c_index_within_site"],
+        "local_only_mean_c_index": float(np.mean(locals_)),
+        "simulate_reported_federated_c_index": fed_metrics.get("federated_c_index"),
     }
     write_json_atomic(config.work_dir / "evaluation.json", summary)
-    _write_predictions(config.work_dir / "test_predictions.csv", pids, site, event, time, preds)
-    summary["_bags"] = bags
-    summary["_preds"] = preds
-    summary["_attention"] = attention
-    summary["_truth"] = truth
-    summary["_event"], summary["_time"], summary["_site"] = event, time, site
+    _write_predictions(config.work_dir / "val_predictions.csv", pids, site, event, time, preds)
+    summary.update(
+        _bags=bags,
+        _preds=preds,
+        _attention=attention,
+        _truth=truth,
+        _event=event,
+        _time=time,
+        _site=site,
+    )
     return summary
 
 

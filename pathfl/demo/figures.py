@@ -64,12 +64,12 @@ def km_plot(
             except ValueError as e:
                 log.warning("log-rank test failed: %s", e)
         pvals[name] = p
-        ax.set_title(f"{name}: split at median risk, log-rank p = {p:.3g}")
+        ax.set_title(f"{name}\nsplit at its median; log-rank p = {p:.3g}", fontsize=10)
         ax.set_xlabel("months")
         ax.set_ylabel("survival probability")
         ax.set_ylim(0, 1.02)
         ax.legend(loc="lower left", fontsize=8)
-    fig.suptitle("Held-out patients of all three sites", fontsize=11)
+    fig.suptitle("Validation patients of all three sites (never trained on)", fontsize=11)
     _save(fig, path)
     return pvals
 
@@ -117,16 +117,18 @@ def heatmap_figure(
     for (x, y), v in zip(coords, s, strict=True):
         x0, y0 = round(x * scale), round(y * scale)
         heat[y0 : y0 + side, x0 : x0 + side] = v
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     axes[0].imshow(img)
-    axes[0].set_title("slide (thumbnail)")
+    axes[0].set_title("slide (thumbnail)", fontsize=10)
     axes[1].imshow(img)
     im = axes[1].imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-    axes[1].set_title("federated model: attention per tile (min–max scaled)")
+    axes[1].set_title(
+        "federated model: attention per tile\n(min–max scaled within the slide)", fontsize=10
+    )
     fig.colorbar(im, ax=axes[1], fraction=0.035)
     axes[2].imshow(img)
     axes[2].imshow(_mask_rgba(mask, img.shape[:2]))
-    axes[2].set_title("ground truth: high-risk phenotype (red), other tissue (green)")
+    axes[2].set_title("ground truth: high-risk phenotype (red),\nother tissue (green)", fontsize=10)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
@@ -172,20 +174,26 @@ def cohort_figure(path: Path, examples: list[tuple[str, Path, Path]]) -> Path:
     )
 
 
-def rounds_plot(path: Path, rounds: list[dict[str, Any]]) -> Path | None:
-    """Federation-level validation C-index per round, if the run recorded it."""
+def rounds_plot(path: Path, rounds: list[dict[str, Any]], final_c: float | None) -> Path | None:
+    """Federation-level validation C-index of the global model after each round (the sites
+    score the model they receive at the start of the next round; the last one is final)."""
     xs, ys = [], []
     for r in rounds:
-        c = r.get("federated_c_index", r.get("c_index"))
-        if isinstance(c, int | float) and np.isfinite(c):
-            xs.append(r.get("round", len(xs) + 1))
+        c = r.get("federated_c_index_prev_global")
+        if isinstance(c, int | float) and np.isfinite(c) and int(r.get("round", 0)) > 1:
+            xs.append(int(r["round"]) - 1)
             ys.append(float(c))
+    if final_c is not None and np.isfinite(final_c) and rounds:
+        xs.append(max(int(r.get("round", 0)) for r in rounds))
+        ys.append(float(final_c))
     if not xs:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     ax.plot(xs, ys, marker="o")
-    ax.set_xlabel("round")
-    ax.set_ylabel("C-index (sites' validation pairs)")
-    ax.set_title("Federated training: validation C-index per round")
+    ax.set_xlabel("after round")
+    ax.set_ylabel("C-index (within-site validation pairs)")
+    ax.set_ylim(0.4, 1.0)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_title("Federated training: global model's validation C-index")
     return _save(fig, path)

@@ -5,6 +5,7 @@ name as *unavailable* and nothing after it is pretended."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from pathfl.io import write_text_atomic
+from pathfl.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +26,17 @@ STATUSES = ("ok", "unavailable", "failed", "not run")
 
 # Run config handed to `pathfl fl simulate --config` (keys of the fl stage's run config).
 FL_DEFAULTS: dict[str, Any] = {
-    "rounds": 10,
-    "local_epochs": 2,
+    "rounds": 8,
+    "local_epochs": 3,
     "lr": 5e-4,
     "model": "abmil",
     "loss": "nll",
     "n_bins": 4,
     "proximal_mu": 0.0,
+    "val_folds": 3,  # each site scores every model on 1/3 of its patients
+    "bags_per_batch": 8,
 }
-FL_TINY: dict[str, Any] = {"rounds": 3, "local_epochs": 3, "lr": 1e-3}
+FL_TINY: dict[str, Any] = {"rounds": 3, "local_epochs": 4, "lr": 1e-3, "val_folds": 2}
 
 
 class StageUnavailableError(RuntimeError):
@@ -60,7 +63,6 @@ class DemoConfig:
     tiny: bool = False
     seed: int = 0
     workers: int = 2
-    test_fraction: float = 1 / 3
     rounds: int | None = None  # None: FL_DEFAULTS
     local_epochs: int | None = None
     fl_overrides: dict[str, Any] = field(default_factory=dict)
@@ -177,7 +179,12 @@ def stage_extract(state: DemoState) -> str:
 def _manifest_summary(out: Path, rc: int, stage: str) -> str:
     from pathfl.io import Manifest
 
-    m = Manifest.load(out / "manifest.csv")
+    # DESIGN puts the manifest at OUT/manifest.csv; extract keeps it beside the features
+    path = next(
+        (p for p in (out / "manifest.csv", out / "features" / "manifest.csv") if p.is_file()),
+        out / "manifest.csv",
+    )
+    m = Manifest.load(path)
     counts = m.status_counts()
     n_tiles = sum(int(r["n_tiles"] or 0) for r in m.rows.values() if r["status"] != "failed")
     if rc not in (0, 1) or counts["ok"] + counts["skipped"] == 0:
@@ -185,17 +192,19 @@ def _manifest_summary(out: Path, rc: int, stage: str) -> str:
     failed = [sid for sid, r in m.rows.items() if r["status"] == "failed"]
     msg = f"{counts['ok'] + counts['skipped']} slides, {n_tiles} tiles"
     if failed:
-        msg += f"; {len(failed)} failed ({', '.join(failed[:3])}…) — see {out / 'manifest.csv'}"
+        msg += f"; {len(failed)} failed ({', '.join(failed[:3])}…) — see {path}"
     return msg
 
 
-def stage_split(state: DemoState) -> str:
+def stage_sites(state: DemoState) -> str:
     from pathfl.demo.sites import prepare_sites
 
     state.split = prepare_sites(state.config, state.cohort)
-    n_tr = sum(v["n_train"] for v in state.split["sites"].values())
-    n_te = sum(v["n_test"] for v in state.split["sites"].values())
-    return f"{n_tr} training patients at 3 sites; {n_te} held out for testing"
+    n = {k: v["n_patients"] for k, v in state.split["sites"].items()}
+    msg = "site folders: " + ", ".join(f"{k} {v} patients" for k, v in n.items())
+    if state.split["missing_features"]:
+        msg += f"; {len(state.split['missing_features'])} slide(s) without features left out"
+    return msg
 
 
 def stage_federate(state: DemoState) -> str:
@@ -206,15 +215,27 @@ def stage_federate(state: DemoState) -> str:
     fl_cfg = fl_run_config(c)
     cfg_path = c.work_dir / "fl_config.yaml"
     write_text_atomic(cfg_path, yaml.safe_dump(fl_cfg, sort_keys=True))
+    stamp = {"fl_config": fl_cfg, "sites": state.split, "cohort": state.cohort.get("fingerprint")}
+    stamp_path = run / "demo_stamp.json"
+    if (
+        (run / "model.pt").is_file()
+        and stamp_path.is_file()
+        and json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp))
+    ):
+        state.fl_run = run
+        return f"run dir {run} (up to date, reused)"
     args = ["fl", "simulate"]
     for site_dir in state.split["site_dirs"]:
         args += ["--site", str(site_dir)]
-    args += ["--out", str(run), "--config", str(cfg_path)]
+    # --no-baselines: the demo trains the pooled/local-only baselines itself (evaluate stage)
+    # so that it has their per-patient predictions for CIs and KM curves
+    args += ["--out", str(run), "--config", str(cfg_path), "--no-baselines"]
     rc = run_cli(args, log_path=c.work_dir / "logs" / "fl_simulate.log", label="fl simulate")
     if rc != 0:
         raise StageFailedError(
             f"`pathfl fl simulate` exited with {rc}; see {c.work_dir / 'logs' / 'fl_simulate.log'}"
         )
+    write_json_atomic(stamp_path, stamp)
     state.fl_run = run
     return f"run dir {run}"
 
@@ -236,8 +257,13 @@ def stage_evaluate(state: DemoState) -> str:
     from pathfl.demo.evaluate import evaluate_models
 
     state.evaluation = evaluate_models(state.config, state.split, state.fl_run, state.cohort)
-    fed = state.evaluation["models"].get("federated", {})
-    return f"federated C-index on held-out patients {fed.get('c_index', float('nan')):.3f}"
+    ev = state.evaluation
+    fed = ev["models"]["federated"]
+    return (
+        f"{ev['n_val_patients']} validation patients; federated C {fed['c_index']:.3f}, "
+        f"pooled {ev['models']['pooled']['c_index']:.3f}, local-only mean "
+        f"{ev['local_only_mean_c_index']:.3f}, oracle {ev['models']['oracle']['c_index']:.3f}"
+    )
 
 
 def stage_report(state: DemoState) -> str:
@@ -251,7 +277,7 @@ STAGES: list[tuple[str, Callable[[DemoState], str]]] = [
     ("generate", stage_generate),
     ("tile", stage_tile),
     ("extract", stage_extract),
-    ("split", stage_split),
+    ("sites", stage_sites),
     ("federate", stage_federate),
     ("evaluate", stage_evaluate),
 ]
@@ -290,8 +316,9 @@ def run_demo(
             break
     st = state.stages["report"]
     t0 = time.perf_counter()
-    st.detail = stage_report(state)
-    st.status, st.seconds = "ok", time.perf_counter() - t0
+    st.status, st.detail = "ok", str(config.out / "report.md")
+    stage_report(state)
+    st.seconds = time.perf_counter() - t0
     if on_stage:
         on_stage(st)
     return state

@@ -17,16 +17,12 @@ from pathfl.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-MODEL_LABELS = {
-    "oracle": "oracle (true risk)",
-    "federated": "federated (FedAvg, 3 sites)",
-    "pooled": "pooled (all training data in one place)",
-}
+MODEL_LABELS = {"oracle": "oracle (true risk)"}
 
 
 def model_label(name: str) -> str:
     if name.startswith("local_"):
-        return f"local-only, site {name[6:]}"
+        return f"local-only {name[6:]}"
     return MODEL_LABELS.get(name, name)
 
 
@@ -37,39 +33,34 @@ def _fmt(x: Any, nd: int = 3) -> str:
 def c_index_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
     """Rows of the C-index table (also used for the terminal table)."""
     models = evaluation.get("models", {})
-    order = ["oracle", "federated", "pooled", *sorted(k for k in models if k.startswith("local_"))]
+    local = sorted(k for k in models if k.startswith("local_"))
     rows = []
-    for name in order:
+    for name in ["oracle", "federated", "pooled", *local]:
         if name not in models:
             continue
         m = models[name]
         lo, hi = m["ci95"]
         row = {
             "model": model_label(name),
-            "c_index": _fmt(m["c_index"]),
-            "ci95": f"{_fmt(lo)}–{_fmt(hi)}",
-            "within_site": _fmt(m["c_index_within_site"]),
+            "C-index": _fmt(m["c_index"]),
+            "95% CI": f"{_fmt(lo)}–{_fmt(hi)}",
+            "within-site C": _fmt(m["c_index_within_site"]),
         }
-        for s, v in sorted(m["per_site"].items()):
-            row[f"site {s}"] = _fmt(v)
+        row.update({f"site {s}": _fmt(v) for s, v in sorted(m["per_site"].items())})
         rows.append(row)
-    if any(k.startswith("local_") for k in models):
+    if local:
+        within = float(np.mean([models[k]["c_index_within_site"] for k in local]))
         rows.append(
             {
-                "model": "local-only, mean of sites",
-                "c_index": _fmt(evaluation["local_only_mean_c_index"]),
-                "ci95": "",
-                "within_site": _fmt(
-                    float(
-                        np.mean(
-                            [
-                                models[k]["c_index_within_site"]
-                                for k in models
-                                if k.startswith("local_")
-                            ]
-                        )
-                    )
-                ),
+                "model": "local-only mean",
+                "C-index": _fmt(evaluation["local_only_mean_c_index"]),
+                "within-site C": _fmt(within),
+            }
+        )
+        rows.append(
+            {
+                "model": "local-only, own site",
+                "within-site C": _fmt(evaluation["local_own_site_c_index_within_site"]),
             }
         )
     return rows

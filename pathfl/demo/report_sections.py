@@ -97,13 +97,17 @@ def results_section(state: Any, fig_dir: Path) -> str:
     rows = c_index_rows(ev)
     fed = ev["models"].get("federated", {})
     text = (
-        "## Prognostic performance on held-out patients\n\n"
-        f"{ev['n_test_patients']} held-out patients ({ev['n_test_events']} events), about "
-        f"{state.config.test_fraction:.0%} of every site, never seen in training. Every model "
+        "## Prognostic performance on validation patients\n\n"
+        f"{ev['n_val_patients']} validation patients ({ev['n_val_events']} events): fold 0 of "
+        f"{ev['fl_config'].get('val_folds')} at every site, kept out of training by `pathfl fl "
+        f"simulate` ({ev['n_train_patients']} patients trained on). Federated: "
+        f"{ev['fl_config'].get('rounds')} rounds × {ev['fl_config'].get('local_epochs')} local "
+        "epochs; pooled and local-only baselines: the same configuration, time bins and total "
+        "epochs. Every model "
         "is scored on the same patients: Harrell's C over all pairs with a patient-bootstrap "
         "95% CI; *within-site* = only pairs of patients of the same hospital (what a "
         "federation can measure without pooling data); per-site columns use that site's "
-        f"held-out patients only ({fed.get('comparable_pairs', 0)} comparable pairs in all, "
+        f"validation patients only ({fed.get('comparable_pairs', 0)} comparable pairs in all, "
         f"{fed.get('comparable_pairs_within_site', 0)} within sites).\n\n" + _md_table(rows)
     )
     if ev.get("missing_models"):
@@ -115,7 +119,7 @@ def results_section(state: Any, fig_dir: Path) -> str:
         p = figures.km_plot(fig_dir / "km.png", ev["_event"], ev["_time"], risks)
         text += f"\n![Kaplan–Meier]({_rel(state, fig_dir / 'km.png')})\n"
         text += (
-            "\nKaplan–Meier of held-out patients split at the median risk; log-rank p: "
+            "\nKaplan–Meier of validation patients split at the median risk; log-rank p: "
             + ", ".join(f"{k} {v:.3g}" for k, v in p.items())
             + ".\n"
         )
@@ -130,7 +134,7 @@ def heatmap_section(state: Any, fig_dir: Path) -> str:
     bags = ev["_bags"]
     if not bags or not ev["_attention"]:
         return ""
-    # the held-out patient with the highest true risk; their largest slide
+    # the validation patient with the highest true risk; their largest slide
     order = np.argsort(-ev["_preds"]["oracle"])
     b = bags[int(order[0])]
     k = int(np.bincount(b.tile_slide_index, minlength=len(b.slide_ids)).argmax())
@@ -144,7 +148,7 @@ def heatmap_section(state: Any, fig_dir: Path) -> str:
         side = float(f.attrs["patch_size_level0"])
     i = int(order[0])
     title = (
-        f"{sid} (held-out, site {ev['_site'][i]}): phenotype fraction "
+        f"{sid} (validation, site {ev['_site'][i]}): phenotype fraction "
         f"{truth['fraction']:.2f}; federated risk rank {_rank(ev, i)} of {len(bags)}"
     )
     text = "## Where the federated model looks\n\n"
@@ -164,7 +168,7 @@ def heatmap_section(state: Any, fig_dir: Path) -> str:
     auc = attention_auc(ev, features_dir)
     ev["attention_auc"] = auc
     text += (
-        f"Attention vs ground truth over all held-out slides: within-slide AUC of the "
+        f"Attention vs ground truth over all validation slides: within-slide AUC of the "
         f"attention for tiles that are ≥ 50 % phenotype = {_fmt(auc['mean_auc'])} "
         f"(mean of {auc['n_slides']} slides having both kinds of tile; 0.5 = attention "
         "ignores the phenotype, >0.5 = it looks at it, <0.5 = it looks away from it — "
@@ -213,7 +217,8 @@ def federation_section(state: Any, fig_dir: Path) -> str:
     if rj.is_file():
         rounds = [json.loads(x) for x in rj.read_text().splitlines() if x.strip()]
         text += f"{len(rounds)} round record(s) in `{_rel(state, rj)}`.\n\n"
-        p = figures.rounds_plot(fig_dir / "fl_rounds.png", rounds)
+        final = json.loads((run / "metrics.json").read_text()).get("federated_c_index")
+        p = figures.rounds_plot(fig_dir / "fl_rounds.png", rounds, final)
         if p:
             text += f"![rounds]({_rel(state, p)})\n\n"
     rows = audit_summary(state.config.work_dir)
@@ -229,7 +234,7 @@ def reproduce_section(state: Any) -> str:
     cmd = f"pathfl demo --out {c.out} --seed {c.seed}" + (" --tiny" if c.tiny else "")
     return (
         "## Reproduce\n\n```\n" + cmd + "\n```\n\nThe stage commands it ran (and their logs) "
-        f"are in `{_rel(state, c.work_dir / 'logs')}`; held-out predictions in "
-        f"`{_rel(state, c.work_dir / 'test_predictions.csv')}`; numbers in "
+        f"are in `{_rel(state, c.work_dir / 'logs')}`; validation predictions in "
+        f"`{_rel(state, c.work_dir / 'val_predictions.csv')}`; numbers in "
         f"`{_rel(state, c.work_dir / 'evaluation.json')}`. Python {sys.version.split()[0]}.\n"
     )
