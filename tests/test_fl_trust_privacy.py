@@ -126,3 +126,16 @@ def test_accountant_matches_opacus_rdp():
         ours = epsilon_of(history, 1e-5)
         assert ours == pytest.approx(acc.get_epsilon(1e-5, alphas=list(RDP_ORDERS)), rel=1e-9)
         assert acc.get_epsilon(1e-5) <= ours <= 1.05 * acc.get_epsilon(1e-5)
+
+
+def test_dp_noise_is_not_derived_from_the_run_seed(cohort):
+    """The server knows the run seed; noise it could regenerate would give no privacy. Two DP
+    runs with the same seed and starting model must therefore end in different models."""
+    bags, cuts = cohort
+    finals = []
+    for _ in range(2):
+        model, cfg = _model()
+        dp = DPConfig(enabled=True, noise_multiplier=1.0)
+        dp_train_local(model, bags, cfg, dp, epochs=1, time_bins=cuts, seed=5)
+        finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert not torch.allclose(finals[0], finals[1])

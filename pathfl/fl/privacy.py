@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,8 +290,13 @@ def dp_train_local(
     if n == 0:
         raise PrivacyError("no training bags")
     seed = config.seed if seed is None else seed
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)  # dropout, model-side randomness: reproducible
+    rng = np.random.default_rng(seed)  # tile subsampling within a bag: reproducible
+    # The Poisson sampling of patients and the Gaussian noise must be secret: the run seed is
+    # known to the server, and noise it can regenerate (or a sample it can predict) gives no
+    # privacy. Both come from the OS's randomness, so DP runs are not bit-reproducible.
+    secret = np.random.default_rng(secrets.randbits(128))
+    gen = torch.Generator().manual_seed(secrets.randbits(63))
     q = dp.sample_rate or min(1.0, config.bags_per_batch / n)
     sigma = resolve_noise(dp, sample_rate=q, epochs=epochs)
     clip = dp.max_grad_norm
@@ -303,13 +309,12 @@ def dp_train_local(
         anchor = [torch.as_tensor(g).detach().clone().float() for g in src]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     bins = np.asarray(time_bins if time_bins is not None else [])
-    gen = torch.Generator().manual_seed(int(seed))
     expected_batch = q * n
     n_steps, losses = 0, []
     model.train()
     for _ in range(epochs):
         for _ in range(steps_per_epoch(q)):
-            chosen = np.flatnonzero(rng.random(n) < q)
+            chosen = np.flatnonzero(secret.random(n) < q)
             summed, step_losses = clipped_grad_sum(
                 model,
                 [bags[i] for i in chosen],
