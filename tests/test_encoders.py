@@ -134,3 +134,22 @@ def test_encoders_command_lists_availability() -> None:
     assert result.exit_code == 0, result.output
     for name in ("mobilenet-v2", "resnet50-trunc", "timm:<model>", "1280", "1024"):
         assert name in result.output
+
+
+def test_timm_encoder_from_local_state_dict(tmp_path) -> None:
+    """Runs only where the optional timm extra is installed."""
+    timm = pytest.importorskip("timm")
+    path = tmp_path / "rn18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)  # with head
+    enc = create_encoder(
+        "timm:resnet18", weights=path, options={"mean": [0.5, 0.5, 0.5], "input_px": 96}
+    )
+    assert enc.spec.name == "timm:resnet18" and enc.spec.feature_dim == 512
+    assert enc.spec.mean == (0.5, 0.5, 0.5) and enc.spec.input_px == 96
+    assert enc.spec.fixed_input_px
+    out = InferenceRunner(enc)(torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8))
+    assert out.shape == (2, 512)
+    other = tmp_path / "other.pth"
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), other)
+    with pytest.raises(ConfigError, match="do not fit"):
+        create_encoder("timm:resnet18", weights=other)
