@@ -147,8 +147,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     workers = default_workers() if args.workers < 0 else args.workers
-    large_px = args.large_px or (8192 if args.quick else 16384)
-    n_batches = 3 if args.quick else 10
+    large_px = args.large_px or (4096 if args.quick else 16384)
+    n_batches = 2 if args.quick else 10
     tmp = tempfile.TemporaryDirectory(prefix="bench_extract_")
     work = args.work or Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)

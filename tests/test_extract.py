@@ -189,6 +189,7 @@ def test_rerun_skips_and_mismatch_needs_overwrite(tmp_path) -> None:
     mtime = feats_path.stat().st_mtime_ns
     assert run(tiles, out) == {"slide0": "skipped"}
     assert feats_path.stat().st_mtime_ns == mtime
+    assert run(tiles, out, precision="bf16") == {"slide0": "failed"}  # other numerics
     # re-tiled with other parameters → other tiling fingerprint
     with h5py.File(tiles / "coords" / "slide0.h5", "r+") as f:
         f.attrs["fingerprint"] = "tiling-fp-2"

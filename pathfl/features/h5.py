@@ -83,15 +83,22 @@ def read_features(
 
 
 def features_fingerprint(
-    *, tiling_fingerprint: str, encoder: str, weights_sha256: str, transform: dict[str, Any]
+    *,
+    tiling_fingerprint: str,
+    encoder: str,
+    weights_sha256: str,
+    transform: dict[str, Any],
+    precision: str,
 ) -> str:
-    """DESIGN: tiling fingerprint + encoder + weights (+ the pixel transform they imply)."""
+    """DESIGN: tiling fingerprint + encoder + weights, plus the pixel transform and the compute
+    precision (bf16 features differ from fp32 ones by several per cent)."""
     return sha256_json(
         {
             "tiling": tiling_fingerprint,
             "encoder": encoder,
             "weights_sha256": weights_sha256,
             "transform": transform,
+            "precision": precision,
         }
     )
 

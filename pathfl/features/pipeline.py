@@ -275,6 +275,7 @@ def extract(
         encoder_name=encoder.spec.name,
         weights_sha256=encoder.weights_sha256,
         transform_for=transform_for(encoder.spec),
+        precision=runner.precision,
         shard=opts.shard,
         overwrite=opts.overwrite,
         slide_dir=opts.slide_dir,

@@ -105,6 +105,7 @@ def make_plan(
     encoder_name: str,
     weights_sha256: str,
     transform_for: Any,
+    precision: str = "fp32",
     shard: tuple[int, int] | None = None,
     overwrite: bool = False,
     slide_dir: Path | None = None,
@@ -124,6 +125,7 @@ def make_plan(
                 encoder=encoder_name,
                 weights_sha256=weights_sha256,
                 transform=transform,
+                precision=precision,
             )
             if out_path.exists():
                 existing = _existing_fingerprint(out_path)
@@ -134,7 +136,7 @@ def make_plan(
                     raise FeaturesFileError(
                         f"{out_path} exists but was made differently (fingerprint "
                         f"{existing[:12] or 'unreadable'} ≠ {fingerprint[:12]}: other tiles, "
-                        "encoder or weights); rerun with --overwrite to recompute it"
+                        "encoder, weights or precision); rerun with --overwrite to recompute it"
                     )
             slide_path = locate_slide(slide_id, attrs, manifest_paths, slide_dir)
         except (FeaturesFileError, ConfigError) as e:
