@@ -1,9 +1,247 @@
-"""`pathfl train` command(s). Owned by the train stage."""
+"""`pathfl train`, `pathfl predict`, `pathfl heatmap`. Owned by the train stage.
+Heavy imports (torch, scikit-survival, openslide) happen inside the commands."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Any
+
 import typer
+
+logger = logging.getLogger(__name__)
+
+TRAIN_HELP = (
+    "Train an attention-MIL survival model on patient bags of tile features.\n\n"
+    "Reads FEATURES/<slide_id>.h5 for every row of the clinical CSV (patient_id, slide_id, time, "
+    "event[, covariates...]); runs K-fold cross-validation by patient (stratified by event), "
+    "then fits a final model on all patients. Writes RUN/model.pt, config.json, metrics.json "
+    "(per fold + pooled out-of-fold, bootstrap 95% CIs), predictions.csv (out-of-fold risks) "
+    "and plots/km_risk_groups.png.\n\nExit code: 0 ok, 2 usage/config/clinical-table error."
+)
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _fail(msg: str) -> typer.Exit:
+    typer.secho(f"error: {msg}", err=True, fg="red")
+    return typer.Exit(2)
+
+
+def train(
+    ctx: typer.Context,
+    features: Path = typer.Option(None, "--features", "-f", help="Folder of <slide_id>.h5."),
+    clinical: Path = typer.Option(None, "--clinical", help="Clinical CSV (one row per slide)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory to write."),
+    model: str = typer.Option("abmil", "--model", help="abmil | chowder | transmil | meanpool."),
+    loss: str = typer.Option("nll", "--loss", help="nll (discrete time) | cox."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (1 = no CV)."),
+    epochs: int = typer.Option(20, "--epochs"),
+    seed: int = typer.Option(0, "--seed"),
+    lr: float = typer.Option(2e-4, "--lr"),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    dropout: float = typer.Option(0.25, "--dropout"),
+    max_tiles: int = typer.Option(2048, "--max-tiles", help="Tiles sampled per bag in training."),
+    bags_per_batch: int = typer.Option(16, "--bags-per-batch"),
+    n_bins: int = typer.Option(4, "--n-bins", help="Time bins of the nll loss."),
+    alpha: float = typer.Option(0.0, "--alpha", help="nll: extra weight of uncensored terms."),
+    hidden_dim: int = typer.Option(256, "--hidden-dim"),
+    covariates: str = typer.Option(
+        "", "--covariates", help="Comma-separated clinical columns fused with the bag embedding."
+    ),
+    early_stopping: int = typer.Option(
+        0, "--early-stopping", help="Patience in epochs on an inner validation split (0 = off)."
+    ),
+    n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap replicates for 95% CIs."),
+    threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0 = torch default)."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML of these options."),
+) -> None:
+    """Cross-validated survival MIL training."""
+    from pathfl.config import ConfigError, merge_cli_and_yaml
+
+    v = merge_cli_and_yaml(ctx, {k: x for k, x in ctx.params.items() if k != "config"}, config)
+    for req in ("features", "clinical", "out"):
+        if v[req] is None:
+            raise ConfigError(f"--{req} is required (or `{req}:` in the --config file)")
+    _set_threads(v["threads"])
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pathfl.survival.cv import cross_validate
+    from pathfl.survival.data import ClinicalError, load_bags, load_clinical
+    from pathfl.survival.train import TrainConfig
+
+    cov = v["covariates"]
+    cov_list = [c.strip() for c in cov.split(",") if c.strip()] if isinstance(cov, str) else cov
+    try:
+        cfg = TrainConfig(
+            model=v["model"],
+            loss=v["loss"],
+            epochs=int(v["epochs"]),
+            lr=float(v["lr"]),
+            weight_decay=float(v["weight_decay"]),
+            dropout=float(v["dropout"]),
+            max_tiles=int(v["max_tiles"]),
+            bags_per_batch=int(v["bags_per_batch"]),
+            n_bins=int(v["n_bins"]),
+            alpha=float(v["alpha"]),
+            seed=int(v["seed"]),
+            hidden_dim=int(v["hidden_dim"]),
+            early_stopping_patience=int(v["early_stopping"]),
+            folds=int(v["folds"]),
+            covariates=list(cov_list or []),
+            n_boot=int(v["n_boot"]),
+        )
+    except ValueError as e:  # includes unknown model/loss names
+        raise ConfigError(str(e)) from e
+    try:
+        table = load_clinical(v["clinical"])
+        bags = load_bags(v["features"], table, covariates=cfg.covariates)
+    except (ClinicalError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[ep]}"),
+        TimeElapsedColumn(),
+        transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(phase: str, epoch: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total, ep="")
+            bar.update(tasks[phase], completed=epoch, ep=f"epoch {epoch}/{total}")
+
+        try:
+            metrics = cross_validate(bags, cfg, v["out"], progress=progress)
+        except ValueError as e:
+            raise _fail(str(e)) from None
+    _print_summary(metrics, Path(v["out"]))
+
+
+def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    if metrics.get("folds"):
+        t = Table(title=f"cross-validation ({run_dir})")
+        for col in ("fold", "n", "events", "Harrell C", "Uno C", "mean AUC", "IBS"):
+            t.add_column(col)
+        rows = [*metrics["folds"], {**metrics["pooled_oof"], "fold": "pooled OOF"}]
+        for m in rows:
+            lo, hi = m.get("c_index_ci95", (float("nan"), float("nan")))
+            t.add_row(
+                str(m["fold"] if isinstance(m["fold"], str) else m["fold"] + 1),
+                str(m["n"]),
+                str(m["n_events"]),
+                f"{m['c_index']:.3f} [{lo:.3f}, {hi:.3f}]",
+                f"{m['uno_c']:.3f}",
+                f"{m['mean_auc']:.3f}",
+                f"{m['integrated_brier']:.3f}",
+            )
+        con.print(t)
+        km = metrics.get("km_logrank", {})
+        con.print(f"KM plot: {km.get('png')} (log-rank p = {km.get('p_value', float('nan')):.3g})")
+    con.print(f"model (trained on all patients): {run_dir / 'model.pt'}")
+
+
+def predict(
+    run: Path = typer.Option(..., "--run", help="Run directory from `pathfl train`."),
+    features: Path = typer.Option(..., "--features", "-f", help="Folder of <slide_id>.h5."),
+    clinical: Path = typer.Option(
+        None, "--clinical", help="Clinical CSV (patient_id, slide_id, time, event...)."
+    ),
+    slides: str = typer.Option(
+        "", "--slides", help="Without --clinical: comma-separated slide ids (one patient each)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV of patient_id, risk[, time, event]."),
+) -> None:
+    """Risk scores of new patients with a trained run (every tile used)."""
+    from pathfl.survival.data import ClinicalError, load_bags
+    from pathfl.survival.inference import clinical_for_slides, load_predict_table
+    from pathfl.survival.run import RunError, load_run, write_predictions
+    from pathfl.survival.train import predict as predict_fn
+
+    try:
+        model, cfg, extras = load_run(run)
+        if clinical is not None:
+            table, has_outcome = load_predict_table(clinical, cfg.covariates)
+        else:
+            ids = [s.strip() for s in slides.split(",") if s.strip()] or sorted(
+                p.stem for p in Path(features).glob("*.h5")
+            )
+            table, has_outcome = clinical_for_slides(ids), False
+        bags = extras["scaler"].apply(load_bags(features, table, covariates=cfg.covariates))
+    except (ClinicalError, RunError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    if bags and bags[0].feature_dim != extras["feature_dim"]:
+        raise _fail(
+            f"features are {bags[0].feature_dim}-d, the model wants {extras['feature_dim']}"
+        )
+    p = predict_fn(model, bags, cfg, time_bins=extras["time_bins"], baseline=extras["baseline"])
+    rows = [
+        {
+            "patient_id": pid,
+            "risk": float(r),
+            "time": float(t) if has_outcome else "",
+            "event": int(e) if has_outcome else "",
+            "fold": "",
+        }
+        for pid, r, t, e in zip(p.patient_ids, p.risk, p.time, p.event, strict=True)
+    ]
+    write_predictions(out, rows)
+    typer.echo(f"wrote {len(rows)} risks to {out}")
+    if has_outcome and len(rows) > 1:
+        from pathfl.survival.metrics import harrell_c
+
+        typer.echo(f"Harrell C-index on these patients: {harrell_c(p.event, p.time, p.risk):.3f}")
+
+
+def heatmap(
+    run: Path = typer.Option(..., "--run", help="Run directory from `pathfl train`."),
+    features: Path = typer.Option(..., "--features", "-f", help="Folder of <slide_id>.h5."),
+    slide: Path = typer.Option(..., "--slide", help="The whole-slide image."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="PNG to write (montage: <out>_top_tiles.png)."
+    ),
+    slide_id: str = typer.Option(
+        None, "--slide-id", help="Features file stem (default: file stem)."
+    ),
+    backend: str = typer.Option("auto", "--backend", help="Slide reader."),
+    mpp_override: float = typer.Option(None, "--mpp-override", help="µm/px at level 0."),
+    thumb_px: int = typer.Option(1024, "--thumb-px", help="Longer side of the thumbnail."),
+    n_top: int = typer.Option(16, "--n-top", help="Tiles in the top-score montage."),
+) -> None:
+    """Per-tile scores over the slide thumbnail + a montage of the top-scoring tiles."""
+    from pathfl.survival.inference import slide_heatmap
+    from pathfl.survival.run import RunError
+
+    try:
+        paths = slide_heatmap(
+            run,
+            features,
+            slide,
+            out,
+            slide_id=slide_id,
+            backend=backend,
+            mpp_override=mpp_override,
+            thumb_px=thumb_px,
+            n_top=n_top,
+        )
+    except (RunError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    for p in paths:
+        typer.echo(f"wrote {p}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the root app (filled in by the train stage)."""
+    """Add `train`, `predict` and `heatmap` to the root app."""
+    app.command("train", help=TRAIN_HELP)(train)
+    app.command("predict")(predict)
+    app.command("heatmap")(heatmap)

@@ -1,0 +1,129 @@
+"""Using a trained run on new data: patient tables without outcomes, per-slide tile scores
+and heatmaps (``pathfl predict`` / ``pathfl heatmap``)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pathfl.survival.data import (
+    ClinicalError,
+    ClinicalRow,
+    ClinicalTable,
+    load_clinical,
+    read_features_h5,
+)
+from pathfl.survival.run import load_run
+
+logger = logging.getLogger(__name__)
+
+
+def clinical_for_slides(slide_ids: Sequence[str]) -> ClinicalTable:
+    """A table with one patient per slide and placeholder outcomes (prediction only)."""
+    if not slide_ids:
+        raise ClinicalError("<slides>", ["no slides given"])
+    rows = [ClinicalRow(i + 2, s, s, 1.0, 0, None, {}) for i, s in enumerate(slide_ids)]
+    return ClinicalTable("<slides>", rows, [])
+
+
+def load_predict_table(
+    path: str | os.PathLike[str], covariates: Sequence[str]
+) -> tuple[ClinicalTable, bool]:
+    """Clinical CSV for prediction: ``time``/``event`` are optional (placeholders when both
+    are absent). Returns ``(table, has_outcome)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: clinical table not found")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header = [h.strip() for h in next(csv.reader(f), [])]
+    if "time" in header and "event" in header:
+        return load_clinical(path, covariates=list(covariates)), True
+    # no outcome columns: add placeholders and validate the rest as usual
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / path.name
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[*header, "time", "event"])
+            w.writeheader()
+            for r in rows:
+                w.writerow({**r, "time": 1, "event": 0})
+        table = load_clinical(p, covariates=list(covariates))
+    table.path = str(path)
+    return table, False
+
+
+def slide_tile_scores(
+    run_dir: str | os.PathLike[str], features_h5: str | os.PathLike[str]
+) -> tuple[np.ndarray, np.ndarray, dict, float]:
+    """Per-tile scores of one slide's tiles under a run's model, treating the slide as the bag
+    (covariates, if the model uses them, set to the training mean, i.e. 0 after scaling).
+    Returns ``(coords, scores, features attrs, slide risk)``."""
+    from pathfl.survival.losses import risk_from_logits
+
+    model, cfg, extras = load_run(run_dir)
+    feats, coords, attrs = read_features_h5(features_h5)
+    if feats.shape[1] != extras["feature_dim"]:
+        raise ValueError(
+            f"{features_h5}: {feats.shape[1]}-d features, the model wants {extras['feature_dim']}"
+        )
+    cov = torch.zeros(extras["n_covariates"]) if extras["n_covariates"] else None
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.asarray(feats, dtype=np.float32)), cov)
+    risk = float(risk_from_logits(out.logits.unsqueeze(0), cfg.loss)[0])
+    return coords, out.tile_scores.numpy().astype(float), attrs, risk
+
+
+def slide_heatmap(
+    run_dir: str | os.PathLike[str],
+    features_dir: str | os.PathLike[str],
+    slide_path: str | os.PathLike[str],
+    out_png: str | os.PathLike[str],
+    *,
+    slide_id: str | None = None,
+    backend: str = "auto",
+    mpp_override: float | None = None,
+    thumb_px: int = 1024,
+    n_top: int = 16,
+) -> list[Path]:
+    """Heatmap PNG + ``<out>_top_tiles.png`` montage + ``<out>_scores.csv`` for one slide."""
+    from pathfl.io import atomic_path
+    from pathfl.slide import open_slide
+    from pathfl.survival.plots import heatmap_png, top_tiles_montage
+
+    slide_path = Path(slide_path)
+    sid = slide_id or slide_path.stem
+    h5 = Path(features_dir) / f"{sid}.h5"
+    if not h5.is_file():
+        raise FileNotFoundError(f"{h5}: no features file for slide {sid}")
+    coords, scores, attrs, risk = slide_tile_scores(run_dir, h5)
+    tile_l0 = float(attrs.get("patch_size_level0", attrs.get("tile_size", 224)))
+    out_png = Path(out_png)
+    montage = out_png.with_name(out_png.stem + "_top_tiles.png")
+    scores_csv = out_png.with_name(out_png.stem + "_scores.csv")
+    with open_slide(slide_path, backend=backend, mpp_override=mpp_override, slide_id=sid) as s:
+        heatmap_png(
+            s,
+            coords,
+            scores,
+            tile_size_l0=tile_l0,
+            out_png=out_png,
+            thumb_px=thumb_px,
+            title=f"{sid}: tile scores (slide risk {risk:.3g})",
+        )
+        top_tiles_montage(
+            s, coords, scores, tile_size_l0=round(tile_l0), out_png=montage, n_tiles=n_top
+        )
+    with atomic_path(scores_csv) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["x", "y", "score"])
+        w.writerows((int(x), int(y), f"{v:.6g}") for (x, y), v in zip(coords, scores, strict=True))
+    logger.info("heatmap of %s (%d tiles) -> %s", sid, len(scores), out_png)
+    return [out_png, montage, scores_csv]
