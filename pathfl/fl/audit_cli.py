@@ -17,7 +17,7 @@ def register_audit(fl_app: typer.Typer) -> None:
     """Add the ``audit`` sub-group (``verify``, ``show``, ``cross-check``) to ``pathfl fl``."""
     audit_app = typer.Typer(
         name="audit",
-        help="Check (verify) or list (show) a hash-chained audit log of a server or a site.",
+        help="Check (verify), list (show) or compare (cross-check) hash-chained audit logs.",
         no_args_is_help=True,
     )
 
@@ -112,8 +112,9 @@ def register_audit(fl_app: typer.Typer) -> None:
         server_log: Path = typer.Argument(..., help="The aggregator's audit log of the run."),
         site_logs: list[str] = typer.Argument(..., help="SITE=LOG pairs (each site's own log)."),
     ) -> None:
-        """Check that each site received the global models the server logged sending and that
-        the server aggregated the updates the sites logged sending; exit 1 on a mismatch."""
+        """Check the server log against site logs (models received, updates aggregated).
+
+        Exit 0 if consistent, 1 on a mismatch."""
         from pathfl.fl.audit import cross_check
 
         pairs: dict[str, str] = {}
