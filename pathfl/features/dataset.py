@@ -148,14 +148,10 @@ class SlideBatchSampler(Sampler[list[int]]):
 
 def worker_init(_worker_id: int) -> None:
     """Each loader worker decodes with one thread (the main process owns the cores for the
-    encoder); slide handles are opened lazily inside the worker, never inherited."""
+    encoder); slide handles are opened lazily inside the worker, never inherited. Nothing here
+    touches thread pools the parent may have used before forking (e.g. OpenCV's, which can
+    deadlock a forked child)."""
     torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover - opencv is a dependency, but optional here
-        pass
     info = torch.utils.data.get_worker_info()
     if info is not None:
         ds = info.dataset
