@@ -143,6 +143,7 @@ def test_harrell_counts_match_sksurv():
     e = rng.random(60) < 0.6
     r = rng.normal(size=60)
     r[:5] = r[5]  # some tied risks
+    t[10:14] = t[14]  # and tied times (events and censored)
     conc, comp, tied = harrell_counts(t, e.astype(int), r)
     ref = concordance_index_censored(e, t, r)
     assert (conc, tied, comp) == (ref[1], ref[3], ref[1] + ref[2] + ref[3])

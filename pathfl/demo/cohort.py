@@ -206,12 +206,13 @@ def simulate_survival(
 
 
 def harrell_counts(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> tuple[int, int, int]:
-    """Harrell's pairs: (concordant, comparable, tied risk). A pair is comparable when the
-    shorter time is an event; concordant when that patient has the higher risk."""
+    """Harrell's pairs: (concordant, comparable, tied risk), scikit-survival's convention: a
+    pair is comparable when the earlier time is an event (or the times are equal and only
+    that one is an event); concordant when that patient has the higher risk."""
     t, e, r = (np.asarray(a, dtype=float) for a in (time, event, risk))
     conc = comp = tied = 0
     for i in np.flatnonzero(e == 1):
-        later = t > t[i]
+        later = (t > t[i]) | ((t == t[i]) & (e == 0))
         comp += int(later.sum())
         conc += int((r[i] > r[later]).sum())
         tied += int((r[i] == r[later]).sum())

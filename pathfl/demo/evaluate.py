@@ -206,6 +206,6 @@ def _write_predictions(
                     site[i],
                     f"{time[i]:.3f}",
                     int(event[i]),
-                    *(f"{preds[n][i]:.6g}" for n in names),
+                    *(f"{preds[n][i]:.12g}" for n in names),
                 ]
             )
