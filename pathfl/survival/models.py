@@ -24,8 +24,13 @@ class MILOutput(NamedTuple):
 
 
 def _head(in_dim: int, hidden_dim: int, n_out: int, dropout: float) -> nn.Sequential:
+    """Output MLP. A single output is a Cox log-risk, whose likelihood is shift-invariant, so
+    its last layer has no bias (it could never be trained)."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, n_out)
+        nn.Linear(in_dim, hidden_dim),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden_dim, n_out, bias=n_out > 1),
     )
 
 
@@ -101,7 +106,7 @@ class Chowder(nn.Module):
             nn.Linear(200, 100),
             nn.ReLU(),
             nn.Dropout(dropout),
-            nn.Linear(100, n_out),
+            nn.Linear(100, n_out, bias=n_out > 1),  # Cox: shift-invariant, no bias
         )
 
     def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> MILOutput:
