@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +33,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=-1, help="-1: cores - 1 (max 8)")
     p.add_argument("--threads", type=int, default=0, help="encoder threads on CPU; 0 = torch's")
     p.add_argument("--large-px", type=int, default=0, help="side of the generated slide (px)")
+    p.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="list the generated slide N times (longer e2e runs for fast GPUs)",
+    )
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
     return p.parse_args()
 
@@ -65,7 +72,7 @@ def forward_rate(runner, *, batch_size: int, n_batches: int, device: str) -> flo
     return batch_size * n_batches / (time.perf_counter() - t0)
 
 
-def make_tiles(work: Path, large_px: int) -> dict[str, Path]:
+def make_tiles(work: Path, large_px: int, copies: int = 1) -> dict[str, Path]:
     """Coords files (the tile stage's own tiler) for the CMU slide and a generated slide."""
     sys.path.insert(0, str(REPO / "tests"))
     from slides import write_procedural_tiff
@@ -81,15 +88,19 @@ def make_tiles(work: Path, large_px: int) -> dict[str, Path]:
     if not big.is_file():
         write_procedural_tiff(big, large_px, large_px, mpp=0.25, workers=os.cpu_count() or 1)
     run_batch([SlideJob("generated", big)], work / "tiles_big", config)
-    out[f"generated {large_px}² @0.25 mpp"] = work / "tiles_big"
+    coords = work / "tiles_big" / "coords" / "generated.h5"
+    for old in coords.parent.glob("generated_copy*.h5"):
+        old.unlink()
+    for i in range(1, copies):  # same slide under other ids (found via the slide_path attr)
+        shutil.copyfile(coords, coords.with_name(f"generated_copy{i}.h5"))
+    label = f"generated {large_px}² @0.25 mpp" + (f" ×{copies}" if copies > 1 else "")
+    out[label] = work / "tiles_big"
     return out
 
 
 def end_to_end(tiles: Path, out: Path, opts) -> tuple[float, int]:
     """(b): tiles/s from the first batch request to the last file renamed (encoder loading
     and planning excluded, loader start-up included)."""
-    import shutil
-
     from pathfl.features.pipeline import ExtractCallbacks, extract
 
     shutil.rmtree(out, ignore_errors=True)
@@ -164,7 +175,7 @@ def main() -> None:
             notes.append("resnet50-trunc: RANDOM weights (no ImageNet file here) — timing only")
         else:
             weights["resnet50-trunc"] = None
-    slides = make_tiles(work, large_px)
+    slides = make_tiles(work, large_px, args.copies)
     reads = {
         name: read_only_rate(t, batch_size=args.batch_size, workers=workers)
         for name, t in slides.items()
