@@ -2,13 +2,14 @@
 (one per synthetic site), started and stopped by PID through pathfl's LocalFederation.
 
 * a site's policy refuses a run → the site's error reply and a ``refused`` audit entry; the
-  run completes with the other sites;
+  run completes with the other sites (this run is also the resume test's reference);
 * the aggregator (SuperLink + ServerApp process group) is SIGKILLed after round 1 →
   ``resume`` from the run dir's checkpoint gives the same final model as an uninterrupted run;
-* one site is SIGKILLed mid-run → the run completes with the two others (3 → 2 sites).
+* one site is SIGKILLed mid-run → the run completes with the two others (3 → 2 sites);
+* too few sites for ``min_sites`` → the run stops with a message, no hang.
 
 One federation serves all tests of this module (starting one costs tens of seconds); the
-site-kill test runs last because it destroys a site. TLS and site authentication are covered
+site-kill tests run last because they destroy a site. TLS and site authentication are covered
 by the federation tests; here they are off to keep the module cheap.
 """
 
@@ -103,38 +104,58 @@ def _site_audit(fed, name: str) -> list[dict]:
     return AuditLog(path).entries()
 
 
-def test_policy_refusal_end_to_end(federation, tmp_path):
+def _assert_logs_agree(fed, run_dir: Path) -> None:
+    """The server's audit log and the sites' own logs tell the same story (models received,
+    updates aggregated) — `pathfl fl audit cross-check`."""
+    from pathfl.fl.audit import cross_check
+
+    logs = {s: fed.site_dir(s) / "audit.jsonl" for s in "abc"}
+    assert cross_check(run_dir / "audit.jsonl", logs) == []
+
+
+def _abmil_cfg():
+    """Config of the policy run, which is also the uninterrupted reference of the resume test
+    (one run fewer): site c's policy allows only meanpool, so c refuses and a + b train."""
+    return _cfg(rounds=2, model="abmil", attn_dim=4)
+
+
+@pytest.fixture(scope="module")
+def refused_run(federation, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("policy") / "run"
+    res = _follow(federation, federation.submit(_abmil_cfg(), run_dir), run_dir)
+    return run_dir, res
+
+
+def test_policy_refusal_end_to_end(federation, refused_run):
     """Site c's policy allows only the meanpool model; an abmil run is refused by c (error reply
     naming the rule + a ``refused`` entry in c's own audit log) and completes with a and b."""
-    run_dir = tmp_path / "run_policy"
-    rid = federation.submit(_cfg(rounds=1, model="abmil", attn_dim=4), run_dir)
-    res = _follow(federation, rid, run_dir)
-    assert res["flower_status"] == "finished:completed", res
+    run_dir, res = refused_run
+    assert res.get("state") == "completed", res
     rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
-    assert len(rounds) == 1
-    assert sorted(rounds[0]["sites"]) == ["a", "b"]
-    assert "model 'abmil' not allowed" in rounds[0]["failed"]["c"], rounds[0]["failed"]
+    assert len(rounds) == 2
+    for row in rounds:
+        assert sorted(row["sites"]) == ["a", "b"]
+        assert "model 'abmil' not allowed" in row["failed"]["c"], row["failed"]
     refused = [e for e in _site_audit(federation, "c") if e["event"] == "refused"]
     assert refused and any("abmil" in r for r in refused[-1]["reason"])
 
 
-def test_aggregator_killed_then_resume_matches_uninterrupted(federation, tmp_path):
+def test_aggregator_killed_then_resume_matches_uninterrupted(federation, refused_run, tmp_path):
+    """SIGKILL the SuperLink's process group (SuperLink + ServerApp) once round 1 is
+    checkpointed, bring a SuperLink back on the same address and state database, resume:
+    the final model equals the uninterrupted run's (the policy run, same config)."""
     from pathfl.fl import processes
     from pathfl.fl.audit import AuditLog, verify
 
-    cfg = _cfg(rounds=2)
-    ref_dir = tmp_path / "run_ref"
-    res = _follow(federation, federation.submit(cfg, ref_dir), ref_dir)
-    assert res["flower_status"] == "finished:completed", res
-
+    ref_dir, ref_res = refused_run
+    assert ref_res.get("state") == "completed", ref_res
     run_dir = tmp_path / "run_killed"
-    federation.submit(cfg, run_dir)
+    federation.submit(_abmil_cfg(), run_dir)
     _wait_round(run_dir, 1, timeout_s=2 * ROUND_TIMEOUT_S)
     old = federation.superlink
     old.kill()  # SIGKILL the SuperLink's process group: SuperLink + ServerApp
     assert not old.alive()
     assert not (run_dir / "model.pt").exists()
-    # the aggregator host comes back on the same address and state database
     federation.superlink = processes.start_process(
         "superlink",
         old.argv,
@@ -142,9 +163,9 @@ def test_aggregator_killed_then_resume_matches_uninterrupted(federation, tmp_pat
         env=processes.flower_env(federation.home, **federation.env_extra),
     )
     processes.wait_port(federation.host, federation.port, timeout_s=120, proc=federation.superlink)
-    rid = federation.submit(cfg, run_dir, resume=True)
+    rid = federation.submit(_abmil_cfg(), run_dir, resume=True)
     res = _follow(federation, rid, run_dir)
-    assert res["flower_status"] == "finished:completed", res
+    assert res.get("state") == "completed", res
 
     ref, resumed = _final_arrays(ref_dir), _final_arrays(run_dir)
     assert len(ref) == len(resumed)
@@ -153,6 +174,7 @@ def test_aggregator_killed_then_resume_matches_uninterrupted(federation, tmp_pat
     assert verify(run_dir / "audit.jsonl").ok
     events = [e["event"] for e in AuditLog(run_dir / "audit.jsonl").entries()]
     assert "resume" in events and events[-1] == "finish"
+    _assert_logs_agree(federation, run_dir)
 
 
 def test_site_killed_mid_run_completes_with_two(federation, tmp_path):
@@ -164,7 +186,7 @@ def test_site_killed_mid_run_completes_with_two(federation, tmp_path):
     federation.sites["c"].kill()
     assert not federation.sites["c"].alive()
     res = _follow(federation, rid, run_dir)
-    assert res["flower_status"] == "finished:completed", res
+    assert res.get("state") == "completed", res
     rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert sorted(rounds[0]["sites"]) == ["a", "b", "c"]
     assert sorted(rounds[1]["sites"]) == ["a", "b"]
@@ -174,3 +196,19 @@ def test_site_killed_mid_run_completes_with_two(federation, tmp_path):
     assert verify(run_dir / "audit.jsonl").ok
     last = [e for e in AuditLog(run_dir / "audit.jsonl").entries() if e["event"] == "round"][-1]
     assert last["sites"] == ["a", "b"]
+    _assert_logs_agree(federation, run_dir)
+
+
+def test_too_few_sites_stops_with_a_clear_message(federation, tmp_path):
+    """With site c dead and min_sites=3 the run must stop with a message naming the problem,
+    not wait forever."""
+    federation.sites["c"].kill()  # already dead after the previous test; idempotent
+    run_dir = tmp_path / "run_too_few"
+    cfg = _cfg(rounds=1, min_sites=3, connect_timeout_s=20.0)
+    res = _follow(federation, federation.submit(cfg, run_dir), run_dir, timeout_s=600)
+    assert res.get("state") == "failed", res
+    assert "min_sites=3" in res.get("message", ""), res
+    from pathfl.fl.audit import AuditLog, verify
+
+    assert verify(run_dir / "audit.jsonl").ok
+    assert AuditLog(run_dir / "audit.jsonl").entries()[-1]["event"] == "failed"
