@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from pathfl.io import write_json_atomic
 from pathfl.survival.data import CovariateScaler, PatientBag, bags_fingerprint, make_folds, targets
 from pathfl.survival.metrics import survival_metrics
-from pathfl.survival.run import save_run
+from pathfl.survival.run import save_run, write_predictions
 from pathfl.survival.train import (
     TrainConfig,
     build_model,
@@ -98,9 +99,11 @@ def cross_validate(
     *,
     progress: ProgressFn | None = None,
     final_model: bool = True,
+    on_fold: Callable[[int, dict[str, Any], np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """K-fold CV (``config.folds``; 1 = fit on everything, no validation metrics), pooled OOF
-    metrics, predictions.csv, KM plot, final model. Returns the metrics dict."""
+    metrics, predictions.csv, KM plot, final model. ``on_fold(k, fit, val_idx)`` sees each
+    fold's fitted model (see :func:`fit_one`). Returns the metrics dict."""
     from pathfl.survival.plots import km_plot
 
     run_dir = Path(run_dir)
@@ -122,6 +125,8 @@ def cross_validate(
                 progress=progress,
                 phase=f"fold {k + 1}/{len(folds)}",
             )
+            if on_fold is not None:
+                on_fold(k, fit, va)
             val = fit["scaler"].apply([bags[i] for i in va])
             p = predict(
                 fit["model"], val, config, time_bins=fit["time_bins"], baseline=fit["baseline"]
@@ -215,7 +220,10 @@ def cross_validate(
             "epochs": epochs,
             "train_loss": fit["stats"]["loss"],
         }
-    assert fit is not None
+    if fit is None:  # CV only: metrics and predictions, no model
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        write_predictions(run_dir / "predictions.csv", rows)
+        return metrics
     save_run(
         run_dir,
         fit["model"],
