@@ -54,12 +54,19 @@ def _summary(per_site: dict[str, dict[str, float]]) -> dict[str, Any]:
 def run_baselines(specs: list[Any], cfg: dict[str, Any], time_bins: list[float]) -> dict:
     """{"local_only": ..., "pooled": ...}: each with the C-index over the union of
     within-site validation pairs and the per-site C-indices."""
+    import torch
+
     sites = load_sites(specs, cfg)
     bins = np.asarray(time_bins, dtype=float)
     local: dict[str, dict[str, float]] = {}
-    for s in sites:
-        local.update({k: v for k, v in _fit_eval(s.train, [s], cfg, bins).items()})
-    pooled = _fit_eval([b for s in sites for b in s.train], sites, cfg, bins)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same as each federated site's worker
+    try:
+        for s in sites:
+            local.update(_fit_eval(s.train, [s], cfg, bins))
+        pooled = _fit_eval([b for s in sites for b in s.train], sites, cfg, bins)
+    finally:
+        torch.set_num_threads(threads)
     return {"local_only": _summary(local), "pooled": _summary(pooled)}
 
 

@@ -72,17 +72,28 @@ class FederatedRun:
             self.grid, want=want, need=min_sites, timeout_s=float(self.cfg["connect_timeout_s"])
         )
         got = self._send(records.QUERY, 0, nodes, with_arrays=False)
+        problems = {f"node-{n}": r for n, r in got.failed.items()}
+        problems.update({f"node-{n}": "no reply to the check-in query" for n in got.missing})
         infos: dict[str, dict[str, Any]] = {}
         counts: dict[str, dict[str, Any]] = {}
         node_of: dict[str, int] = {}
+        registered = self._registered_names()
+        allowed = set(self.cfg.get("allowed_sites") or [])
         for node, reply in got.ok.items():
             info = dict(reply.content["site"])
             name = str(info.pop("site"))
+            if registered.get(node) and registered[node] != name:
+                # the name a site reports must be the one its key was registered under
+                problems[f"node-{node}"] = (
+                    f"reports site {name!r} but its key is registered as {registered[node]!r}"
+                )
+                continue
+            if allowed and name not in allowed:
+                problems[f"node-{node}"] = f"site {name!r} is not in allowed_sites"
+                continue
             if name in infos:
                 raise FederationError(f"two nodes report the same site name {name!r}")
             infos[name], counts[name], node_of[name] = info, dict(reply.content["counts"]), node
-        problems = {f"node-{n}": r for n, r in got.failed.items()}
-        problems.update({f"node-{n}": "no reply to the check-in query" for n in got.missing})
         if not infos:
             raise FederationError(f"no site answered the check-in query: {problems}")
         result = check_compatibility(
@@ -99,6 +110,7 @@ class FederatedRun:
                 "accepted": result.accepted,
                 "excluded": result.excluded,
                 "unanswered": problems,
+                "registered_names": {str(k): v for k, v in registered.items()},
             },
         )
         self.audit.append(
@@ -120,6 +132,16 @@ class FederatedRun:
         self.feature_dim = int(ref["feature_dim"])
         self.fingerprint = dict(result.reference or ref)
         self.time_bins = self._fix_time_bins({s: counts[s] for s in result.accepted})
+
+    def _registered_names(self) -> dict[int, str]:
+        """node id -> the name its auth key was registered under (empty without site auth)."""
+        try:
+            return {
+                int(n.node_id): str(getattr(n, "name", "") or "") for n in self.grid.get_nodes()
+            }
+        except Exception as e:  # an older SuperLink without node names: self-reported only
+            logger.warning("could not read registered node names: %s", e)
+            return {}
 
     def _fix_time_bins(self, counts: dict[str, dict[str, Any]]) -> list[float]:
         if self.cfg["loss"] != "nll":

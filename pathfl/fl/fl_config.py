@@ -27,6 +27,7 @@ FL_DEFAULTS: dict[str, Any] = {
     "time_bins": [],  # explicit inner cut points (else: from the federation histogram)
     "time_grid_max": 0.0,  # upper end of the histogram grid, in the clinical time unit
     "time_grid_cells": 64,  # histogram grid resolution
+    "allowed_sites": [],  # site names that may take part (empty = every registered site)
     "compat_policy": "refuse",  # refuse | exclude sites whose feature fingerprint differs
     "reject_norm_factor": 5.0,  # update-norm outlier test (robust z), 0 = off
     "reject_norm_ratio": 0.0,  # reject norm > ratio * median, 0 = off

@@ -211,6 +211,9 @@ def launch_worker(name: str, state_dir: Path, *, env: dict[str, str]) -> tuple[M
 
     sock = socket_path_for(state_dir)
     Path(sock).unlink(missing_ok=True)
+    # one site = one training process; torch's default of one thread per core only adds
+    # contention when several sites (or other jobs) share the machine
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
     proc = start_process(
         name,
         [sys.executable, "-m", "pathfl.fl.worker", sock],

@@ -50,6 +50,8 @@ def simulate(
     baselines: bool = True,
     timeout_s: float | None = None,
     env_extra: dict[str, str] | None = None,
+    use_worker: bool = True,
+    fast_poll: bool = True,
 ) -> dict[str, Any]:
     """Run the federation and (optionally) the baselines; returns a summary dict and writes
     ``OUT/comparison.csv`` + ``OUT/comparison.md`` next to the federated run's files."""
@@ -66,7 +68,14 @@ def simulate(
     budget = timeout_s or (
         float(cfg["connect_timeout_s"]) + (int(cfg["rounds"]) + 2) * float(cfg["round_timeout_s"])
     )
-    with LocalFederation(work, tls=tls, auth=tls, env_extra=dict(env_extra or {})) as fed:
+    with LocalFederation(
+        work,
+        tls=tls,
+        auth=tls,
+        env_extra=dict(env_extra or {}),
+        use_worker=use_worker,
+        fast_poll=fast_poll,
+    ) as fed:
         fed.start(specs)
         write_json_atomic(out / "fl_config.json", {"config": cfg, "mode": "simulate"})
         run_id = fed.submit(cfg, out)

@@ -1,0 +1,180 @@
+"""Benchmark of pathfl's federation on one machine (real Flower processes on 127.0.0.1).
+
+For 3 synthetic sites it measures, per round: wall time, the slowest site's ClientApp handler
+time and the engine overhead (= round wall time - slowest handler time: message transport,
+polling, process start-up), plus bytes sent per site per round (model arrays up, global model
+down) — once with Flower's defaults (fresh ``flwr-clientapp`` process per message loading torch
+and the data itself, SuperNode idle poll 3 s, SuperExec task poll 1 s, server pull every 3 s as
+``Grid.send_and_receive`` does) and once with pathfl's settings (long-running site worker,
+SuperNode poll 0.5 s, SuperExec poll 0.2 s, server pull 0.2 s). It also times pooled training on
+the union of the sites' training parts with the same total number of epochs.
+
+    .venv/bin/python scripts/bench_fl.py --out bench_out/fl [--rounds 3] [--patients 120]
+
+Writes OUT/bench_fl.json and prints a Markdown table. No timing is asserted anywhere; report
+the load average next to the numbers (printed) — on a shared machine they vary a lot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+
+from pathfl.fl.simulate import simulate, site_specs
+
+logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+
+
+def make_sites(root: Path, *, n_patients: int, n_sites: int = 3) -> list[Path]:
+    import csv
+
+    from pathfl.survival.synthetic import make_cohort
+
+    cohort = make_cohort(
+        root / "all",
+        n_patients=n_patients,
+        feature_dim=32,
+        tiles=(20, 60),
+        seed=0,
+        two_slide_fraction=0.0,
+        effect=3.0,
+        signal_shift=2.0,
+    )
+    with open(cohort.clinical_csv) as f:
+        rows = list(csv.DictReader(f))
+    patients = sorted({r["patient_id"] for r in rows})
+    dirs = []
+    for k in range(n_sites):
+        d = root / f"site_{k}"
+        (d / "features").mkdir(parents=True, exist_ok=True)
+        mine = set(patients[k::n_sites])
+        site_rows = [r for r in rows if r["patient_id"] in mine]
+        for r in site_rows:
+            link = d / "features" / f"{r['slide_id']}.h5"
+            if not link.exists():
+                link.symlink_to(cohort.features_dir / f"{r['slide_id']}.h5")
+        with open(d / "clinical.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(site_rows)
+        dirs.append(d)
+    return dirs
+
+
+def run_mode(name: str, dirs: list[Path], cfg: dict, out: Path, *, tuned: bool) -> dict:
+    env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2" if tuned else "1.0"}
+    cfg = {**cfg, "poll_interval_s": 0.2 if tuned else 3.0}
+    t0 = time.perf_counter()
+    summary = simulate(
+        site_specs(dirs),
+        cfg,
+        out / name,
+        tls=True,
+        baselines=False,
+        env_extra=env,
+        use_worker=tuned,
+        fast_poll=tuned,
+    )
+    total = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (out / name / "rounds.jsonl").read_text().splitlines()]
+    per_round = [
+        {
+            "round": r["round"],
+            "wall_s": r["seconds"],
+            "slowest_handler_s": r["max_site_compute_s"],
+            "overhead_s": r["seconds"] - r["max_site_compute_s"],
+            "bytes_up_per_site": {k: v["bytes_up"] for k, v in r["sites"].items()},
+            "bytes_down_per_site": r["bytes_down_per_site"],
+        }
+        for r in rows
+    ]
+    later = per_round[1:] or per_round  # round 1 includes loading data and first imports
+    return {
+        "mode": name,
+        "total_s": total,
+        "federated_c_index": summary["federated_c_index"],
+        "rounds": per_round,
+        "median_round_wall_s": statistics.median(r["wall_s"] for r in later),
+        "median_overhead_s": statistics.median(r["overhead_s"] for r in later),
+    }
+
+
+def pooled_time(dirs: list[Path], cfg: dict) -> float:
+    import numpy as np
+
+    from pathfl.fl.baselines import load_sites
+    from pathfl.fl.fl_config import effective_config
+    from pathfl.fl.site import train_config
+    from pathfl.survival.train import build_model, fit_time_bins, train_local
+
+    full = effective_config({**cfg, "time_grid_max": 100.0})
+    sites = load_sites(site_specs(dirs), full)
+    bags = [b for s in sites for b in s.train]
+    bins = fit_time_bins([b.time for b in bags], [b.event for b in bags], n_bins=4)
+    model = build_model(train_config(full), feature_dim=sites[0].feature_dim)
+    t0 = time.perf_counter()
+    train_local(
+        model,
+        bags,
+        train_config(full),
+        epochs=int(full["rounds"]) * int(full["local_epochs"]),
+        time_bins=np.asarray(bins),
+        seed=0,
+    )
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("bench_out/fl"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--local-epochs", type=int, default=1)
+    ap.add_argument("--patients", type=int, default=120)
+    ap.add_argument("--modes", default="flower-defaults,pathfl")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    dirs = make_sites(args.out / "data", n_patients=args.patients)
+    cfg = {
+        "rounds": args.rounds,
+        "local_epochs": args.local_epochs,
+        "model": "abmil",
+        "lr": 0.001,
+        "min_sites": 3,
+        "round_timeout_s": 900,
+        "connect_timeout_s": 300,
+    }
+    result = {"load_avg_start": os.getloadavg(), "cpus": os.cpu_count(), "config": cfg, "modes": []}
+    for mode in args.modes.split(","):
+        result["modes"].append(run_mode(mode, dirs, cfg, args.out, tuned=(mode == "pathfl")))
+    result["pooled_train_s_same_epochs"] = pooled_time(dirs, cfg)
+    result["load_avg_end"] = os.getloadavg()
+    (args.out / "bench_fl.json").write_text(json.dumps(result, indent=2))
+    print(
+        f"load average start {result['load_avg_start']}, end {result['load_avg_end']}, "
+        f"{result['cpus']} CPUs"
+    )
+    print(
+        "| mode | total s | median round s (rounds 2..) | median engine overhead s | "
+        "bytes up/site/round | bytes down/site/round | fed. C-index |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for m in result["modes"]:
+        up = next(iter(m["rounds"][0]["bytes_up_per_site"].values()))
+        print(
+            f"| {m['mode']} | {m['total_s']:.1f} | {m['median_round_wall_s']:.1f} | "
+            f"{m['median_overhead_s']:.1f} | {up} | {m['rounds'][0]['bytes_down_per_site']} | "
+            f"{m['federated_c_index']:.3f} |"
+        )
+    print(
+        f"pooled training, same total epochs ({args.rounds * args.local_epochs}): "
+        f"{result['pooled_train_s_same_epochs']:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
