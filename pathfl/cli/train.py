@@ -62,6 +62,15 @@ def train(
     config: Path = typer.Option(None, "--config", "-c", help="YAML of these options."),
 ) -> None:
     """Cross-validated survival MIL training."""
+    from pathfl.config import ConfigError
+
+    try:
+        _train(ctx, config)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+
+
+def _train(ctx: typer.Context, config: Path | None) -> None:
     from pathfl.config import ConfigError, merge_cli_and_yaml
 
     v = merge_cli_and_yaml(ctx, {k: x for k, x in ctx.params.items() if k != "config"}, config)

@@ -1,0 +1,155 @@
+"""`pathfl train` -> `pathfl predict` -> `pathfl heatmap` through the real CLI, on real HDF5
+features files and a real pyramidal TIFF slide; usage errors exit with code 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from slides import synthetic_tissue, write_tiled_tiff
+from typer.testing import CliRunner
+
+from pathfl.cli import app
+from pathfl.survival.synthetic import make_cohort
+
+RUNNER = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("cli")
+    # tiles of 224 px on a 4x4 grid -> inside a 1024 x 1024 slide
+    c = make_cohort(root, n_patients=24, feature_dim=8, tiles=(8, 16), grid_cols=4, seed=5)
+    slide = write_tiled_tiff(
+        root / "P0000_S0.tiff", synthetic_tissue(1024, 1024, seed=1), mpp=0.5, levels=3
+    )
+    return root, c, slide
+
+
+def _invoke(*args: str):
+    return RUNNER.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_train_predict_heatmap(cohort) -> None:
+    root, c, slide = cohort
+    run = root / "run"
+    cfg = root / "train.yaml"
+    cfg.write_text("epochs: 2\nhidden_dim: 16\nn_boot: 20\nlr: 0.003\n")
+    r = _invoke(
+        "train",
+        "--features",
+        c.features_dir,
+        "--clinical",
+        c.clinical_csv,
+        "--out",
+        run,
+        "--folds",
+        "2",
+        "--threads",
+        "1",
+        "--config",
+        cfg,
+    )
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["config"]["epochs"] == 2 and metrics["config"]["hidden_dim"] == 16  # from YAML
+    assert len(metrics["folds"]) == 2 and "pooled_oof" in metrics
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "abmil" and config["loss"] == "nll" and len(config["time_bins"]) == 3
+    with open(run / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24 and {r["fold"] for r in rows} == {"0", "1"}
+    assert Image.open(run / "plots" / "km_risk_groups.png").size[0] > 300
+
+    out_csv = root / "new.csv"
+    r = _invoke(
+        "predict",
+        "--run",
+        run,
+        "--features",
+        c.features_dir,
+        "--slides",
+        "P0000_S0,P0001_S0",
+        "--out",
+        out_csv,
+    )
+    assert r.exit_code == 0, r.output
+    with open(out_csv) as f:
+        pred = list(csv.DictReader(f))
+    assert [p["patient_id"] for p in pred] == ["P0000_S0", "P0001_S0"]
+    assert all(float(p["risk"]) == float(p["risk"]) for p in pred)  # finite numbers
+
+    png = root / "heat.png"
+    r = _invoke(
+        "heatmap",
+        "--run",
+        run,
+        "--features",
+        c.features_dir,
+        "--slide",
+        slide,
+        "--out",
+        png,
+        "--thumb-px",
+        "512",
+        "--n-top",
+        "4",
+    )
+    assert r.exit_code == 0, r.output
+    img = Image.open(png)
+    assert img.size[0] > 400
+    montage = Image.open(root / "heat_top_tiles.png")
+    assert montage.size == (2 * 164, 2 * 180)
+    n_scores = len((root / "heat_scores.csv").read_text().splitlines()) - 1
+    assert n_scores == len(c.signal["P0000_S0"])
+
+
+def test_bad_inputs_exit_2(cohort, tmp_path: Path) -> None:
+    _, c, _ = cohort
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient_id,slide_id,time,event\nA,nosuchslide,5,1\nB,P0001_S0,-1,0\n")
+    r = RUNNER.invoke(
+        app,
+        [
+            "train",
+            "--features",
+            str(c.features_dir),
+            "--clinical",
+            str(bad),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert r.exit_code == 2
+    assert "line 3 (patient_id=B, slide_id=P0001_S0): time -1 must be > 0" in r.output
+    r = RUNNER.invoke(
+        app,
+        [
+            "train",
+            "--features",
+            str(c.features_dir),
+            "--clinical",
+            str(c.clinical_csv),
+            "--out",
+            str(tmp_path / "r"),
+            "--model",
+            "clam",
+        ],
+    )
+    assert r.exit_code == 2 and "valid models: abmil, chowder, meanpool, transmil" in r.output
+    r = RUNNER.invoke(
+        app,
+        [
+            "predict",
+            "--run",
+            str(tmp_path),
+            "--features",
+            str(c.features_dir),
+            "--out",
+            str(tmp_path / "x.csv"),
+        ],
+    )
+    assert r.exit_code == 2 and "not a pathfl run directory" in r.output
