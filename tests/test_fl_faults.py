@@ -179,9 +179,11 @@ def test_aggregator_killed_then_resume_matches_uninterrupted(federation, refused
 
 def test_site_killed_mid_run_completes_with_two(federation, tmp_path):
     """SIGKILL site c (its SuperNode and ClientApp processes) once round 1 is checkpointed:
-    round 2 is aggregated from a and b, the run completes, c is reported missing/failed."""
+    round 2 is aggregated from a and b, the run completes, c is reported missing/failed.
+    The run also has client-side DP on, so it checks end to end that every site reports a
+    cumulative ε that grows from round to round."""
     run_dir = tmp_path / "run_kill_site"
-    rid = federation.submit(_cfg(rounds=2), run_dir)
+    rid = federation.submit(_cfg(rounds=2, dp=True, dp_noise_multiplier=1.0), run_dir)
     _wait_round(run_dir, 1, timeout_s=2 * ROUND_TIMEOUT_S)
     federation.sites["c"].kill()
     assert not federation.sites["c"].alive()
@@ -191,6 +193,10 @@ def test_site_killed_mid_run_completes_with_two(federation, tmp_path):
     assert sorted(rounds[0]["sites"]) == ["a", "b", "c"]
     assert sorted(rounds[1]["sites"]) == ["a", "b"]
     assert "c" in rounds[1]["missing"] or "c" in rounds[1]["failed"]
+    for site in ("a", "b"):
+        eps = [r["sites"][site]["train_dp_epsilon"] for r in rounds]
+        assert 0 < eps[0] < eps[1] < float("inf"), eps
+        assert rounds[1]["sites"][site]["train_dp_delta"] == pytest.approx(1e-5)
     from pathfl.fl.audit import AuditLog, verify
 
     assert verify(run_dir / "audit.jsonl").ok
