@@ -139,3 +139,14 @@ def test_dp_noise_is_not_derived_from_the_run_seed(cohort):
         dp_train_local(model, bags, cfg, dp, epochs=1, time_bins=cuts, seed=5)
         finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert not torch.allclose(finals[0], finals[1])
+
+
+def test_ledger_survives_resume_but_not_a_different_run(tmp_path):
+    """A resumed run gets a new Flower run id; its rounds must still be charged to the same
+    ledger (else ε restarts from 0 after a crash). Another config = another ledger."""
+    from pathfl.fl.privacy import ledger_path
+
+    cfg = {"rounds": 3, "dp": True, "seed": 1, "run_id": "111", "round": 2}
+    resumed = {**cfg, "run_id": "222", "round": 3}
+    assert ledger_path(tmp_path, cfg) == ledger_path(tmp_path, resumed)
+    assert ledger_path(tmp_path, cfg) != ledger_path(tmp_path, {**cfg, "seed": 2})

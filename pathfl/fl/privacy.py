@@ -155,6 +155,22 @@ def _rdp_subsampled_gaussian(q: float, sigma: float, alpha: int) -> float:
     return (top + math.log(float(np.exp(terms - top).sum()))) / (alpha - 1)
 
 
+#: Run-config keys that change with every submission of the same run (Flower's run id, the
+#: round) and so must not decide which ledger a round is charged to.
+_PER_SUBMISSION_KEYS = ("run_id", "round")
+
+
+def ledger_path(state_dir: str | os.PathLike[str], cfg: Mapping[str, Any]) -> Path:
+    """The site-local ledger file of a run: keyed by a hash of the run config without its
+    per-submission keys, so a resumed run (a new Flower run id, same config) keeps composing
+    the ε of the rounds before the crash. Two separate runs with identical configs share a
+    ledger, which over-states ε (the safe side)."""
+    from pathfl.io import sha256_json
+
+    key = sha256_json({k: v for k, v in cfg.items() if k not in _PER_SUBMISSION_KEYS})
+    return Path(state_dir) / f"dp_ledger_{key[:16]}.json"
+
+
 def epsilon_of(history: Sequence[tuple[float, float, int]], delta: float) -> float:
     """ε at ``delta`` of a composition of Poisson-subsampled Gaussian mechanisms
     ``[(noise_multiplier, sample_rate, steps), ...]``: RDP summed over steps, converted with

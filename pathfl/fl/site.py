@@ -166,13 +166,13 @@ def train_round(
     }
     dp = _dp_config(cfg)
     if dp is not None:
-        from pathfl.fl.privacy import PrivacyLedger, dp_train_local
+        from pathfl.fl.privacy import PrivacyLedger, dp_train_local, ledger_path
 
-        # site-local accountant history, keyed by run id so a resumed run keeps spending it
-        ledger_path = data.state_dir / f"dp_ledger_{cfg.get('run_id', 'run')}.json"
-        ledger = PrivacyLedger.load(ledger_path)
+        # site-local accountant history, keyed so that a resumed run keeps spending it
+        path = ledger_path(data.state_dir, cfg)
+        ledger = PrivacyLedger.load(path)
         stats = dp_train_local(model, data.train, train_config(cfg), dp, ledger=ledger, **kwargs)
-        ledger.save(ledger_path)
+        ledger.save(path)
     else:
         stats = train_local(model, data.train, train_config(cfg), **kwargs)
     metrics.update(clean_metrics(stats, prefix="train_", keys=TRAIN_KEYS))
