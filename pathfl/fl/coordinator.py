@@ -235,6 +235,7 @@ class FederatedRun:
             arrays=self.arrays,
             state={
                 "sites": sorted(self.sites.values()),
+                "run_id": self.run_id,
                 "time_bins": self.time_bins,
                 "feature_dim": self.feature_dim,
                 "fingerprint": self.fingerprint,

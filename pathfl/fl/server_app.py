@@ -44,12 +44,16 @@ def run_federation(
     try:
         start = 1
         ckpt = run_dir.load_checkpoint() if resume else None
+        if ckpt is not None:
+            # one logical run id across resumes: audit entries and the sites' DP ledgers
+            # (keyed by run id) continue instead of starting over
+            run.run_id = run.audit.run_id = str(ckpt[0].get("run_id") or run_id)
         run.check_in()
         if ckpt is not None:
             state, run.names, run.arrays = ckpt
             _check_resume(run, state)
             start = int(state["round"]) + 1
-            run.audit.append("resume", round=int(state["round"]))
+            run.audit.append("resume", round=int(state["round"]), flower_run_id=run_id)
             logger.info("resuming after round %d", start - 1)
         else:
             run.init_model()
