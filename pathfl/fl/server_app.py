@@ -74,8 +74,10 @@ def run_federation(
         run_dir.write_status("completed", run_id=run_id, rounds=int(cfg["rounds"]))
     except Exception as e:
         logger.error("federated run failed: %s", e)
-        run_dir.write_status("failed", run_id=run_id, message=str(e))
-        run.audit.append("failed", reason=str(e))
+        # an orphaned ServerApp of a killed aggregator must not mark a resumed run as failed
+        if run_dir.read_status().get("run_id", run_id) == run_id:
+            run_dir.write_status("failed", run_id=run_id, message=str(e))
+        run.audit.append("failed", reason=str(e), flower_run_id=run_id)
         raise
 
 
