@@ -3,6 +3,7 @@ Owned by the demo stage. Heavy imports happen inside the command."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ def _run(v: dict[str, Any]) -> int:
 
     from pathfl.demo.pipeline import DemoConfig, run_demo
 
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # stage lines appear as they finish
     console = Console()
     if not console.is_terminal:
         console.width = 120  # logs and CI: no wrapping of the result table
@@ -64,7 +67,10 @@ def _run(v: dict[str, Any]) -> int:
 
     def on_stage(st: Any) -> None:
         c = colours.get(st.status, "white")
-        console.print(f"[{c}]{st.status:>11}[/{c}]  {st.name:<9} {st.seconds:6.1f} s  {st.detail}")
+        console.print(
+            f"[{c}]{st.status:>11}[/{c}]  {st.name:<9} {st.seconds:6.1f} s "
+            f"(CPU {st.cpu_s:5.0f} s)  {st.detail}"
+        )
 
     console.rule(f"pathfl demo → {cfg.out}")
     state = run_demo(cfg, on_stage=on_stage)

@@ -53,6 +53,8 @@ class StageStatus:
     status: str = "not run"
     seconds: float = 0.0
     detail: str = ""
+    cpu_s: float = 0.0  # user+sys of this process and its waited-for children
+    load_avg: float | None = None  # 1-min load average when the stage ended
 
 
 @dataclass
@@ -283,6 +285,22 @@ STAGES: list[tuple[str, Callable[[DemoState], str]]] = [
 ]
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + sys) of this process and of its children that have been waited for."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def load_average() -> float | None:
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:
+        return None
+
+
 def run_demo(
     config: DemoConfig,
     *,
@@ -296,7 +314,7 @@ def run_demo(
     state.stages["report"] = StageStatus("report")
     for name, fn in STAGES:
         st = state.stages[name]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         try:
             st.detail = fn(state)
             st.status = "ok"
@@ -309,7 +327,8 @@ def run_demo(
         except Exception as e:
             log.exception("demo stage %s failed", name)
             st.status, st.detail = "failed", f"{type(e).__name__}: {e}"
-        st.seconds = time.perf_counter() - t0
+        st.seconds, st.cpu_s = time.perf_counter() - t0, cpu_seconds() - c0
+        st.load_avg = load_average()
         if on_stage:
             on_stage(st)
         if st.status != "ok":

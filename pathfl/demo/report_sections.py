@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,18 @@ def _rel(state: Any, p: Path) -> str:
 
 def pipeline_section(state: Any) -> str:
     rows = [
-        {"stage": s.name, "status": s.status, "seconds": f"{s.seconds:.1f}", "detail": s.detail}
+        {
+            "stage": s.name,
+            "status": s.status,
+            "wall s": f"{s.seconds:.1f}",
+            "CPU s": f"{s.cpu_s:.1f}",
+            "load": "" if s.load_avg is None else f"{s.load_avg:.1f}",
+            "detail": s.detail,
+        }
         for s in state.stages.values()
     ]
     total = sum(s.seconds for s in state.stages.values())
+    cpu = sum(s.cpu_s for s in state.stages.values())
     head = "## Pipeline\n\n"
     if not state.complete:
         bad = [s for s in state.stages.values() if s.status in ("unavailable", "failed")]
@@ -36,7 +45,14 @@ def pipeline_section(state: Any) -> str:
                 f"{bad[0].detail}. Nothing after it was run; no result below is "
                 "invented.\n\n"
             )
-    return head + _md_table(rows) + f"\nTotal {total:.0f} s.\n"
+    return (
+        head
+        + _md_table(rows)
+        + f"\nTotal {total:.0f} s wall, {cpu:.0f} s CPU (user + sys, this process and the "
+        f"stage commands it ran) on {os.cpu_count()} logical cores. *load* = 1-minute load "
+        "average when the stage ended: well above the core count means the machine was "
+        "shared and wall times are inflated.\n"
+    )
 
 
 def cohort_section(state: Any, fig_dir: Path) -> str:
