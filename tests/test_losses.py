@@ -139,3 +139,5 @@ def test_gbsg2_linear_cox_matches_sksurv() -> None:
     c_ours = harrell_c(event, time, lin(xt).detach().numpy().ravel())
     assert c_ref > 0.65  # the known GBSG2 Cox performance, i.e. the reference is meaningful
     assert abs(c_ours - c_ref) <= 0.01, (c_ours, c_ref)
+    # the same partial likelihood (Breslow ties) -> the same coefficients
+    np.testing.assert_allclose(lin.weight.detach().numpy().ravel(), ref.coef_, atol=1e-3)

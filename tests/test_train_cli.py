@@ -153,3 +153,14 @@ def test_bad_inputs_exit_2(cohort, tmp_path: Path) -> None:
         ],
     )
     assert r.exit_code == 2 and "not a pathfl run directory" in r.output
+
+
+def test_shipped_config_names_only_train_options() -> None:
+    import inspect
+
+    from pathfl.cli.train import train
+    from pathfl.config import load_yaml
+
+    shipped = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "train.yaml")
+    options = set(inspect.signature(train).parameters) - {"ctx", "config"}
+    assert set(shipped) <= options, set(shipped) - options
