@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from pathfl.io import write_json_atomic, write_text_atomic
+from pathfl.io import sha256_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,14 @@ def stage_extract(state: DemoState) -> str:
     c = state.config
     out = c.work_dir / "features"
     rc = run_cli(
-        ["extract", "--tiles", str(c.work_dir / "tiles"), "--out", str(out)],
+        [
+            "extract",
+            "--tiles",
+            str(c.work_dir / "tiles"),
+            "--out",
+            str(out),
+            "--overwrite",  # the demo owns work/: features must follow re-made tiles
+        ],
         log_path=c.work_dir / "logs" / "extract.log",
         label="extract",
     )
@@ -217,7 +224,15 @@ def stage_federate(state: DemoState) -> str:
     fl_cfg = fl_run_config(c)
     cfg_path = c.work_dir / "fl_config.yaml"
     write_text_atomic(cfg_path, yaml.safe_dump(fl_cfg, sort_keys=True))
-    stamp = {"fl_config": fl_cfg, "sites": state.split, "cohort": state.cohort.get("fingerprint")}
+    feature_files = sorted(Path(state.split["features_dir"]).glob("*.h5"))
+    stamp = {
+        "fl_config": fl_cfg,
+        "sites": state.split,
+        "cohort": state.cohort.get("fingerprint"),
+        "features": sha256_json(
+            [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in feature_files]
+        ),
+    }
     stamp_path = run / "demo_stamp.json"
     if (
         (run / "model.pt").is_file()
