@@ -40,7 +40,13 @@ def _split(csv_text: str) -> list[str]:
 
 
 def _foreground(proc: Any) -> None:
-    """Wait for a started Flower process; Ctrl-C stops it (and its process group)."""
+    """Wait for a started Flower process; Ctrl-C or SIGTERM stops it (and its process group)."""
+    import signal
+
+    def _terminate(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = proc.popen.wait()
         if code != 0:
