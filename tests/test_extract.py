@@ -280,3 +280,26 @@ def test_cmu_slide_one_row_per_tile(cmu_slide, tmp_path) -> None:
     np.testing.assert_array_equal(coords, c_coords)
     assert attrs["tile_size"] == 224 and attrs["encoder"] == "mobilenet-v2"
     assert feats.std(axis=0).mean() > 0  # tiles differ
+
+
+def test_parse_shard_and_bad_files(tmp_path) -> None:
+    from pathfl.config import ConfigError
+    from pathfl.features.h5 import FeaturesFileError
+    from pathfl.features.plan import parse_shard, select_shard
+
+    assert parse_shard("0/4") == (0, 4) and parse_shard(None) is None
+    for bad in ("4/4", "-1/2", "1", "a/b", "1/0"):
+        with pytest.raises(ConfigError, match="--shard"):
+            parse_shard(bad)
+    paths = [Path(f"s{i}.h5") for i in range(7)]
+    shards = [select_shard(paths, (k, 3)) for k in range(3)]
+    assert sorted(p for s in shards for p in s) == sorted(paths)
+    assert [len(s) for s in shards] == [3, 2, 2]
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    with pytest.raises(FeaturesFileError, match=r"junk\.h5"):
+        read_features(junk)
+    with h5py.File(tmp_path / "half.h5", "w") as f:
+        f["features"] = np.zeros((3, 4), np.float32)
+    with pytest.raises(FeaturesFileError, match="coords"):
+        read_features(tmp_path / "half.h5")
