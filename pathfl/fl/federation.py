@@ -200,7 +200,9 @@ def follow_run(
         now = time.monotonic()
         if run_dir is not None:
             local = RunDir(run_dir).read_status()
-            if local.get("state") in ("completed", "failed"):
+            # only this run's verdict counts (a resumed run dir holds the previous one's)
+            mine = str(local.get("run_id")) == str(run_id)
+            if mine and local.get("state") in ("completed", "failed"):
                 status = status or f"serverapp:{local['state']}"
                 break
         if now >= next_flower:
