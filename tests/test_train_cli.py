@@ -164,3 +164,49 @@ def test_shipped_config_names_only_train_options() -> None:
     shipped = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "train.yaml")
     options = set(inspect.signature(train).parameters) - {"ctx", "config"}
     assert set(shipped) <= options, set(shipped) - options
+
+
+def test_unused_text_columns_are_ignored(cohort, tmp_path: Path) -> None:
+    _, c, _ = cohort
+    text = c.clinical_csv.read_text().splitlines()
+    extra = [text[0] + ",notes"] + [line + ",free text" for line in text[1:]]
+    table = tmp_path / "clinical_notes.csv"
+    table.write_text("\n".join(extra) + "\n")
+    r = RUNNER.invoke(
+        app,
+        [
+            "train",
+            "--features",
+            str(c.features_dir),
+            "--clinical",
+            str(table),
+            "--out",
+            str(tmp_path / "run"),
+            "--folds",
+            "1",
+            "--epochs",
+            "1",
+            "--hidden-dim",
+            "8",
+            "--threads",
+            "1",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "run" / "model.pt").is_file()
+    assert not (tmp_path / "run" / "metrics.json").read_text().count('"pooled_oof"')
+    r = RUNNER.invoke(
+        app,
+        [
+            "train",
+            "--features",
+            str(c.features_dir),
+            "--clinical",
+            str(table),
+            "--out",
+            str(tmp_path / "run2"),
+            "--covariates",
+            "notes",
+        ],
+    )
+    assert r.exit_code == 2 and "covariate notes='free text'" in r.output

@@ -108,7 +108,7 @@ def _train(ctx: typer.Context, config: Path | None) -> None:
     except ValueError as e:  # includes unknown model/loss names
         raise ConfigError(str(e)) from e
     try:
-        table = load_clinical(v["clinical"])
+        table = load_clinical(v["clinical"], covariates=cfg.covariates)
         bags = load_bags(v["features"], table, covariates=cfg.covariates)
     except (ClinicalError, FileNotFoundError) as e:
         raise _fail(str(e)) from None

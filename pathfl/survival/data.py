@@ -112,9 +112,10 @@ def _parse_float(text: str) -> float | None:
 def load_clinical(
     path: str | os.PathLike[str], *, covariates: Sequence[str] | None = None
 ) -> ClinicalTable:
-    """Read and validate a clinical CSV. ``covariates``: the columns to use as covariates
-    (default: every column that is not reserved). Raises :class:`ClinicalError` listing every
-    bad row, or ``FileNotFoundError``."""
+    """Read and validate a clinical CSV. ``covariates``: the columns to use (and validate as
+    finite numbers) as covariates; default: every column that is not reserved — pass ``[]``
+    when the table has free-text columns and no covariates are used. Raises
+    :class:`ClinicalError` listing every bad row, or ``FileNotFoundError``."""
     import csv
 
     path = Path(path)
