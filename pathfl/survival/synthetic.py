@@ -77,6 +77,7 @@ def make_cohort(
     two_slide_fraction: float = 0.3,
     grid_cols: int = 16,
     tile_px: int = 224,
+    encoder: str = "synthetic",
     seed: int = 0,
 ) -> SyntheticCohort:
     """Write ``out_dir/features/<slide_id>.h5`` and ``out_dir/clinical.csv``. Coordinates lie
@@ -110,7 +111,9 @@ def make_cohort(
             if n > grid_cols**2:
                 cells = np.resize(cells, n)
             coords = np.stack([(cells % grid_cols) * tile_px, (cells // grid_cols) * tile_px], 1)
-            write_features_h5(fdir / f"{sid}.h5", x, coords, slide_id=sid, tile_px=tile_px)
+            write_features_h5(
+                fdir / f"{sid}.h5", x, coords, slide_id=sid, tile_px=tile_px, encoder=encoder
+            )
             signal[sid] = is_sig
             rows.append(
                 {
