@@ -82,6 +82,24 @@ def test_train_predict_heatmap(cohort) -> None:
     assert [p["patient_id"] for p in pred] == ["P0000_S0", "P0001_S0"]
     assert all(float(p["risk"]) == float(p["risk"]) for p in pred)  # finite numbers
 
+    no_outcome = root / "new_patients.csv"
+    no_outcome.write_text("patient_id,slide_id\nX,P0002_S0\nX,P0003_S0\nY,P0004_S0\n")
+    r = _invoke(
+        "predict",
+        "--run",
+        run,
+        "--features",
+        c.features_dir,
+        "--clinical",
+        no_outcome,
+        "--out",
+        out_csv,
+    )
+    assert r.exit_code == 0, r.output
+    with open(out_csv) as f:
+        pred = list(csv.DictReader(f))
+    assert [(p["patient_id"], p["time"]) for p in pred] == [("X", ""), ("Y", "")]
+
     png = root / "heat.png"
     r = _invoke(
         "heatmap",
