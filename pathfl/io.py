@@ -110,7 +110,9 @@ class Manifest:
             with open(path, newline="") as f:
                 for row in csv.DictReader(f):
                     if row.get("slide_id"):
-                        m.rows[row["slide_id"]] = {k: row.get(k, "") or "" for k in MANIFEST_COLUMNS}
+                        m.rows[row["slide_id"]] = {
+                            k: row.get(k, "") or "" for k in MANIFEST_COLUMNS
+                        }
         return m
 
     def update(self, row: ManifestRow) -> None:

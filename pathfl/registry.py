@@ -25,9 +25,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, Callable[..., T]] = {}
         self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(
-        self, name: str, **meta: Any
-    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str, **meta: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator registering ``factory`` under ``name``; ``meta`` travels with it."""
 
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
