@@ -9,7 +9,7 @@ only as good as the load says). ``--demo`` also times the whole `pathfl demo`.
 
     python scripts/run_benchmarks.py                 # quick variants, all benchmarks
     python scripts/run_benchmarks.py --full --demo   # full sizes + the full demo
-    python scripts/run_benchmarks.py --only tile fl  # a subset
+    python scripts/run_benchmarks.py --only tile fl  # re-run a subset, keep the other sections
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def run_one(cmd: list[str], *, timeout_s: float, log_dir: Path, name: str) -> di
     }
 
 
-def demo_section(res: dict, out_dir: Path) -> str:
+def demo_section(out_dir: Path) -> str:
     report = out_dir / "report.md"
     text = ""
     if report.is_file():
@@ -122,15 +122,73 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="no --quick flags (full sizes)")
     ap.add_argument("--demo", action="store_true", help="also time `pathfl demo` (full cohort)")
-    ap.add_argument("--only", nargs="*", default=None, help="bench names, e.g. tile extract")
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="re-run only these (e.g. tile extract); other sections are kept",
+    )
+    ap.add_argument(
+        "--demo-from",
+        type=Path,
+        default=None,
+        help="add the tables of an existing `pathfl demo --out DIR` report",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
     ap.add_argument("--log-dir", type=Path, default=REPO / "bench_out" / "logs")
     args = ap.parse_args()
 
     scripts = sorted((REPO / "scripts").glob("bench_*.py"))
-    if args.only:
+    if args.only is not None:
         scripts = [s for s in scripts if s.stem.removeprefix("bench_") in args.only]
+    # with --only / --demo-from, sections of an earlier BENCHMARKS.md that are not re-run stay
+    sections = read_sections(args.out) if args.only is not None else {}
+    failures = 0
+    for script in scripts:
+        name = script.stem.removeprefix("bench_")
+        cmd = [sys.executable, str(script.relative_to(REPO))]
+        if not args.full and has_flag(script, '"--quick"'):
+            cmd.append("--quick")
+        print(f"running {' '.join(cmd)} …", file=sys.stderr, flush=True)
+        res = run_one(cmd, timeout_s=args.timeout, log_dir=args.log_dir, name=name)
+        shown = " ".join(shlex.quote(c) for c in [Path(cmd[0]).name, *cmd[1:]])
+        body = [
+            f"`{shown}` — run {stamp()}, {res['wall_s']:.0f} s wall, load average "
+            f"{res['load_before']} before, {res['load_after']} after (1/5/15 min)",
+            "",
+        ]
+        if res["rc"] == 0:
+            body.append(res["stdout"].strip() or "_(printed nothing)_")
+        else:
+            failures += 1
+            lines = res["stderr"].strip().splitlines()[-12:]
+            body += [
+                f"**Failed (exit code {res['rc']})**; last lines of stderr:",
+                "",
+                "```",
+                *(ln if len(ln) < 300 else ln[:300] + " …" for ln in lines),
+                "```",
+            ]
+        sections[name] = "\n".join(body)
+    if args.demo:
+        out_dir = REPO / "bench_out" / "demo"
+        shutil.rmtree(out_dir, ignore_errors=True)  # a rerun would reuse earlier stages
+        cmd = [sys.executable, "-m", "pathfl", "demo", "--out", str(out_dir)]
+        print("running pathfl demo …", file=sys.stderr, flush=True)
+        res = run_one(cmd, timeout_s=args.timeout, log_dir=args.log_dir, name="demo")
+        sections["demo"] = (
+            f"`pathfl demo --out bench_out/demo` — run {stamp()}, {res['wall_s']:.0f} s wall "
+            f"(exit code {res['rc']}), load average {res['load_before']} before, "
+            f"{res['load_after']} after\n\n" + demo_section(out_dir)
+        )
+        failures += res["rc"] != 0
+    if args.demo_from is not None:
+        sections["demo"] = (
+            f"From an earlier `pathfl demo --out {args.demo_from}` (its report's tables; the "
+            "per-stage load average shows how shared the machine was):\n\n"
+            + demo_section(args.demo_from)
+        )
     parts = [
         "# Benchmarks",
         "",
@@ -144,54 +202,26 @@ def main() -> int:
         "lower (and wall times higher) than on an idle machine.",
         "",
     ]
-    failures = 0
-    for script in scripts:
-        name = script.stem.removeprefix("bench_")
-        cmd = [sys.executable, str(script.relative_to(REPO))]
-        if not args.full and has_flag(script, '"--quick"'):
-            cmd.append("--quick")
-        print(f"running {' '.join(cmd)} …", file=sys.stderr, flush=True)
-        res = run_one(cmd, timeout_s=args.timeout, log_dir=args.log_dir, name=name)
-        shown = " ".join(shlex.quote(c) for c in [Path(cmd[0]).name, *cmd[1:]])
-        parts += [
-            f"## {name}",
-            "",
-            f"`{shown}` — {res['wall_s']:.0f} s wall, load average "
-            f"{res['load_before']} before, {res['load_after']} after (1/5/15 min)",
-            "",
-        ]
-        if res["rc"] == 0:
-            parts.append(res["stdout"].strip() or "_(printed nothing)_")
-        else:
-            failures += 1
-            tail = "\n".join(res["stderr"].strip().splitlines()[-12:])
-            parts += [
-                f"**Failed (exit code {res['rc']})**; last lines of stderr:",
-                "",
-                "```",
-                tail,
-                "```",
-            ]
-        parts.append("")
-    if args.demo:
-        out_dir = REPO / "bench_out" / "demo"
-        shutil.rmtree(out_dir, ignore_errors=True)  # a rerun would reuse earlier stages
-        cmd = [sys.executable, "-m", "pathfl", "demo", "--out", str(out_dir)]
-        print("running pathfl demo …", file=sys.stderr, flush=True)
-        res = run_one(cmd, timeout_s=args.timeout, log_dir=args.log_dir, name="demo")
-        parts += [
-            "## demo (full cohort, end to end)",
-            "",
-            f"`pathfl demo --out bench_out/demo` — {res['wall_s']:.0f} s wall "
-            f"(exit code {res['rc']}), load average {res['load_before']} before, "
-            f"{res['load_after']} after",
-            "",
-            demo_section(res, out_dir),
-        ]
-        failures += res["rc"] != 0
+    for name in sorted(sections, key=lambda n: (n == "demo", n)):
+        parts += [f"## {name}", "", sections[name].strip(), ""]
     write_text_atomic(args.out, "\n".join(parts).rstrip() + "\n")
     print(f"wrote {args.out} ({failures} failure(s))", file=sys.stderr)
     return 1 if failures else 0
+
+
+def stamp() -> str:
+    return f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def read_sections(path: Path) -> dict[str, str]:
+    """``## name`` sections of an earlier BENCHMARKS.md (the header is rewritten)."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for chunk in path.read_text().split("\n## ")[1:]:
+        name, _, body = chunk.partition("\n")
+        out[name.strip()] = body.strip()
+    return out
 
 
 if __name__ == "__main__":

@@ -28,14 +28,14 @@ def pipeline_section(state: Any) -> str:
             "stage": s.name,
             "status": s.status,
             "wall s": f"{s.seconds:.1f}",
-            "CPU s": f"{s.cpu_s:.1f}",
-            "load": "" if s.load_avg is None else f"{s.load_avg:.1f}",
+            "CPU s": f"{getattr(s, 'cpu_s', 0.0):.1f}",
+            "load": "" if getattr(s, "load_avg", None) is None else f"{s.load_avg:.1f}",
             "detail": s.detail,
         }
         for s in state.stages.values()
     ]
     total = sum(s.seconds for s in state.stages.values())
-    cpu = sum(s.cpu_s for s in state.stages.values())
+    cpu = sum(getattr(s, "cpu_s", 0.0) for s in state.stages.values())
     head = "## Pipeline\n\n"
     if not state.complete:
         bad = [s for s in state.stages.values() if s.status in ("unavailable", "failed")]
