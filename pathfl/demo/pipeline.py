@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -241,6 +242,8 @@ def stage_federate(state: DemoState) -> str:
     ):
         state.fl_run = run
         return f"run dir {run} (up to date, reused)"
+    if run.exists():  # a fresh federation: re-registering the old site keys fails
+        shutil.rmtree(run)
     args = ["fl", "simulate"]
     for site_dir in state.split["site_dirs"]:
         args += ["--site", str(site_dir)]
