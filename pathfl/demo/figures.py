@@ -69,7 +69,7 @@ def km_plot(
         ax.set_ylabel("survival probability")
         ax.set_ylim(0, 1.02)
         ax.legend(loc="lower left", fontsize=8)
-    fig.suptitle("Validation patients of all three sites (never trained on)", fontsize=11)
+    fig.suptitle("Validation patients of all three sites (never trained on)", fontsize=11, y=1.06)
     _save(fig, path)
     return pvals
 
