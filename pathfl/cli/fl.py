@@ -127,7 +127,8 @@ def server_cmd(
             for pub in sorted((certs / "sites").glob("*.pub")):
                 try:
                     node = procs.register_site(home, pub, pub.stem)
-                    typer.echo(f"registered site {pub.stem} (node {node})")
+                    state = "already registered" if node is None else f"node {node}"
+                    typer.echo(f"registered site {pub.stem} ({state})")
                 except procs.FlowerProcessError as e:
                     typer.secho(f"site {pub.stem} not registered (already?): {e}", err=True)
     except BaseException:

@@ -338,14 +338,22 @@ def _json_out(text: str) -> dict[str, Any]:
     return json.loads(text[start:])
 
 
-def register_site(home: Path, pub_key: Path, name: str) -> int:
-    out = _json_out(
-        flwr_cli(
-            home,
-            ["supernode", "register", str(pub_key), CONNECTION, "--name", name, "--format", "json"],
-        )
+def register_site(home: Path, pub_key: Path, name: str) -> int | None:
+    """Register a site's public key with the SuperLink; returns the node id, or None when the
+    key is already registered in this SuperLink's state database (e.g. a rerun into the same
+    folder, or a restarted aggregator) — that is not an error."""
+    text = flwr_cli(
+        home,
+        ["supernode", "register", str(pub_key), CONNECTION, "--name", name, "--format", "json"],
     )
-    return int(out["node-id"])
+    out = _json_out(text)
+    if "node-id" in out:
+        return int(out["node-id"])
+    message = str(out.get("error-message") or out.get("error") or out)
+    if "already in use" in message:
+        logger.info("site %s: key %s already registered", name, pub_key)
+        return None
+    raise FlowerProcessError(f"registering site {name!r} ({pub_key}) failed: {message}")
 
 
 def submit_run(
