@@ -220,7 +220,8 @@ def read_sections(path: Path) -> dict[str, str]:
     out = {}
     for chunk in path.read_text().split("\n## ")[1:]:
         name, _, body = chunk.partition("\n")
-        out[name.strip()] = body.strip()
+        lines = (ln if len(ln) <= 400 else ln[:300] + " …" for ln in body.strip().splitlines())
+        out[name.strip()] = "\n".join(lines)
     return out
 
 
