@@ -57,7 +57,8 @@ def make_sites(root: Path, *, n_patients: int, n_sites: int = 3) -> list[Path]:
         for r in site_rows:
             link = d / "features" / f"{r['slide_id']}.h5"
             if not link.exists():
-                link.symlink_to(cohort.features_dir / f"{r['slide_id']}.h5")
+                # absolute target: a relative --out would leave dangling links
+                link.symlink_to((cohort.features_dir / f"{r['slide_id']}.h5").resolve())
         with open(d / "clinical.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
