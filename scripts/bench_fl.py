@@ -31,9 +31,7 @@ logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(messa
 
 
 def make_sites(root: Path, *, n_patients: int, n_sites: int = 3) -> list[Path]:
-    import csv
-
-    from pathfl.survival.synthetic import make_cohort
+    from pathfl.survival.synthetic import make_cohort, split_into_sites
 
     cohort = make_cohort(
         root / "all",
@@ -45,26 +43,7 @@ def make_sites(root: Path, *, n_patients: int, n_sites: int = 3) -> list[Path]:
         effect=3.0,
         signal_shift=2.0,
     )
-    with open(cohort.clinical_csv) as f:
-        rows = list(csv.DictReader(f))
-    patients = sorted({r["patient_id"] for r in rows})
-    dirs = []
-    for k in range(n_sites):
-        d = root / f"site_{k}"
-        (d / "features").mkdir(parents=True, exist_ok=True)
-        mine = set(patients[k::n_sites])
-        site_rows = [r for r in rows if r["patient_id"] in mine]
-        for r in site_rows:
-            link = d / "features" / f"{r['slide_id']}.h5"
-            if not link.exists():
-                # absolute target: a relative --out would leave dangling links
-                link.symlink_to((cohort.features_dir / f"{r['slide_id']}.h5").resolve())
-        with open(d / "clinical.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(site_rows)
-        dirs.append(d)
-    return dirs
+    return split_into_sites(cohort, root, [f"site_{k}" for k in range(n_sites)])
 
 
 def run_mode(name: str, dirs: list[Path], cfg: dict, out: Path, *, tuned: bool) -> dict:

@@ -4,7 +4,6 @@ refused. Every process started is stopped (checked by process group)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -26,7 +25,7 @@ def _group_gone(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def three_sites(tmp_path_factory) -> list[Path]:
     """One planted-signal cohort (a shared signal direction) split by patient into 3 sites."""
-    from pathfl.survival.synthetic import make_cohort
+    from pathfl.survival.synthetic import make_cohort, split_into_sites
 
     root = tmp_path_factory.mktemp("fl_sites")
     cohort = make_cohort(
@@ -41,25 +40,7 @@ def three_sites(tmp_path_factory) -> list[Path]:
         signal_shift=3.0,
         censor_max=25.0,
     )
-    with open(cohort.clinical_csv) as f:
-        rows = list(csv.DictReader(f))
-    patients = sorted({r["patient_id"] for r in rows})
-    dirs = []
-    for k, name in enumerate(("hosp_a", "hosp_b", "hosp_c")):
-        mine = set(patients[k::3])
-        d = root / name
-        (d / "features").mkdir(parents=True)
-        site_rows = [r for r in rows if r["patient_id"] in mine]
-        for r in site_rows:
-            (d / "features" / f"{r['slide_id']}.h5").symlink_to(
-                cohort.features_dir / f"{r['slide_id']}.h5"
-            )
-        with open(d / "clinical.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(site_rows)
-        dirs.append(d)
-    return dirs
+    return split_into_sites(cohort, root, ["hosp_a", "hosp_b", "hosp_c"])
 
 
 # Cox keeps this test's C-indices stable on small validation parts; the discrete-time loss

@@ -130,3 +130,28 @@ def make_cohort(
         w.writeheader()
         w.writerows(rows)
     return SyntheticCohort(fdir, csv_path, signal, log_h)
+
+
+def split_into_sites(cohort: SyntheticCohort, root: Path, names: list[str]) -> list[Path]:
+    """Split ``cohort`` by patient (round-robin over sorted ids) into one folder per site name,
+    each with ``features/`` (absolute symlinks to the cohort's files) and ``clinical.csv`` — the
+    layout `pathfl fl simulate --site DIR` reads. Returns the site folders in ``names`` order."""
+    with open(cohort.clinical_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    patients = sorted({r["patient_id"] for r in rows})
+    dirs = []
+    for k, name in enumerate(names):
+        mine = set(patients[k :: len(names)])
+        site = Path(root) / name
+        (site / "features").mkdir(parents=True, exist_ok=True)
+        site_rows = [r for r in rows if r["patient_id"] in mine]
+        for r in site_rows:
+            link = site / "features" / f"{r['slide_id']}.h5"
+            if not link.exists():
+                link.symlink_to((cohort.features_dir / f"{r['slide_id']}.h5").resolve())
+        with open(site / "clinical.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(site_rows)
+        dirs.append(site)
+    return dirs
