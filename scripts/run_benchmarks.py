@@ -170,6 +170,8 @@ def main() -> int:
                 *(ln if len(ln) < 300 else ln[:300] + " …" for ln in lines),
                 "```",
             ]
+            if res["stdout"].strip():  # rows a benchmark printed before it failed still count
+                body += ["", "What it printed before that:", "", res["stdout"].strip()]
         sections[name] = "\n".join(body)
     if args.demo:
         out_dir = REPO / "bench_out" / "demo"
