@@ -86,15 +86,21 @@ def query(msg: Message, context: Context) -> Message:
     return _reply(msg, records.QUERY, content)
 
 
+def _accept_round(msg: Message, context: Context) -> tuple[dict[str, Any], int, list[Any]]:
+    """Decode a train/evaluate message and check it against the site policy (raises and
+    logs the refusal when the run breaks it)."""
+    cfg = records.decode_config(msg.content["config"])
+    round_no = int(cfg["round"])
+    _check_policy(context, cfg, round_no)
+    return cfg, round_no, records.from_array_record(msg.content["arrays"])
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     from pathfl.fl.audit import hash_arrays
 
     t0 = time.perf_counter()
-    cfg = records.decode_config(msg.content["config"])
-    round_no = int(cfg["round"])
-    _check_policy(context, cfg, round_no)
-    arrays_in = records.from_array_record(msg.content["arrays"])
+    cfg, round_no, arrays_in = _accept_round(msg, context)
     result = _compute(records.TRAIN, context, cfg, arrays_in)
     arrays_out, metrics = result["arrays"], result["metrics"]
     metrics["compute_s"] = time.perf_counter() - t0
@@ -120,10 +126,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     from pathfl.fl.audit import hash_arrays
 
     t0 = time.perf_counter()
-    cfg = records.decode_config(msg.content["config"])
-    round_no = int(cfg["round"])
-    _check_policy(context, cfg, round_no)
-    arrays_in = records.from_array_record(msg.content["arrays"])
+    cfg, round_no, arrays_in = _accept_round(msg, context)
     metrics = _compute(records.EVALUATE, context, cfg, arrays_in)["metrics"]
     metrics["compute_s"] = time.perf_counter() - t0
     reply = _reply(msg, records.EVALUATE, RecordDict({"metrics": MetricRecord(metrics)}))

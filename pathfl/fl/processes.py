@@ -105,16 +105,40 @@ class ManagedProcess:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        # the group may still hold children after the leader exited
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        self.kill()  # the group may still hold children after the leader exited
 
     def kill(self) -> None:
-        """SIGKILL the process group at once (fault injection)."""
+        """SIGKILL the process group at once (fault injection) and wait until no member of
+        it still runs."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5)
+        deadline = time.monotonic() + 5.0
+        while group_running(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def group_running(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` still runs. Zombies (exited, waiting for init
+    to reap them — orphaned children of a killed leader may wait a second or two) count as
+    gone. Without ``/proc``, any member, zombie or not, counts as running."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ')'
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def start_process(

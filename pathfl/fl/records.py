@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from pathfl.fl.compat import FINGERPRINT_FIELDS
+
 # message kinds (Flower message types are "<category>" or "<category>.<action>")
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
 
@@ -42,15 +44,7 @@ TRAIN_KEYS = (
     "dp_sample_rate",
     "dp_steps",
 )
-FINGERPRINT_KEYS = (
-    "encoder",
-    "weights_sha256",
-    "target_mpp",
-    "tile_size",
-    "pathfl_version",
-    "feature_dim",
-    "n_files",
-)
+FINGERPRINT_KEYS = (*FINGERPRINT_FIELDS, "n_files")
 
 # reply whitelists: record name -> (record type, allowed keys or None for arrays)
 REPLY_WHITELIST: dict[str, dict[str, tuple[str, frozenset[str] | None]]] = {
