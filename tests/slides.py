@@ -198,6 +198,36 @@ def write_tiled_tiff(
     return path
 
 
+def write_ome_tiff(
+    path: str | Path,
+    rgb_level0: np.ndarray,
+    *,
+    mpp: float,
+    unit: str = "µm",
+    levels: int = 3,
+    tile: int = 256,
+) -> Path:
+    """OME-TIFF as Bio-Formats/QuPath export it: level 0 in the main IFD with OME-XML
+    (``PhysicalSizeX`` in ``unit``), the reduced levels in its SubIFDs, no resolution tags.
+    OpenSlide sees only level 0 of such a file; tiffslide sees the pyramid."""
+    path = Path(path)
+    pyr = _pyramid(rgb_level0, levels)
+    size = {"µm": mpp, "nm": mpp * 1000.0}[unit]
+    meta = {
+        "axes": "YXS",
+        "PhysicalSizeX": size,
+        "PhysicalSizeXUnit": unit,
+        "PhysicalSizeY": size,
+        "PhysicalSizeYUnit": unit,
+    }
+    jpeg = {"photometric": "rgb", "compression": "jpeg", "tile": (tile, tile)}
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
+        tw.write(pyr[0], subifds=levels - 1, metadata=meta, **jpeg)
+        for level in pyr[1:]:
+            tw.write(level, subfiletype=1, **jpeg)
+    return path
+
+
 def aperio_description(
     width: int, height: int, *, mpp: float | None, app_mag: float | None, tile: int = 256
 ) -> str:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from slides import synthetic_tissue, write_svs, write_tiled_tiff
+from slides import synthetic_tissue, write_ome_tiff, write_svs, write_tiled_tiff
 
 from pathfl.registry import UnknownNameError
 from pathfl.slide import SlideError, list_readers, open_slide
-from pathfl.slide.metadata import resolve_mpp
+from pathfl.slide.metadata import mpp_from_vendor, objective_power, resolve_mpp
 
 BACKENDS = ["openslide", "tiffslide"]
 
@@ -32,6 +32,8 @@ def slide_files(tmp_path_factory: pytest.TempPathFactory, tissue_rgb: np.ndarray
             d / "inch.tif", tissue_rgb, mpp=0.25, levels=3, resolution_unit="INCH"
         ),
         "svs": write_svs(d / "aperio.svs", tissue_rgb, mpp=0.25, app_mag=40),
+        "ome": write_ome_tiff(d / "pyramid.ome.tif", tissue_rgb, mpp=0.5),
+        "ome_nm": write_ome_tiff(d / "nm.ome.tif", tissue_rgb, mpp=0.25, unit="nm", levels=2),
         "svs_mismatch": write_svs(d / "mismatch.svs", tissue_rgb, mpp=0.25, app_mag=20),
         "no_mpp": write_tiled_tiff(d / "nompp.tif", tissue_rgb, mpp=None),
         "dpi72": write_tiled_tiff(
@@ -207,3 +209,46 @@ def test_read_downsampled_blocks_match_whole(
     # the overview shows the written image (box-downsampled)
     ref = np.asarray(Image.fromarray(tissue_rgb).resize((300, 225), Image.Resampling.BOX))
     assert np.abs(whole.astype(int) - ref.astype(int)).mean() < 8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ome_tiff_mpp_from_ome_xml(slide_files: dict, backend: str) -> None:
+    for key, mpp in (("ome", 0.5), ("ome_nm", 0.25)):
+        with open_slide(slide_files[key], backend=backend) as s:
+            assert s.mpp == pytest.approx(mpp) and s.mpp_source == "ome"
+            assert s.dimensions == (1024, 768)
+            assert s.slide_id == {"ome": "pyramid", "ome_nm": "nm"}[key]  # not "pyramid.ome"
+
+
+def test_ome_tiff_subifd_pyramid_is_read_by_auto(slide_files: dict) -> None:
+    """OpenSlide ignores SubIFDs (one full-size level); "auto" then takes tiffslide's pyramid,
+    and both give the same level-0 pixels."""
+    with open_slide(slide_files["ome"], backend="openslide") as s:
+        assert s.level_count == 1
+        ref = np.asarray(s.read_region((100, 50), 0, (300, 200)))
+    with open_slide(slide_files["ome"]) as s:
+        assert s.backend == "tiffslide"
+        assert s.level_dimensions == ((1024, 768), (512, 384), (256, 192))
+        assert np.array_equal(np.asarray(s.read_region((100, 50), 0, (300, 200))), ref)
+    with open_slide(slide_files["tiff"]) as s:  # a normal pyramid stays with OpenSlide
+        assert s.backend == "openslide"
+
+
+def test_ome_xml_parsing_edge_cases() -> None:
+    ns = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
+    xml = (
+        f'<?xml version="1.0"?><OME xmlns="{ns}"><Instrument><Objective ID="Objective:0" '
+        f'NominalMagnification="40"/></Instrument><Image ID="Image:0"><Pixels '
+        f'PhysicalSizeX="250" PhysicalSizeXUnit="nm" SizeX="10" SizeY="10"/></Image></OME>'
+    )
+    props = {"tiff.ImageDescription": xml}
+    assert mpp_from_vendor(props) == (pytest.approx(0.25), "ome")
+    assert objective_power(props) == 40
+    no_unit = {
+        "tiff.ImageDescription": xml.replace(' PhysicalSizeXUnit="nm"', "").replace(
+            '"250"', '"0.5"'
+        )
+    }
+    assert mpp_from_vendor(no_unit) == (pytest.approx(0.5), "ome")  # the schema default is µm
+    for broken in (xml[:-10], xml.replace('"250"', '"abc"'), xml.replace('"nm"', '"pc"')):
+        assert mpp_from_vendor({"tiff.ImageDescription": broken}) == (None, "")

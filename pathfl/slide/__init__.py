@@ -57,12 +57,33 @@ def _open_raw(path: Path, backend: str, slide_id: str | None) -> Slide:
     errors = []
     for name in AUTO_ORDER:
         try:
-            return READERS.get(name)(path, slide_id=slide_id)
+            slide = READERS.get(name)(path, slide_id=slide_id)
         except SlideError as e:
             errors.append(str(e))
             logger.debug("%s", e)
+            continue
+        return _prefer_pyramid(slide, path, slide_id)
     # both failed: report the first (default backend) reason plus the fallback's
     raise SlideError("; ".join(errors))
+
+
+def _prefer_pyramid(slide: Slide, path: Path, slide_id: str | None) -> Slide:
+    """OpenSlide reads only the main IFD chain of a generic TIFF, so an OME-TIFF whose
+    pyramid lives in SubIFDs looks like one huge level to it (every thumbnail and tissue mask
+    would be read at full resolution). When OpenSlide sees a single level and tiffslide sees
+    a pyramid, use tiffslide."""
+    if slide.backend != "openslide" or slide.level_count > 1:
+        return slide
+    try:
+        other = READERS.get("tiffslide")(path, slide_id=slide_id)
+    except SlideError:
+        return slide
+    if other.level_count > 1 and other.dimensions == slide.dimensions:
+        logger.info("%s: OpenSlide sees one level, tiffslide a pyramid: using tiffslide", path)
+        slide.close()
+        return other
+    other.close()
+    return slide
 
 
 def open_slide(

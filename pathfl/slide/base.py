@@ -13,6 +13,13 @@ import numpy as np
 from PIL import Image
 
 
+def slide_id_from_path(path: str | Path) -> str:
+    """The default slide id: the file name without its extension (``a.svs`` → ``a``), and
+    without the ``.ome`` of an OME-TIFF (``a.ome.tif`` → ``a``)."""
+    stem = Path(path).stem
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
+
+
 class SlideError(Exception):
     """A slide cannot be opened or used; the message names the file and what is wrong."""
 
@@ -38,7 +45,7 @@ class Slide(abc.ABC):
 
     def __init__(self, path: str | Path, *, slide_id: str | None = None) -> None:
         self.path = Path(path)
-        self.slide_id = slide_id or self.path.stem
+        self.slide_id = slide_id or slide_id_from_path(self.path)
         self.level_dimensions: tuple[tuple[int, int], ...] = ()
         self.level_downsamples: tuple[float, ...] = ()
         self.mpp: float | None = None

@@ -1,16 +1,17 @@
 """Slide metadata resolution: microns per pixel, objective power, vendor.
 
 mpp is taken from, in order: a per-slide override, the vendor metadata the backend reports
-(``openslide.mpp-x`` / ``tiffslide.mpp-x``, Aperio ``MPP`` in the description), the TIFF
-resolution tags. Values outside a plausible range (e.g. 72 dpi of an ordinary TIFF) are
-ignored with a warning. A slide whose mpp cannot be found raises :class:`SlideError` telling
-the user how to supply it."""
+(``openslide.mpp-x`` / ``tiffslide.mpp-x``, Aperio ``MPP`` in the description, OME-XML
+``PhysicalSizeX`` in an OME-TIFF's description), the TIFF resolution tags. Values outside a
+plausible range (e.g. 72 dpi of an ordinary TIFF) are ignored with a warning. A slide whose
+mpp cannot be found raises :class:`SlideError` telling the user how to supply it."""
 
 from __future__ import annotations
 
 import logging
 import math
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
 from pathfl.slide.base import SlideError
@@ -23,6 +24,8 @@ PLAUSIBLE_MPP = (0.05, 20.0)
 MISMATCH_LOG2 = 0.6
 
 _UNIT_UM = {"inch": 25400.0, "centimeter": 10000.0, "millimeter": 1000.0, "micrometer": 1.0}
+#: OME ``PhysicalSizeXUnit`` values (the schema's default unit is µm)
+_OME_UNIT_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
 _APERIO_MPP = re.compile(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)")
 _APERIO_MAG = re.compile(r"\|\s*AppMag\s*=\s*([0-9.eE+-]+)")
 
@@ -59,10 +62,34 @@ def mpp_from_vendor(props: Mapping[str, object]) -> tuple[float | None, str]:
     mpp = _float(props.get("aperio.MPP"))
     if mpp is not None:
         return mpp, "aperio"
-    m = _APERIO_MPP.search(str(props.get("tiff.ImageDescription", "")))
+    description = str(props.get("tiff.ImageDescription", ""))
+    m = _APERIO_MPP.search(description)
     if m:
         return _float(m.group(1)), "aperio"
+    ome = _ome_attrs(description)
+    if "PhysicalSizeX" in ome:
+        scale = _OME_UNIT_UM.get(ome.get("PhysicalSizeXUnit", "µm"))
+        mpp = _float(ome["PhysicalSizeX"])
+        if scale is not None and mpp is not None:
+            return mpp * scale, "ome"
     return None, ""
+
+
+def _ome_attrs(description: str) -> dict[str, str]:
+    """Attributes of the first ``Pixels`` and ``Objective`` elements of an OME-XML image
+    description (``{}`` when the description is not OME-XML or does not parse)."""
+    if "<OME" not in description[:2000]:
+        return {}
+    try:
+        root = ET.fromstring(description.strip())
+    except ET.ParseError:
+        return {}
+    attrs: dict[str, str] = {}
+    for tag in ("Objective", "Pixels"):  # namespaced: match on the local name
+        elem = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == tag), None)
+        if elem is not None:
+            attrs.update(elem.attrib)
+    return attrs
 
 
 def mpp_from_tiff_resolution(props: Mapping[str, object]) -> float | None:
@@ -101,8 +128,11 @@ def objective_power(props: Mapping[str, object]) -> float | None:
         mag = _float(props.get(key))
         if mag is not None:
             return mag
-    m = _APERIO_MAG.search(str(props.get("tiff.ImageDescription", "")))
-    return _float(m.group(1)) if m else None
+    description = str(props.get("tiff.ImageDescription", ""))
+    m = _APERIO_MAG.search(description)
+    if m:
+        return _float(m.group(1))
+    return _float(_ome_attrs(description).get("NominalMagnification"))
 
 
 def vendor(props: Mapping[str, object]) -> str:

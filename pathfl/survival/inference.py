@@ -96,10 +96,11 @@ def slide_heatmap(
     """Heatmap PNG + ``<out>_top_tiles.png`` montage + ``<out>_scores.csv`` for one slide."""
     from pathfl.io import atomic_path
     from pathfl.slide import open_slide
+    from pathfl.slide.base import slide_id_from_path
     from pathfl.survival.plots import heatmap_png, top_tiles_montage
 
     slide_path = Path(slide_path)
-    sid = slide_id or slide_path.stem
+    sid = slide_id or slide_id_from_path(slide_path)
     h5 = Path(features_dir) / f"{sid}.h5"
     if not h5.is_file():
         raise FileNotFoundError(f"{h5}: no features file for slide {sid}")

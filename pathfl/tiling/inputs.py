@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pathfl.config import ConfigError
+from pathfl.slide.base import slide_id_from_path
 from pathfl.tiling.pipeline import SlideJob
 
 #: extensions picked up when a folder is given (a DICOM series is given as one of its files)
@@ -92,9 +93,9 @@ def collect_jobs(
                 raise ConfigError(
                     f"{p}: folder contains no slide files ({', '.join(SLIDE_EXTENSIONS)})"
                 )
-            jobs += [SlideJob(f.stem, f, mpp_override) for f in found]
+            jobs += [SlideJob(slide_id_from_path(f), f, mpp_override) for f in found]
         elif p.exists():
-            jobs.append(SlideJob(p.stem, p, mpp_override))
+            jobs.append(SlideJob(slide_id_from_path(p), p, mpp_override))
         else:
             raise ConfigError(f"{p}: no such file or folder")
     if slides_csv is not None:
