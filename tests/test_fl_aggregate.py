@@ -42,6 +42,59 @@ def test_weighted_average_rejects_bad_input() -> None:
         aggregate.weighted_average([], [])
 
 
+def test_median_and_trimmed_mean_hand_computed() -> None:
+    ups = [
+        [np.array([1.0, 9.0]), np.array([3])],
+        [np.array([2.0, 7.0]), np.array([5])],
+        [np.array([4.0, 8.0]), np.array([4])],
+        [np.array([100.0, -50.0]), np.array([6])],
+    ]
+    med = aggregate.coordinate_median(ups)
+    np.testing.assert_allclose(med[0], [3.0, 7.5])  # (2+4)/2, (7+8)/2
+    assert med[1].dtype == ups[0][1].dtype and med[1][0] == 4  # (4+5)/2 = 4.5 -> rint = 4
+    tm = aggregate.trimmed_mean(ups, trim_fraction=0.25)  # k = 1 of 4 dropped at each end
+    np.testing.assert_allclose(tm[0], [3.0, 7.5])
+    np.testing.assert_allclose(aggregate.trimmed_mean(ups, trim_fraction=0.0)[0], [26.75, -6.5])
+    # 3 sites, 0.2: floor(0.6) = 0, nothing trimmed; 1/3 trims one at each end = the median
+    three = ups[:3]
+    np.testing.assert_allclose(aggregate.trimmed_mean(three, trim_fraction=0.2)[0], [7 / 3, 8.0])
+    np.testing.assert_allclose(aggregate.trimmed_mean(three, trim_fraction=1 / 3)[0], [2.0, 8.0])
+    with pytest.raises(ValueError, match="trim_fraction"):
+        aggregate.trimmed_mean(ups, trim_fraction=0.5)
+    with pytest.raises(ValueError, match="shape"):
+        aggregate.coordinate_median([[np.zeros(2)], [np.zeros(3)]])
+
+
+def test_robust_aggregation_bounds_one_poisoned_update() -> None:
+    """Four honest sites agree (weights ≈ 1 ± 0.1); a fifth sends a finite update 1000x off
+    with the largest patient count. FedAvg follows it; median and trimmed mean (k = 1 of 5)
+    stay inside the honest range."""
+    rng = np.random.default_rng(0)
+    honest = [[1.0 + 0.1 * rng.standard_normal(50).astype(np.float32)] for _ in range(4)]
+    poisoned = [np.full(50, 1000.0, np.float32)]
+    ups, weights = [*honest, poisoned], [20, 20, 20, 20, 40]
+    lo = np.min([h[0] for h in honest], axis=0)
+    hi = np.max([h[0] for h in honest], axis=0)
+    fedavg = aggregate.create_aggregator("fedavg")(ups, weights)[0]
+    assert fedavg.min() > 300  # 40/120 of 1000
+    for name in ("median", "trimmed-mean"):
+        out = aggregate.create_aggregator(name, trim_fraction=0.2)(ups, weights)[0]
+        assert out.dtype == np.float32
+        assert np.all(out >= lo - 1e-6) and np.all(out <= hi + 1e-6), name
+
+
+def test_aggregator_registry_lists_names_and_refuses_unknown() -> None:
+    from pathfl.registry import UnknownNameError
+
+    assert aggregate.list_aggregators() == ["fedavg", "median", "trimmed-mean"]
+    with pytest.raises(UnknownNameError, match="fedavg, median, trimmed-mean"):
+        aggregate.create_aggregator("krum")
+    with pytest.raises(ConfigError, match="valid aggregations"):
+        effective_config({"loss": "cox", "aggregation": "mean"})
+    with pytest.raises(ConfigError, match="trim_fraction"):
+        effective_config({"loss": "cox", "aggregation": "trimmed-mean", "trim_fraction": 0.6})
+
+
 def test_federated_c_index_pools_pairs_not_indices() -> None:
     # site A: 9 of 10 pairs concordant (C=0.9); site B: 1 of 4 concordant + 2 tied (C=0.5)
     c = aggregate.federated_c_index([(9, 10, 0), (1, 4, 2)])

@@ -115,8 +115,9 @@ def _assert_logs_agree(fed, run_dir: Path) -> None:
 
 def _abmil_cfg():
     """Config of the policy run, which is also the uninterrupted reference of the resume test
-    (one run fewer): site c's policy allows only meanpool, so c refuses and a + b train."""
-    return _cfg(rounds=2, model="abmil", attn_dim=4)
+    (one run fewer): site c's policy allows only meanpool, so c refuses and a + b train. It
+    aggregates with the coordinate-wise median (the robust option) through real processes."""
+    return _cfg(rounds=2, model="abmil", attn_dim=4, aggregation="median")
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,7 @@ def test_policy_refusal_end_to_end(federation, refused_run):
     for row in rounds:
         assert sorted(row["sites"]) == ["a", "b"]
         assert "model 'abmil' not allowed" in row["failed"]["c"], row["failed"]
+    assert json.loads((run_dir / "metrics.json").read_text())["aggregation"] == "median"
     refused = [e for e in _site_audit(federation, "c") if e["event"] == "refused"]
     assert refused and any("abmil" in r for r in refused[-1]["reason"])
 

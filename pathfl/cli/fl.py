@@ -22,6 +22,7 @@ _TUNING = {
     "rounds": "Federated rounds.",
     "local_epochs": "Local epochs per round.",
     "proximal_mu": "FedProx mu (0 = FedAvg).",
+    "aggregation": "Server aggregation: fedavg (weighted by patients), median, trimmed-mean.",
     "min_sites": "Fewest replies a round may aggregate.",
     "round_timeout_s": "Per-round deadline in seconds.",
 }
@@ -215,6 +216,7 @@ def run_cmd(
     rounds: int = typer.Option(None, "--rounds", help=_TUNING["rounds"]),
     local_epochs: int = typer.Option(None, "--local-epochs", help=_TUNING["local_epochs"]),
     proximal_mu: float = typer.Option(None, "--proximal-mu", help=_TUNING["proximal_mu"]),
+    aggregation: str = typer.Option(None, "--aggregation", help=_TUNING["aggregation"]),
     min_sites: int = typer.Option(None, "--min-sites", help=_TUNING["min_sites"]),
     round_timeout_s: float = typer.Option(None, "--round-timeout", help=_TUNING["round_timeout_s"]),
 ) -> None:
@@ -244,6 +246,7 @@ def run_cmd(
             "rounds": rounds,
             "local_epochs": local_epochs,
             "proximal_mu": proximal_mu,
+            "aggregation": aggregation,
             "min_sites": min_sites,
             "round_timeout_s": round_timeout_s,
         }
@@ -293,13 +296,13 @@ def simulate_cmd(
     rounds: int = typer.Option(None, "--rounds", help=_TUNING["rounds"]),
     local_epochs: int = typer.Option(None, "--local-epochs", help=_TUNING["local_epochs"]),
     proximal_mu: float = typer.Option(None, "--proximal-mu", help=_TUNING["proximal_mu"]),
+    aggregation: str = typer.Option(None, "--aggregation", help=_TUNING["aggregation"]),
 ) -> None:
     """One machine, one process per site on 127.0.0.1: federated run + baselines + table."""
     from pathfl.fl.simulate import simulate, site_specs
 
-    user = _load_user_config(
-        config, {"rounds": rounds, "local_epochs": local_epochs, "proximal_mu": proximal_mu}
-    )
+    tuning = {"rounds": rounds, "local_epochs": local_epochs, "proximal_mu": proximal_mu}
+    user = _load_user_config(config, {**tuning, "aggregation": aggregation})
     summary = simulate(
         site_specs(site, policy=policy), user, out, tls=not insecure, baselines=not no_baselines
     )

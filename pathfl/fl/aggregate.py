@@ -1,6 +1,8 @@
-"""Pure aggregation functions of the federation (no Flower, no torch): weighted FedAvg,
-the federation-level C-index from per-site pair counts, and federation-wide time-bin cut
-points from per-site event-time histograms.
+"""Pure aggregation functions of the federation (no Flower, no torch): weighted FedAvg and
+the robust coordinate-wise median and trimmed mean (a registry, ``create_aggregator`` /
+``list_aggregators``: the server's ``aggregate_train``), the federation-level C-index from
+per-site pair counts, and federation-wide time-bin cut points from per-site event-time
+histograms.
 
 FedProx needs nothing here: its proximal term ``mu/2 · ||w - w_global||²`` is added to each
 site's local loss by :func:`pathfl.survival.train.train_local`; the server still averages the
@@ -9,9 +11,16 @@ returned weights with :func:`weighted_average`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from pathfl.registry import Registry
+
+#: ``(updates, weights) -> aggregated arrays``; weights are the sites' patient counts
+Aggregator = Callable[[Sequence[Sequence[np.ndarray]], Sequence[float]], list[np.ndarray]]
+AGGREGATORS: Registry[Aggregator] = Registry("aggregation")
 
 
 def weighted_average(
@@ -29,24 +38,94 @@ def weighted_average(
     w = np.asarray(weights, dtype=np.float64)
     if np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         raise ValueError(f"weights must be finite, >= 0 and not all zero, got {list(w)}")
-    n_arrays = len(updates[0])
-    for k, u in enumerate(updates):
-        if len(u) != n_arrays:
-            raise ValueError(f"update {k} has {len(u)} arrays, update 0 has {n_arrays}")
-    out: list[np.ndarray] = []
-    for i in range(n_arrays):
-        ref = np.asarray(updates[0][i])
-        acc = np.zeros(ref.shape, dtype=np.float64)
-        for k, u in enumerate(updates):
-            a = np.asarray(u[i])
-            if a.shape != ref.shape:
-                raise ValueError(f"array {i}: update {k} has shape {a.shape}, expected {ref.shape}")
-            acc += w[k] * a.astype(np.float64)
-        acc /= w.sum()
-        if np.issubdtype(ref.dtype, np.integer):
-            acc = np.rint(acc)
-        out.append(acc.astype(ref.dtype))
+    out = []
+    for i in range(len(updates[0])):
+        stacked, dtype = _stack(updates, i)
+        out.append(_cast(np.tensordot(w, stacked, axes=1) / w.sum(), dtype))
     return out
+
+
+def _stack(updates: Sequence[Sequence[np.ndarray]], i: int) -> tuple[np.ndarray, np.dtype]:
+    """Array ``i`` of every update stacked along a new first axis (float64), and its dtype."""
+    ref = np.asarray(updates[0][i])
+    for k, u in enumerate(updates):
+        if len(u) != len(updates[0]):
+            raise ValueError(f"update {k} has {len(u)} arrays, update 0 has {len(updates[0])}")
+        if np.shape(u[i]) != ref.shape:
+            raise ValueError(
+                f"array {i}: update {k} has shape {np.shape(u[i])}, expected {ref.shape}"
+            )
+    return np.stack([np.asarray(u[i], dtype=np.float64) for u in updates]), ref.dtype
+
+
+def _cast(acc: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return (np.rint(acc) if np.issubdtype(dtype, np.integer) else acc).astype(dtype)
+
+
+def coordinate_median(updates: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Coordinate-wise median of the updates, unweighted (Yin et al. 2018). Fewer than half
+    of the sites cannot move any coordinate outside the range of the honest sites' values;
+    with an even number of sites the two middle values are averaged."""
+    if not updates:
+        raise ValueError("no updates to aggregate")
+    out = []
+    for i in range(len(updates[0])):
+        stacked, dtype = _stack(updates, i)
+        out.append(_cast(np.median(stacked, axis=0), dtype))
+    return out
+
+
+def trimmed_mean(
+    updates: Sequence[Sequence[np.ndarray]], *, trim_fraction: float
+) -> list[np.ndarray]:
+    """Coordinate-wise trimmed mean, unweighted (Yin et al. 2018): per coordinate, drop the
+    ``floor(trim_fraction · n)`` largest and as many smallest values of the ``n`` sites,
+    average the rest. ``trim_fraction`` in [0, 0.5); 0 is the plain unweighted mean, and
+    with 3 sites any fraction < 1/3 trims nothing."""
+    if not updates:
+        raise ValueError("no updates to aggregate")
+    if not 0.0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+    n = len(updates)
+    k = math.floor(trim_fraction * n + 1e-9)
+    out = []
+    for i in range(len(updates[0])):
+        stacked, dtype = _stack(updates, i)
+        kept = np.sort(stacked, axis=0)[k : n - k]
+        out.append(_cast(kept.mean(axis=0), dtype))
+    return out
+
+
+@AGGREGATORS.register("fedavg", summary="mean weighted by patients per site (FedAvg)")
+def _fedavg() -> Aggregator:
+    return weighted_average
+
+
+@AGGREGATORS.register("median", summary="coordinate-wise median, unweighted (robust)")
+def _median() -> Aggregator:
+    return lambda updates, _weights: coordinate_median(updates)
+
+
+@AGGREGATORS.register(
+    "trimmed-mean", summary="coordinate-wise trimmed mean, unweighted (robust; trim_fraction)"
+)
+def _trimmed(*, trim_fraction: float = 0.2) -> Aggregator:
+    if not 0.0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+    return lambda updates, _weights: trimmed_mean(updates, trim_fraction=trim_fraction)
+
+
+def create_aggregator(name: str, **options: float) -> Aggregator:
+    """The aggregation rule ``name`` (see :func:`list_aggregators`); ``trim_fraction`` is
+    read by ``trimmed-mean`` only."""
+    factory = AGGREGATORS.get(name)
+    if name != "trimmed-mean":
+        options.pop("trim_fraction", None)
+    return factory(**options)
+
+
+def list_aggregators() -> list[str]:
+    return AGGREGATORS.list()
 
 
 def federated_c_index(

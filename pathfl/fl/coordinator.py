@@ -33,6 +33,10 @@ class FederatedRun:
         self.names: list[str] = []
         self.arrays: list[np.ndarray] = []
         self.fingerprint: dict[str, Any] = {}
+        self.aggregator = aggregate.create_aggregator(
+            str(cfg.get("aggregation", "fedavg")),
+            trim_fraction=float(cfg.get("trim_fraction", 0.2)),
+        )
 
     # ------------------------------------------------------------------ helpers
     def _content(self, round_no: int, *, with_arrays: bool) -> Any:
@@ -224,7 +228,7 @@ class FederatedRun:
                 f"({[labels[i] for i in accepted]}), min_sites={self.cfg['min_sites']}; "
                 f"failed={failed}, no reply={missing}, rejected={rejected}"
             )
-        self.arrays = aggregate.weighted_average(
+        self.arrays = self.aggregator(
             [updates[i] for i in accepted], [n_ex[i] for i in accepted]
         )
         row["seconds"] = time.monotonic() - t0

@@ -12,11 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from pathfl.config import ConfigError
+from pathfl.fl.aggregate import create_aggregator
 
 FL_DEFAULTS: dict[str, Any] = {
     "rounds": 3,  # federated rounds
     "local_epochs": 1,  # epochs each site trains per round
     "proximal_mu": 0.0,  # FedProx mu (0 = FedAvg)
+    "aggregation": "fedavg",  # fedavg | median | trimmed-mean (pathfl.fl.aggregate)
+    "trim_fraction": 0.2,  # trimmed-mean: fraction dropped at each end, per coordinate
     "min_sites": 2,  # fewer replies in a round -> the run stops with an error
     "num_sites": 0,  # sites to wait for before round 1 (0 = min_sites)
     "connect_timeout_s": 300.0,  # how long to wait for num_sites to connect
@@ -82,6 +85,10 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("min_sites must be >= 1")
     if float(cfg["proximal_mu"]) < 0:
         raise ConfigError("proximal_mu must be >= 0")
+    try:
+        create_aggregator(str(cfg["aggregation"]), trim_fraction=float(cfg["trim_fraction"]))
+    except (KeyError, ValueError) as e:  # UnknownNameError lists the valid names
+        raise ConfigError(f"aggregation: {e}") from None
     if cfg["compat_policy"] not in ("refuse", "exclude"):
         raise ConfigError("compat_policy must be 'refuse' or 'exclude'")
     bins = list(cfg["time_bins"] or [])

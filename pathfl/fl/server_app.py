@@ -127,6 +127,7 @@ def _save_final(
     metrics = {
         "mode": "federated",
         "strategy": "fedprox" if float(cfg["proximal_mu"]) > 0 else "fedavg",
+        "aggregation": cfg.get("aggregation", "fedavg"),
         "federated_c_index": final["federated_c_index"],
         "final_per_site": final["per_site"],
         "rounds": history,
