@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from slides import synthetic_tissue, write_tiled_tiff
 
+from pathfl.config import ConfigError
 from pathfl.features.encoders import create_encoder
 from pathfl.features.h5 import read_features
 from pathfl.features.inference import InferenceRunner
@@ -198,6 +199,41 @@ def test_rerun_skips_and_mismatch_needs_overwrite(tmp_path) -> None:
     assert feats_path.stat().st_mtime_ns == mtime  # refused: untouched
     assert run(tiles, out, overwrite=True) == {"slide0": "ok"}
     assert read_features(feats_path)[2]["tiling_fingerprint"] == "tiling-fp-2"
+
+
+def test_float16_storage_halves_the_file_and_is_its_own_fingerprint(cohort, baseline, tmp_path):
+    """--dtype float16: the features dataset is float16, equal to the float32 run up to
+    float16 rounding, the training loader reads it, and a float32 file of the same slide is a
+    fingerprint mismatch (not mixed silently). Out-of-range values fail that slide."""
+    from pathfl.features.h5 import FeaturesWriter
+    from pathfl.survival.data import read_features_h5
+
+    out = tmp_path / "out16"
+    assert run(cohort, out, dtype="float16") == {"slide0": "ok", "slide1": "ok"}
+    for sid in ("slide0", "slide1"):
+        with h5py.File(out / "features" / f"{sid}.h5", "r") as f:
+            assert f["features"].dtype == np.float16
+            half = f["features"][:].astype(np.float32)
+            fp16_fingerprint = f.attrs["fingerprint"]
+            half_bytes = f["features"].id.get_storage_size()
+        with h5py.File(baseline / "features" / f"{sid}.h5", "r") as f:
+            assert f["features"].dtype == np.float32
+            assert half_bytes * 2 == f["features"].id.get_storage_size()
+        full, coords, attrs = read_features(baseline / "features" / f"{sid}.h5")
+        np.testing.assert_allclose(half, full, rtol=1e-3, atol=1e-4)
+        assert fp16_fingerprint != attrs["fingerprint"]
+        feats, coords16, _ = read_features_h5(out / "features" / f"{sid}.h5")
+        assert feats.dtype == np.float16 and np.array_equal(coords16, coords)
+    # same output folder, other dtype: refused without --overwrite, untouched
+    assert run(cohort, out) == {"slide0": "failed", "slide1": "failed"}
+    assert run(cohort, out, dtype="float16") == {"slide0": "skipped", "slide1": "skipped"}
+    with pytest.raises(ConfigError, match="--dtype"):
+        run(cohort, out, dtype="bfloat16")
+    w = FeaturesWriter(tmp_path / "big.h5", feature_dim=2, n_max=4, dtype="float16")
+    with pytest.raises(OverflowError, match="float16 range"):
+        w.append(np.array([[1.0, 7e4]], np.float32), np.zeros((1, 2), np.int64))
+    w.abort()
+    assert not (tmp_path / "big.h5").exists()
 
 
 def test_shards_split_the_cohort_and_a_plain_run_completes_it(tmp_path) -> None:

@@ -41,6 +41,9 @@ def extract_cmd(
     batch_size: int = typer.Option(64, "--batch-size", help="Tiles per forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Stored features: float32 | float16 (half the disk)."
+    ),
     workers: int = typer.Option(-1, "--workers", help="Tile-reading processes (-1 = auto)."),
     threads: int = typer.Option(
         0, "--threads", help="Encoder threads on CPU (0 = torch's default: all cores)."
@@ -66,6 +69,7 @@ def extract_cmd(
             "batch_size": batch_size,
             "device": device,
             "precision": precision,
+            "dtype": dtype,
             "workers": workers,
             "threads": threads,
             "shard": shard,
@@ -96,6 +100,7 @@ def extract_cmd(
         batch_size=int(params["batch_size"]),
         device=str(params["device"]),
         precision=str(params["precision"]),
+        dtype=str(params["dtype"]),
         workers=default_workers() if n_workers < 0 else n_workers,
         shard=parse_shard(params["shard"]),
         overwrite=bool(params["overwrite"]),

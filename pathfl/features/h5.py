@@ -82,6 +82,10 @@ def read_features(
     return feats, coords, attrs
 
 
+#: storage dtypes of the ``features`` dataset (DESIGN: float32, float16 optional)
+FEATURE_DTYPES = ("float32", "float16")
+
+
 def features_fingerprint(
     *,
     tiling_fingerprint: str,
@@ -89,18 +93,22 @@ def features_fingerprint(
     weights_sha256: str,
     transform: dict[str, Any],
     precision: str,
+    dtype: str = "float32",
 ) -> str:
     """DESIGN: tiling fingerprint + encoder + weights, plus the pixel transform and the compute
-    precision (bf16 features differ from fp32 ones by several per cent)."""
-    return sha256_json(
-        {
-            "tiling": tiling_fingerprint,
-            "encoder": encoder,
-            "weights_sha256": weights_sha256,
-            "transform": transform,
-            "precision": precision,
-        }
-    )
+    precision (bf16 features differ from fp32 ones by several per cent). A float16 storage
+    dtype is part of it too; float32, the default, adds nothing (fingerprints of files written
+    before the option existed stay valid)."""
+    what = {
+        "tiling": tiling_fingerprint,
+        "encoder": encoder,
+        "weights_sha256": weights_sha256,
+        "transform": transform,
+        "precision": precision,
+    }
+    if dtype != "float32":
+        what["dtype"] = dtype
+    return sha256_json(what)
 
 
 def _attr_value(value: Any) -> Any:
@@ -117,9 +125,19 @@ class FeaturesWriter:
     """Streams rows into a temporary chunked HDF5 file; :meth:`commit` writes the attrs and
     renames it to ``final``; :meth:`abort` (or an exception) removes it."""
 
-    def __init__(self, final: str | os.PathLike[str], *, feature_dim: int, n_max: int) -> None:
+    def __init__(
+        self,
+        final: str | os.PathLike[str],
+        *,
+        feature_dim: int,
+        n_max: int,
+        dtype: str = "float32",
+    ) -> None:
+        if dtype not in FEATURE_DTYPES:
+            raise ValueError(f"features dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
         self.final = Path(final)
         self.feature_dim = feature_dim
+        self.dtype = np.dtype(dtype)
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(self.final, suffix=".h5"))
         self._tmp = tmp
@@ -127,7 +145,7 @@ class FeaturesWriter:
         chunk = max(1, min(CHUNK_ROWS, n_max))
         self._feats = self._file.create_dataset(
             "features", shape=(0, feature_dim), maxshape=(None, feature_dim),
-            dtype="float32", chunks=(chunk, feature_dim),
+            dtype=self.dtype, chunks=(chunk, feature_dim),
         )  # fmt: skip
         self._coords = self._file.create_dataset(
             "coords", shape=(0, 2), maxshape=(None, 2), dtype="int64", chunks=(chunk, 2)
@@ -143,7 +161,12 @@ class FeaturesWriter:
             raise ValueError(f"bad batch shapes {features.shape}, {coords.shape}")
         self._feats.resize(self.n_rows + n, axis=0)
         self._coords.resize(self.n_rows + n, axis=0)
-        self._feats[self.n_rows :] = features.astype(np.float32, copy=False)
+        if self.dtype == np.float16 and not np.all(np.abs(features) <= np.finfo(np.float16).max):
+            raise OverflowError(
+                f"{self.final}: features beyond the float16 range (|x| up to "
+                f"{float(np.nanmax(np.abs(features))):.4g} or NaN); use --dtype float32"
+            )
+        self._feats[self.n_rows :] = features.astype(self.dtype, copy=False)
         self._coords[self.n_rows :] = coords.astype(np.int64, copy=False)
         self.n_rows += n
 

@@ -31,7 +31,7 @@ from pathfl.features.dataset import (
     worker_init,
 )
 from pathfl.features.encoders import Encoder, EncoderSpec, create_encoder
-from pathfl.features.h5 import FeaturesWriter, remove_stale_temps
+from pathfl.features.h5 import FEATURE_DTYPES, FeaturesWriter, remove_stale_temps
 from pathfl.features.inference import InferenceRunner, PendingFeatures
 from pathfl.features.plan import Plan, make_plan
 from pathfl.io import Manifest, ManifestRow
@@ -49,6 +49,7 @@ class ExtractOptions:
     batch_size: int = 64
     device: str = "cpu"
     precision: str = "fp32"
+    dtype: str = "float32"  # storage dtype of the features dataset (float16 halves the files)
     workers: int = 2
     shard: tuple[int, int] | None = None
     overwrite: bool = False
@@ -62,6 +63,10 @@ class ExtractOptions:
             raise ConfigError("--threads must be >= 1")
         if self.workers < 0:
             raise ConfigError("--workers must be >= 0")
+        if self.dtype not in FEATURE_DTYPES:
+            raise ConfigError(
+                f"--dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.dtype!r}"
+            )
 
 
 @dataclass
@@ -110,12 +115,12 @@ def make_loader(dataset: TileDataset, *, batch_size: int, workers: int, pin: boo
 class _SlideRun:
     """State of the slide whose batches are arriving."""
 
-    def __init__(self, job: SlideJob, spec: EncoderSpec) -> None:
+    def __init__(self, job: SlideJob, spec: EncoderSpec, dtype: str = "float32") -> None:
         remove_stale_temps(job.out_path)
         self.job = job
         self.t0 = time.perf_counter()
         self.writer = FeaturesWriter(
-            job.out_path, feature_dim=spec.feature_dim, n_max=max(1, job.n_tiles)
+            job.out_path, feature_dim=spec.feature_dim, n_max=max(1, job.n_tiles), dtype=dtype
         )
         self.error = ""
         self.failed = False
@@ -183,6 +188,7 @@ def run_jobs(
     *,
     batch_size: int,
     workers: int,
+    dtype: str = "float32",
     callbacks: ExtractCallbacks | None = None,
 ) -> list[ManifestRow]:
     """Encode every job; returns one manifest row per job (also written to ``manifest``)."""
@@ -196,7 +202,7 @@ def run_jobs(
             cb.on_slide(row)
 
     for job in (j for j in jobs if j.n_tiles == 0):  # nothing to read: an empty, valid file
-        finish(_SlideRun(job, encoder.spec))
+        finish(_SlideRun(job, encoder.spec, dtype))
     jobs = [j for j in jobs if j.n_tiles > 0]
     if not jobs:
         return rows
@@ -213,7 +219,10 @@ def run_jobs(
             prun, feats, coords = pending
             pending = None
             if not prun.failed:
-                prun.writer.append(feats.numpy(), coords)
+                try:
+                    prun.writer.append(feats.numpy(), coords)
+                except OverflowError as e:  # float16 storage of out-of-range features
+                    prun.fail(str(e))
 
     try:
         for imgs, job_idx, tile_idx, status, errors in loader:
@@ -222,7 +231,7 @@ def run_jobs(
                 drain()
                 if run is not None:
                     finish(run)
-                run = _SlideRun(jobs[j], encoder.spec)
+                run = _SlideRun(jobs[j], encoder.spec, dtype)
             if cb.on_tiles:
                 cb.on_tiles(run.job.slide_id, len(tile_idx))
             if run.failed:
@@ -276,6 +285,7 @@ def extract(
         weights_sha256=encoder.weights_sha256,
         transform_for=transform_for(encoder.spec),
         precision=runner.precision,
+        dtype=opts.dtype,
         shard=opts.shard,
         overwrite=opts.overwrite,
         slide_dir=opts.slide_dir,
@@ -301,6 +311,7 @@ def extract(
         manifest,
         batch_size=opts.batch_size,
         workers=opts.workers,
+        dtype=opts.dtype,
         callbacks=callbacks,
     )
     return plan.done + rows

@@ -106,6 +106,7 @@ def make_plan(
     weights_sha256: str,
     transform_for: Any,
     precision: str = "fp32",
+    dtype: str = "float32",
     shard: tuple[int, int] | None = None,
     overwrite: bool = False,
     slide_dir: Path | None = None,
@@ -126,6 +127,7 @@ def make_plan(
                 weights_sha256=weights_sha256,
                 transform=transform,
                 precision=precision,
+                dtype=dtype,
             )
             if out_path.exists():
                 existing = _existing_fingerprint(out_path)
@@ -136,7 +138,8 @@ def make_plan(
                     raise FeaturesFileError(
                         f"{out_path} exists but was made differently (fingerprint "
                         f"{existing[:12] or 'unreadable'} ≠ {fingerprint[:12]}: other tiles, "
-                        "encoder, weights or precision); rerun with --overwrite to recompute it"
+                        "encoder, weights, precision or dtype); rerun with --overwrite to "
+                        "recompute it"
                     )
             slide_path = locate_slide(slide_id, attrs, manifest_paths, slide_dir)
         except (FeaturesFileError, ConfigError) as e:

@@ -228,9 +228,7 @@ class FederatedRun:
                 f"({[labels[i] for i in accepted]}), min_sites={self.cfg['min_sites']}; "
                 f"failed={failed}, no reply={missing}, rejected={rejected}"
             )
-        self.arrays = self.aggregator(
-            [updates[i] for i in accepted], [n_ex[i] for i in accepted]
-        )
+        self.arrays = self.aggregator([updates[i] for i in accepted], [n_ex[i] for i in accepted])
         row["seconds"] = time.monotonic() - t0
         row["max_site_compute_s"] = max((m.get("compute_s", 0.0) for m in metrics), default=0.0)
         self.dir.save_checkpoint(
