@@ -228,6 +228,72 @@ def write_ome_tiff(
     return path
 
 
+def write_dicom_wsi(
+    folder: str | Path, rgb_level0: np.ndarray, *, mpp: float, levels: int = 3, tile: int = 256
+) -> list[Path]:
+    """A DICOM VL Whole Slide Microscopy series (one file per level, TILED_FULL JPEG
+    baseline frames, PixelSpacing in mm) as scanners export it: the folder is the slide.
+    Returns the files, level 0 first. Needs pydicom (a test dependency)."""
+    import io
+
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    wsi_sop = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for i, level in enumerate(_pyramid(rgb_level0, levels)):
+        h, w = level.shape[:2]
+        frames = []
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                frame = np.full((tile, tile, 3), 255, np.uint8)
+                part = level[y : y + tile, x : x + tile]
+                frame[: part.shape[0], : part.shape[1]] = part
+                buf = io.BytesIO()
+                Image.fromarray(frame).save(buf, "JPEG", quality=90)
+                frames.append(buf.getvalue())
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = wsi_sop
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID, ds.Modality, ds.InstanceNumber = frame_of_ref, "SM", i + 1
+        ds.ImageType = (
+            ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+            if i == 0
+            else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
+        )
+        ds.Rows = ds.Columns = tile
+        ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = w, h
+        ds.TotalPixelMatrixFocalPlanes, ds.NumberOfOpticalPaths = 1, 1
+        ds.NumberOfFrames = len(frames)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL_422"
+        ds.PlanarConfiguration = 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.DimensionOrganizationType = "TILED_FULL"
+        measures = Dataset()
+        measures.PixelSpacing = [mpp * 2**i / 1000.0] * 2  # mm
+        measures.SliceThickness = 0.001
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [measures]
+        ds.SharedFunctionalGroupsSequence = [shared]
+        ds.ImagedVolumeWidth = rgb_level0.shape[1] * mpp / 1000.0
+        ds.ImagedVolumeHeight = rgb_level0.shape[0] * mpp / 1000.0
+        ds.PixelData = encapsulate(frames, has_bot=True)
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        path = folder / f"level{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
 def aperio_description(
     width: int, height: int, *, mpp: float | None, app_mag: float | None, tile: int = 256
 ) -> str:

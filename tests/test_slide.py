@@ -252,3 +252,27 @@ def test_ome_xml_parsing_edge_cases() -> None:
     assert mpp_from_vendor(no_unit) == (pytest.approx(0.5), "ome")  # the schema default is µm
     for broken in (xml[:-10], xml.replace('"250"', '"abc"'), xml.replace('"nm"', '"pc"')):
         assert mpp_from_vendor({"tiff.ImageDescription": broken}) == (None, "")
+
+
+@pytest.fixture(scope="module")
+def dicom_slide(tmp_path_factory: pytest.TempPathFactory, tissue_rgb: np.ndarray) -> list[Path]:
+    pytest.importorskip("pydicom")
+    from slides import write_dicom_wsi
+
+    return write_dicom_wsi(tmp_path_factory.mktemp("dicom") / "case-7", tissue_rgb, mpp=0.25)
+
+
+def test_dicom_wsi_series(dicom_slide: list[Path], tissue_rgb: np.ndarray) -> None:
+    """A DICOM WSI series (one file per level) opens through OpenSlide from any of its files:
+    the pyramid, mpp from PixelSpacing, the folder name as slide id, the pixels (JPEG q90)."""
+    for path in (dicom_slide[0], dicom_slide[-1]):  # any file of the series opens the slide
+        with open_slide(path) as s:
+            assert s.backend == "openslide" and s.vendor == "dicom"
+            assert s.level_dimensions == ((1024, 768), (512, 384), (256, 192))
+            assert s.mpp == pytest.approx(0.25) and s.mpp_source == "vendor"
+            assert s.slide_id == "case-7"
+            region = np.asarray(s.read_region((300, 200), 0, (256, 300)))[..., :3]
+    diff = np.abs(region.astype(int) - tissue_rgb[200:500, 300:556].astype(int))
+    assert diff.mean() < 4, diff.mean()  # JPEG quality 90
+    with pytest.raises(SlideError):
+        open_slide(dicom_slide[0], backend="tiffslide")  # tiffslide reads TIFF only

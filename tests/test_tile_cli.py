@@ -215,6 +215,23 @@ def test_slide_lists_folders_and_csv_errors(tmp_path: Path, good_slide: Path) ->
     with pytest.raises(ConfigError, match="duplicate slide id"):
         collect_jobs([nested / "deep.tif", nested / "deep.tif"])
 
+    # DICOM: each folder of .dcm files is one slide, named after the folder, opened by its
+    # largest file (the full-resolution level)
+    pytest.importorskip("pydicom")
+    from slides import write_dicom_wsi
+
+    rgb = synthetic_tissue(512, 512, seed=9)
+    for case in ("case1", "case2"):
+        write_dicom_wsi(tmp_path / "dicom" / case, rgb, mpp=0.5, levels=2)
+    jobs = collect_jobs([tmp_path / "dicom"], recursive=True)
+    assert [(j.slide_id, j.path.name) for j in jobs] == [
+        ("case1", "level0.dcm"),
+        ("case2", "level0.dcm"),
+    ]
+    code, _ = tile(tmp_path / "dicom" / "case1" / "level1.dcm", "--out", tmp_path / "dcm_out")
+    assert code == 0 and manifest(tmp_path / "dcm_out")["case1"]["status"] == "ok"
+    assert len(read_coords(tmp_path / "dcm_out" / "coords" / "case1.h5")[0]) > 0
+
     bad = tmp_path / "bad.csv"
     bad.write_text("id,file\nx,y.svs\n")
     with pytest.raises(ConfigError, match="missing column"):

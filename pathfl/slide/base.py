@@ -14,9 +14,13 @@ from PIL import Image
 
 
 def slide_id_from_path(path: str | Path) -> str:
-    """The default slide id: the file name without its extension (``a.svs`` → ``a``), and
-    without the ``.ome`` of an OME-TIFF (``a.ome.tif`` → ``a``)."""
-    stem = Path(path).stem
+    """The default slide id: the file name without its extension (``a.svs`` → ``a``), without
+    the ``.ome`` of an OME-TIFF (``a.ome.tif`` → ``a``); for a DICOM file, the name of its
+    folder (a DICOM slide is a folder of files, one per level)."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm" and path.parent.name:
+        return path.parent.name
+    stem = path.stem
     return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
 
 

@@ -14,7 +14,7 @@ from pathfl.config import ConfigError
 from pathfl.slide.base import slide_id_from_path
 from pathfl.tiling.pipeline import SlideJob
 
-#: extensions picked up when a folder is given (a DICOM series is given as one of its files)
+#: extensions picked up when a folder is given
 SLIDE_EXTENSIONS = (
     ".svs",
     ".tif",
@@ -27,15 +27,23 @@ SLIDE_EXTENSIONS = (
     ".bif",
     ".svslide",
 )
+#: a DICOM WSI is a folder of files (one per pyramid level, plus label/overview images)
+DICOM_EXTENSION = ".dcm"
 
 
 def _scan(folder: Path, recursive: bool) -> list[Path]:
+    """Slide files in ``folder``; each folder holding ``.dcm`` files counts as one DICOM slide,
+    represented by its largest ``.dcm`` file (the full-resolution level; OpenSlide finds the
+    rest of the series in the same folder)."""
     pattern = "**/*" if recursive else "*"
-    return sorted(
-        p
-        for p in folder.glob(pattern)
-        if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS and not p.name.startswith(".")
-    )
+    files = [p for p in folder.glob(pattern) if p.is_file() and not p.name.startswith(".")]
+    found = [p for p in files if p.suffix.lower() in SLIDE_EXTENSIONS]
+    dicom: dict[Path, list[Path]] = {}
+    for p in files:
+        if p.suffix.lower() == DICOM_EXTENSION:
+            dicom.setdefault(p.parent, []).append(p)
+    found += [max(group, key=lambda q: (q.stat().st_size, q.name)) for group in dicom.values()]
+    return sorted(found)
 
 
 def _parse_mpp(value: str, where: str) -> float | None:
@@ -90,9 +98,9 @@ def collect_jobs(
         if p.is_dir():
             found = _scan(p, recursive)
             if not found:
-                raise ConfigError(
-                    f"{p}: folder contains no slide files ({', '.join(SLIDE_EXTENSIONS)})"
-                )
+                exts = ", ".join((*SLIDE_EXTENSIONS, DICOM_EXTENSION))
+                hint = "" if recursive else "; slides in subfolders (e.g. DICOM): add --recursive"
+                raise ConfigError(f"{p}: folder contains no slide files ({exts}){hint}")
             jobs += [SlideJob(slide_id_from_path(f), f, mpp_override) for f in found]
         elif p.exists():
             jobs.append(SlideJob(slide_id_from_path(p), p, mpp_override))
