@@ -123,7 +123,7 @@ def test_three_sites_three_rounds_tls_auth(three_sites, tmp_path) -> None:
 
 
 def test_unregistered_site_is_refused(three_sites, tmp_path) -> None:
-    from pathfl.fl import processes as procs
+    from pathfl.fl import flower_cli
     from pathfl.fl.certs import make_site_keys
     from pathfl.fl.federation import LocalFederation, SiteSpec
 
@@ -138,7 +138,9 @@ def test_unregistered_site_is_refused(three_sites, tmp_path) -> None:
         assert not proc.alive(), "an unregistered SuperNode kept running"
         assert proc.popen.returncode != 0
         assert "Failed to activate SuperNode" in proc.log_tail(20000)
-        nodes = procs.flwr_cli(fed.home, ["supernode", "ls", procs.CONNECTION, "--format", "json"])
+        nodes = flower_cli.flwr_cli(
+            fed.home, ["supernode", "ls", flower_cli.CONNECTION, "--format", "json"]
+        )
         assert json.loads(nodes[nodes.index("{") :]).get("nodes", []) == []
         pids = [fed.superlink.pid, proc.pid]
     assert all(_group_gone(p) for p in pids)

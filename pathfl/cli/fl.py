@@ -102,6 +102,7 @@ def server_cmd(
     """Run the aggregator's SuperLink (TLS, site authentication, state database) and register
     every site key found in CERTS/sites/*.pub."""
     from pathfl.config import ConfigError
+    from pathfl.fl import flower_cli
     from pathfl.fl import processes as procs
 
     if not insecure and (certs is None or not (certs / "server.crt").is_file()):
@@ -123,11 +124,13 @@ def server_cmd(
     local = f"127.0.0.1:{port}" if host in ("0.0.0.0", "::") else f"{host}:{port}"
     try:
         procs.wait_port(local.rsplit(":", 1)[0], port, timeout_s=120, proc=proc)
-        procs.write_flwr_home(home, server=local, root_cert=None if insecure else certs / "ca.crt")
+        flower_cli.write_flwr_home(
+            home, server=local, root_cert=None if insecure else certs / "ca.crt"
+        )
         if not insecure:
             for pub in sorted((certs / "sites").glob("*.pub")):
                 try:
-                    node = procs.register_site(home, pub, pub.stem)
+                    node = flower_cli.register_site(home, pub, pub.stem)
                     state = "already registered" if node is None else f"node {node}"
                     typer.echo(f"registered site {pub.stem} ({state})")
                 except procs.FlowerProcessError as e:
@@ -224,7 +227,7 @@ def run_cmd(
     import tempfile
 
     from pathfl.config import ConfigError
-    from pathfl.fl import processes as procs
+    from pathfl.fl import flower_cli
     from pathfl.fl.federation import follow_run
     from pathfl.fl.fl_config import effective_config
     from pathfl.io import write_json_atomic
@@ -267,11 +270,11 @@ def run_cmd(
         },
     )
     with tempfile.TemporaryDirectory(prefix="pathfl-fl-") as tmp:
-        home = procs.write_flwr_home(
+        home = flower_cli.write_flwr_home(
             Path(tmp) / "home", server=server, root_cert=None if insecure else root_cert
         )
-        app = procs.write_app(Path(tmp) / "app")
-        run_id = procs.submit_run(home, app, cfg=cfg, out_dir=out, resume=resume is not None)
+        app = flower_cli.write_app(Path(tmp) / "app")
+        run_id = flower_cli.submit_run(home, app, cfg=cfg, out_dir=out, resume=resume is not None)
         typer.echo(f"submitted run {run_id}; run dir {out}")
         budget = timeout_s or (
             float(cfg["connect_timeout_s"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pathfl.fl import flower_cli
 from pathfl.fl import processes as procs
 from pathfl.fl.rundir import RunDir
 
@@ -92,7 +93,7 @@ class LocalFederation:
                         env=procs.flower_env(None, **self.env_extra),
                     )
             procs.wait_port(self.host, self.port, timeout_s=timeout_s, proc=self.superlink)
-            procs.write_flwr_home(
+            flower_cli.write_flwr_home(
                 self.home,
                 server=self.server,
                 root_cert=self.certs / "ca.crt" if self.certs else None,
@@ -102,7 +103,7 @@ class LocalFederation:
                 with ThreadPoolExecutor(max_workers=4) as pool:
                     list(
                         pool.map(
-                            lambda sp: procs.register_site(self.home, sp[0], sp[1].name),
+                            lambda sp: flower_cli.register_site(self.home, sp[0], sp[1].name),
                             zip(pubs, specs, strict=True),
                         )
                     )
@@ -131,7 +132,7 @@ class LocalFederation:
         if self.auth and key_path is None:
             key_path, pub = make_site_keys(self.certs, spec.name)  # type: ignore[arg-type]
             if register:
-                procs.register_site(self.home, pub, spec.name)
+                flower_cli.register_site(self.home, pub, spec.name)
         sdir = self.site_dir(spec.name)
         node_config = {
             "site": spec.name,
@@ -173,8 +174,8 @@ class LocalFederation:
 
     # ---------------------------------------------------------------- runs
     def submit(self, cfg: dict[str, Any], out_dir: Path, *, resume: bool = False) -> int:
-        app = procs.write_app(self.work / "app")
-        return procs.submit_run(
+        app = flower_cli.write_app(self.work / "app")
+        return flower_cli.submit_run(
             self.home, app, cfg=cfg, out_dir=Path(out_dir).resolve(), resume=resume
         )
 
@@ -207,7 +208,7 @@ def follow_run(
                 break
         if now >= next_flower:
             next_flower = now + flower_poll_s
-            status = procs.run_status(home, run_id)
+            status = flower_cli.run_status(home, run_id)
             if status.startswith("finished"):
                 if run_dir is not None:  # the ServerApp may have written status.json since
                     local = RunDir(run_dir).read_status()
@@ -216,7 +217,7 @@ def follow_run(
             last_log = now
             logger.info("run %d: %s %s", run_id, status, local)
         if now >= deadline:
-            procs.stop_run(home, run_id)
+            flower_cli.stop_run(home, run_id)
             raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s (stopped)")
         time.sleep(poll_s)
     result: dict[str, Any] = {"flower_status": status, "run_id": run_id, **local}
