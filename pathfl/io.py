@@ -11,6 +11,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,19 @@ def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Pat
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def remove_stale_temps(final: str | os.PathLike[str]) -> int:
+    """Delete the temporary files a killed process left for ``final`` (the
+    ``.<name>.<random><suffix>.tmp`` files of :func:`atomic_path`); returns how many. Call it
+    only where no other process writes ``final`` at the same time."""
+    final = Path(final)
+    n = 0
+    for tmp in final.parent.glob(f".{glob_escape(final.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            n += 1
+    return n
 
 
 def write_text_atomic(final: str | os.PathLike[str], text: str) -> None:

@@ -188,7 +188,15 @@ def test_rerun_skips_and_mismatch_needs_overwrite(tmp_path) -> None:
     assert run(tiles, out) == {"slide0": "ok"}
     feats_path = out / "features" / "slide0.h5"
     mtime = feats_path.stat().st_mtime_ns
+    # what a SIGKILL during a manifest rewrite or a slide leaves behind is removed on rerun
+    stale = [
+        out / "features" / ".manifest.csv.k1ll3d.csv.tmp",
+        out / "features" / ".slide0.h5.x.h5.tmp",
+    ]
+    for p in stale:
+        p.write_text("partial")
     assert run(tiles, out) == {"slide0": "skipped"}
+    assert not any(p.exists() for p in stale)
     assert feats_path.stat().st_mtime_ns == mtime
     assert run(tiles, out, precision="bf16") == {"slide0": "failed"}  # other numerics
     # re-tiled with other parameters → other tiling fingerprint

@@ -19,7 +19,6 @@ from pathfl.io import atomic_path, sha256_json
 logger = logging.getLogger(__name__)
 
 CHUNK_ROWS = 256
-TMP_SUFFIX = ".h5.tmp"  # atomic_path names temp files ".<name>.<random>.h5.tmp"
 
 
 class FeaturesFileError(Exception):
@@ -211,14 +210,3 @@ class FeaturesWriter:
 
 class _AbortError(Exception):
     pass
-
-
-def remove_stale_temps(final: str | os.PathLike[str]) -> int:
-    """Delete temporary files a killed run left for ``final``; returns how many."""
-    final = Path(final)
-    n = 0
-    for tmp in final.parent.glob(f".{final.name}.*{TMP_SUFFIX}"):
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            n += 1
-    return n

@@ -31,10 +31,10 @@ from pathfl.features.dataset import (
     worker_init,
 )
 from pathfl.features.encoders import Encoder, EncoderSpec, create_encoder
-from pathfl.features.h5 import FEATURE_DTYPES, FeaturesWriter, remove_stale_temps
+from pathfl.features.h5 import FEATURE_DTYPES, FeaturesWriter
 from pathfl.features.inference import InferenceRunner, PendingFeatures
 from pathfl.features.plan import Plan, make_plan
-from pathfl.io import Manifest, ManifestRow
+from pathfl.io import Manifest, ManifestRow, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -291,8 +291,11 @@ def extract(
         slide_dir=opts.slide_dir,
     )
     (out_dir / "features").mkdir(parents=True, exist_ok=True)
+    # a run killed while rewriting its manifest leaves the temporary copy behind
+    remove_stale_temps(manifest_path(out_dir, opts.shard))
     manifest = Manifest.load(manifest_path(out_dir, opts.shard))
     for row in plan.done:
+        remove_stale_temps(out_dir / "features" / f"{row.slide_id}.h5")  # this shard's slide
         manifest.update(row)
         if callbacks and callbacks.on_slide:
             callbacks.on_slide(row)
