@@ -11,7 +11,6 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +42,22 @@ def atomic_path(final: str | os.PathLike[str], suffix: str = "") -> Iterator[Pat
         raise
 
 
-def remove_stale_temps(final: str | os.PathLike[str]) -> int:
-    """Delete the temporary files a killed process left for ``final`` (the
-    ``.<name>.<random><suffix>.tmp`` files of :func:`atomic_path`); returns how many. Call it
-    only where no other process writes ``final`` at the same time."""
-    final = Path(final)
+def remove_stale_temps(*finals: str | os.PathLike[str]) -> int:
+    """Delete the temporary files killed processes left for ``finals`` (the
+    ``.<name>.<random><suffix>.tmp`` files of :func:`atomic_path`), listing each folder once;
+    returns how many. Call it only where no other process writes those files at the time."""
+    names_by_dir: dict[Path, set[str]] = {}
+    for final in map(Path, finals):
+        names_by_dir.setdefault(final.parent, set()).add(final.name)
     n = 0
-    for tmp in final.parent.glob(f".{glob_escape(final.name)}.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            n += 1
+    for folder, names in names_by_dir.items():
+        for tmp in folder.glob(".*.tmp"):
+            stem = tmp.name[1:]  # "<name>.<random><suffix>.tmp": some dot ends <name>
+            dots = [k for k, ch in enumerate(stem) if ch == "."]
+            if any(stem[:k] in names for k in dots):
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                    n += 1
     return n
 
 

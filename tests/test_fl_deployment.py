@@ -68,14 +68,6 @@ def _wait_for(log: Path, pattern: str, proc: subprocess.Popen, timeout_s: float 
     raise AssertionError(f"{pattern!r} not in {log} after {timeout_s} s:\n{text[-3000:]}")
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 @pytest.fixture(scope="module")
 def site_dirs(tmp_path_factory) -> list[Path]:
     from pathfl.survival.synthetic import make_cohort, split_into_sites
@@ -86,7 +78,7 @@ def site_dirs(tmp_path_factory) -> list[Path]:
 
 
 def test_documented_deployment_commands(site_dirs, tmp_path) -> None:
-    from pathfl.fl.processes import free_port
+    from pathfl.fl.processes import free_port, group_running
 
     certs = tmp_path / "fl_certs"
     res = _pathfl("fl", "certs", "--out", certs, "--sites", ",".join(SITES), "--hosts", "127.0.0.1")
@@ -94,7 +86,7 @@ def test_documented_deployment_commands(site_dirs, tmp_path) -> None:
     port = free_port()
     server = f"127.0.0.1:{port}"
     started: list[tuple[subprocess.Popen, Path]] = []
-    children: list[int] = []  # SuperLink / SuperNode pids the commands report
+    children: list[int] = []  # SuperLink / SuperNode pids (= process groups) reported
     try:
         log = tmp_path / "server.out"
         proc = _start(
@@ -156,6 +148,6 @@ def test_documented_deployment_commands(site_dirs, tmp_path) -> None:
     # SuperLink / SuperNode it started down with it
     assert codes == [0] * len(started), [(log.name, log.read_text()[-2000:]) for _, log in started]
     deadline = time.monotonic() + 10
-    while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+    while any(group_running(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_running(pid) for pid in children)
+    assert not any(group_running(pid) for pid in children)

@@ -5,7 +5,6 @@ refused. Every process started is stopped (checked by process group)."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -15,22 +14,11 @@ pytestmark = pytest.mark.slow
 
 
 def _group_gone(pgid: int) -> bool:
-    """No process of the group runs. A zombie has exited: orphans of a killed leader stay
-    zombies until init reaps them, a second or two later, so only /proc's state tells."""
-    if not Path("/proc").is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue
-        if int(pgrp) == pgid and state not in ("Z", "X"):
-            return False
-    return True
+    """No process of the group runs (zombies have exited; tests/test_fl_processes.py checks
+    group_running itself against ps)."""
+    from pathfl.fl.processes import group_running
+
+    return not group_running(pgid)
 
 
 @pytest.fixture(scope="module")

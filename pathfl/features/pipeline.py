@@ -116,7 +116,6 @@ class _SlideRun:
     """State of the slide whose batches are arriving."""
 
     def __init__(self, job: SlideJob, spec: EncoderSpec, dtype: str = "float32") -> None:
-        remove_stale_temps(job.out_path)
         self.job = job
         self.t0 = time.perf_counter()
         self.writer = FeaturesWriter(
@@ -291,11 +290,15 @@ def extract(
         slide_dir=opts.slide_dir,
     )
     (out_dir / "features").mkdir(parents=True, exist_ok=True)
-    # a run killed while rewriting its manifest leaves the temporary copy behind
-    remove_stale_temps(manifest_path(out_dir, opts.shard))
+    # what a killed run left half-written: this shard's manifest and slides only (other
+    # shards may be writing theirs into the same folder)
+    remove_stale_temps(
+        manifest_path(out_dir, opts.shard),
+        *(Path(row.path) for row in plan.done),
+        *(job.out_path for job in plan.jobs),
+    )
     manifest = Manifest.load(manifest_path(out_dir, opts.shard))
     for row in plan.done:
-        remove_stale_temps(out_dir / "features" / f"{row.slide_id}.h5")  # this shard's slide
         manifest.update(row)
         if callbacks and callbacks.on_slide:
             callbacks.on_slide(row)

@@ -12,7 +12,7 @@ returned weights with :func:`weighted_average`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -38,24 +38,26 @@ def weighted_average(
     w = np.asarray(weights, dtype=np.float64)
     if np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         raise ValueError(f"weights must be finite, >= 0 and not all zero, got {list(w)}")
-    out = []
-    for i in range(len(updates[0])):
-        stacked, dtype = _stack(updates, i)
-        out.append(_cast(np.tensordot(w, stacked, axes=1) / w.sum(), dtype))
-    return out
+    return [_cast(np.tensordot(w, x, axes=1) / w.sum(), dt) for x, dt in _stacked(updates)]
 
 
-def _stack(updates: Sequence[Sequence[np.ndarray]], i: int) -> tuple[np.ndarray, np.dtype]:
-    """Array ``i`` of every update stacked along a new first axis (float64), and its dtype."""
-    ref = np.asarray(updates[0][i])
+def _stacked(updates: Sequence[Sequence[np.ndarray]]) -> Iterator[tuple[np.ndarray, np.dtype]]:
+    """Per array position: that array of every update stacked along a new first axis
+    (float64), with update 0's dtype. Raises when the updates differ in layout."""
+    if not updates:
+        raise ValueError("no updates to aggregate")
+    n_arrays = len(updates[0])
     for k, u in enumerate(updates):
-        if len(u) != len(updates[0]):
-            raise ValueError(f"update {k} has {len(u)} arrays, update 0 has {len(updates[0])}")
-        if np.shape(u[i]) != ref.shape:
-            raise ValueError(
-                f"array {i}: update {k} has shape {np.shape(u[i])}, expected {ref.shape}"
-            )
-    return np.stack([np.asarray(u[i], dtype=np.float64) for u in updates]), ref.dtype
+        if len(u) != n_arrays:
+            raise ValueError(f"update {k} has {len(u)} arrays, update 0 has {n_arrays}")
+    for i in range(n_arrays):
+        ref = np.asarray(updates[0][i])
+        for k, u in enumerate(updates):
+            if np.shape(u[i]) != ref.shape:
+                raise ValueError(
+                    f"array {i}: update {k} has shape {np.shape(u[i])}, expected {ref.shape}"
+                )
+        yield np.stack([np.asarray(u[i], dtype=np.float64) for u in updates]), ref.dtype
 
 
 def _cast(acc: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -66,13 +68,7 @@ def coordinate_median(updates: Sequence[Sequence[np.ndarray]]) -> list[np.ndarra
     """Coordinate-wise median of the updates, unweighted (Yin et al. 2018). Fewer than half
     of the sites cannot move any coordinate outside the range of the honest sites' values;
     with an even number of sites the two middle values are averaged."""
-    if not updates:
-        raise ValueError("no updates to aggregate")
-    out = []
-    for i in range(len(updates[0])):
-        stacked, dtype = _stack(updates, i)
-        out.append(_cast(np.median(stacked, axis=0), dtype))
-    return out
+    return [_cast(np.median(x, axis=0), dt) for x, dt in _stacked(updates)]
 
 
 def trimmed_mean(
@@ -82,18 +78,11 @@ def trimmed_mean(
     ``floor(trim_fraction · n)`` largest and as many smallest values of the ``n`` sites,
     average the rest. ``trim_fraction`` in [0, 0.5); 0 is the plain unweighted mean, and
     with 3 sites any fraction < 1/3 trims nothing."""
-    if not updates:
-        raise ValueError("no updates to aggregate")
     if not 0.0 <= trim_fraction < 0.5:
         raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
     n = len(updates)
     k = math.floor(trim_fraction * n + 1e-9)
-    out = []
-    for i in range(len(updates[0])):
-        stacked, dtype = _stack(updates, i)
-        kept = np.sort(stacked, axis=0)[k : n - k]
-        out.append(_cast(kept.mean(axis=0), dtype))
-    return out
+    return [_cast(np.sort(x, axis=0)[k : n - k].mean(axis=0), dt) for x, dt in _stacked(updates)]
 
 
 @AGGREGATORS.register("fedavg", summary="mean weighted by patients per site (FedAvg)")
@@ -107,7 +96,9 @@ def _median() -> Aggregator:
 
 
 @AGGREGATORS.register(
-    "trimmed-mean", summary="coordinate-wise trimmed mean, unweighted (robust; trim_fraction)"
+    "trimmed-mean",
+    summary="coordinate-wise trimmed mean, unweighted (robust; trim_fraction)",
+    options=("trim_fraction",),
 )
 def _trimmed(*, trim_fraction: float = 0.2) -> Aggregator:
     if not 0.0 <= trim_fraction < 0.5:
@@ -116,12 +107,10 @@ def _trimmed(*, trim_fraction: float = 0.2) -> Aggregator:
 
 
 def create_aggregator(name: str, **options: float) -> Aggregator:
-    """The aggregation rule ``name`` (see :func:`list_aggregators`); ``trim_fraction`` is
-    read by ``trimmed-mean`` only."""
-    factory = AGGREGATORS.get(name)
-    if name != "trimmed-mean":
-        options.pop("trim_fraction", None)
-    return factory(**options)
+    """The aggregation rule ``name`` (see :func:`list_aggregators`). ``options`` may hold
+    every rule's settings (a run config's); each rule takes those its registry entry lists."""
+    takes = AGGREGATORS.meta(name).get("options", ())
+    return AGGREGATORS.get(name)(**{k: v for k, v in options.items() if k in takes})
 
 
 def list_aggregators() -> list[str]:

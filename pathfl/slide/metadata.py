@@ -8,6 +8,7 @@ mpp cannot be found raises :class:`SlideError` telling the user how to supply it
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -80,16 +81,22 @@ def _ome_attrs(description: str) -> dict[str, str]:
     description (``{}`` when the description is not OME-XML or does not parse)."""
     if "<OME" not in description[:2000]:
         return {}
+    return dict(_parse_ome(description))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_ome(description: str) -> tuple[tuple[str, str], ...]:
+    """Parsed once per slide: both mpp and objective power read it."""
     try:
         root = ET.fromstring(description.strip())
     except ET.ParseError:
-        return {}
+        return ()
     attrs: dict[str, str] = {}
     for tag in ("Objective", "Pixels"):  # namespaced: match on the local name
         elem = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == tag), None)
         if elem is not None:
             attrs.update(elem.attrib)
-    return attrs
+    return tuple(attrs.items())
 
 
 def mpp_from_tiff_resolution(props: Mapping[str, object]) -> float | None:
