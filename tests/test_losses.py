@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pathfl.registry import UnknownNameError
+from pathfl.survival.heads import create_head
 from pathfl.survival.losses import (
     LOSSES,
     breslow_baseline,
@@ -17,7 +18,6 @@ from pathfl.survival.losses import (
     cox_survival,
     discrete_survival_at,
     nll_loss,
-    risk_from_logits,
     time_to_bin,
 )
 
@@ -85,9 +85,9 @@ def test_registry_and_risk() -> None:
     with pytest.raises(UnknownNameError, match="valid loss"):
         LOSSES.get("hinge")
     logits = torch.tensor([[-3.0, -3.0], [2.0, 2.0]])  # second bag: high hazards -> riskier
-    r = risk_from_logits(logits, "nll")
+    r = create_head("nll").risk(logits)
     assert r[1] > r[0]
-    assert risk_from_logits(torch.tensor([[0.5], [-1.0]]), "cox").tolist() == [0.5, -1.0]
+    assert create_head("cox").risk(torch.tensor([[0.5], [-1.0]])).tolist() == [0.5, -1.0]
 
 
 def test_breslow_baseline_hand_computed() -> None:

@@ -217,26 +217,11 @@ def resolve_noise(dp: DPConfig, *, sample_rate: float, epochs: int) -> float:
 
 def bag_loss(model: Any, bag: Any, config: Any, *, time_bins: Any, rng: Any = None) -> Any:
     """Loss of one patient bag (forward with tile subsampling to ``config.max_tiles`` when
-    ``rng`` is given), through the train stage's model and loss registry."""
-    import torch
+    ``rng`` is given): the train stage's own bag forward and head loss."""
+    from pathfl.survival.train import batch_loss, forward_bag
 
-    from pathfl.survival.losses import LOSSES
-
-    feats = bag.features
-    if rng is not None and config.max_tiles and feats.shape[0] > config.max_tiles:
-        feats = feats[np.sort(rng.choice(feats.shape[0], config.max_tiles, replace=False))]
-    x = torch.from_numpy(np.ascontiguousarray(feats)).float()
-    cov = None
-    if bag.covariates is not None:
-        cov = torch.from_numpy(np.ascontiguousarray(bag.covariates)).float()
-    logits = model(x, cov).logits.unsqueeze(0)
-    return LOSSES.get(config.loss)(
-        logits,
-        torch.tensor([int(bag.event)]),
-        torch.tensor([float(bag.time)]),
-        time_bins=np.asarray(time_bins if time_bins is not None else []),
-        alpha=config.alpha,
-    )
+    logits = forward_bag(model, bag, rng, config.max_tiles).unsqueeze(0)
+    return batch_loss(config, logits, [bag], time_bins)
 
 
 def clipped_grad_sum(

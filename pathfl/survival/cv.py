@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from pathfl.io import write_json_atomic
-from pathfl.survival.data import CovariateScaler, PatientBag, bags_fingerprint, make_folds, targets
+from pathfl.survival.data import PatientBag, bags_fingerprint, make_folds, targets
 from pathfl.survival.metrics import survival_metrics
 from pathfl.survival.run import save_run, write_predictions
+from pathfl.survival.scaling import BagScaler
 from pathfl.survival.train import (
     TrainConfig,
     build_model,
@@ -56,10 +57,10 @@ def fit_one(
     ``model, scaler, time_bins, baseline, stats, train_bags`` (the scaled bags)."""
     seed = config.seed if seed is None else seed
     epochs = config.epochs if epochs is None else epochs
-    scaler = CovariateScaler.fit(train_bags, config.covariates)
+    scaler = BagScaler.fit(train_bags, config.covariates, standardize_features=config.standardize)
     scaled = scaler.apply(train_bags)
     ev, t = targets(scaled)
-    time_bins = fit_time_bins(t, ev, n_bins=config.n_bins) if config.loss == "nll" else None
+    time_bins = fit_time_bins(t, ev, n_bins=config.n_bins) if config.head.needs_time_bins else None
     model = build_model(
         config, feature_dim=scaled[0].feature_dim, n_covariates=len(config.covariates)
     )

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -232,8 +232,9 @@ def load_bags(
 ) -> list[PatientBag]:
     """Build one bag per patient from ``<features_dir>/<slide_id>.h5``. ``covariates``: the
     covariate columns to attach (default none; raw values — standardise with
-    :class:`CovariateScaler` fitted on the training fold). Every slide must exist, be readable,
-    and share the encoder and feature dimension; problems are reported together."""
+    :class:`pathfl.survival.scaling.BagScaler` fitted on the training fold). Every slide must
+    exist, be readable, and share the encoder and feature dimension; problems are reported
+    together."""
     features_dir = Path(features_dir)
     cov_cols = list(covariates or [])
     bad_cov = [c for c in cov_cols if c not in clinical.covariate_columns]
@@ -323,41 +324,6 @@ def bags_fingerprint(bags: Sequence[PatientBag]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # covariates, folds, targets
-
-
-@dataclass
-class CovariateScaler:
-    """Standardises covariates with statistics of the bags it was fitted on (training fold)."""
-
-    columns: list[str]
-    mean: list[float]
-    std: list[float]
-
-    @classmethod
-    def fit(cls, bags: Sequence[PatientBag], columns: Sequence[str]) -> CovariateScaler:
-        if not columns:
-            return cls([], [], [])
-        x = np.stack([b.covariates for b in bags]).astype(np.float64)  # type: ignore[misc]
-        sd = x.std(axis=0)
-        sd[sd < 1e-12] = 1.0
-        return cls(list(columns), x.mean(axis=0).tolist(), sd.tolist())
-
-    def apply(self, bags: Sequence[PatientBag]) -> list[PatientBag]:
-        if not self.columns:
-            return list(bags)
-        m, s = np.asarray(self.mean), np.asarray(self.std)
-        return [
-            replace(b, covariates=((b.covariates - m) / s).astype(np.float32))  # type: ignore[operator]
-            for b in bags
-        ]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"columns": self.columns, "mean": self.mean, "std": self.std}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> CovariateScaler:
-        d = d or {}
-        return cls(list(d.get("columns", [])), list(d.get("mean", [])), list(d.get("std", [])))
 
 
 def make_folds(

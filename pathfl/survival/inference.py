@@ -66,8 +66,6 @@ def slide_tile_scores(
     """Per-tile scores of one slide's tiles under a run's model, treating the slide as the bag
     (covariates, if the model uses them, set to the training mean, i.e. 0 after scaling).
     Returns ``(coords, scores, features attrs, slide risk)``."""
-    from pathfl.survival.losses import risk_from_logits
-
     model, cfg, extras = load_run(run_dir)
     feats, coords, attrs = read_features_h5(features_h5)
     if feats.shape[1] != extras["feature_dim"]:
@@ -75,9 +73,10 @@ def slide_tile_scores(
             f"{features_h5}: {feats.shape[1]}-d features, the model wants {extras['feature_dim']}"
         )
     cov = torch.zeros(extras["n_covariates"]) if extras["n_covariates"] else None
+    x = extras["scaler"].transform_features(feats)  # the run's training standardisation
     with torch.no_grad():
-        out = model(torch.from_numpy(np.asarray(feats, dtype=np.float32)), cov)
-    risk = float(risk_from_logits(out.logits.unsqueeze(0), cfg.loss)[0])
+        out = model(torch.from_numpy(x), cov)
+    risk = float(cfg.head.risk(out.logits.unsqueeze(0))[0])
     return coords, out.tile_scores.numpy().astype(float), attrs, risk
 
 

@@ -78,20 +78,18 @@ def cox_loss(
     return -((eta - log_risk_set) * ev).sum() / ev.sum()
 
 
-def n_outputs(loss: str, n_bins: int) -> int:
-    LOSSES.get(loss)
-    return n_bins if loss == "nll" else 1
-
-
 def hazards_to_survival(logits: torch.Tensor) -> torch.Tensor:
     """Per-bin survival ``S_j`` (B, T) from hazard logits (NLL models)."""
     return torch.cumprod(1 - torch.sigmoid(logits), dim=1)
 
 
-def risk_from_logits(logits: torch.Tensor, loss: str) -> torch.Tensor:
-    """Scalar risk per bag (higher = worse): Cox log-risk, or ``-Σ_j S_j`` for NLL."""
-    if loss == "cox":
-        return logits.reshape(logits.shape[0], -1)[:, 0]
+def cox_risk(logits: torch.Tensor) -> torch.Tensor:
+    """Scalar risk per bag of a Cox model: its log-risk (higher = worse)."""
+    return logits.reshape(logits.shape[0], -1)[:, 0]
+
+
+def nll_risk(logits: torch.Tensor) -> torch.Tensor:
+    """Scalar risk per bag of a discrete-time model: ``-Σ_j S_j`` (higher = worse)."""
     return -hazards_to_survival(logits).sum(dim=1)
 
 

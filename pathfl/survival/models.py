@@ -8,7 +8,7 @@ the output head.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -16,6 +16,31 @@ from torch import nn
 from pathfl.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
+COMMON_OPTIONS = ("hidden_dim", "dropout")  # every model takes these (TrainConfig fields)
+
+
+def list_models() -> list[str]:
+    return MODELS.list()
+
+
+def model_options(name: str) -> dict[str, str]:
+    """``{model kwarg: TrainConfig field}`` of the options model ``name`` takes besides
+    ``feature_dim, n_out, n_covariates`` and :data:`COMMON_OPTIONS`."""
+    return dict(MODELS.meta(name).get("options", {}))
+
+
+def create_model(
+    name: str, *, feature_dim: int, n_out: int, n_covariates: int = 0, **options: Any
+) -> nn.Module:
+    """Build model ``name``; ``options`` are its keyword arguments (see :func:`model_options`);
+    an unknown option raises a ``ValueError`` naming the valid ones."""
+    valid = {*COMMON_OPTIONS, *model_options(name)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(f"model {name!r} takes no option(s) {unknown}; valid: {sorted(valid)}")
+    return MODELS.create(
+        name, feature_dim=feature_dim, n_out=n_out, n_covariates=n_covariates, **options
+    )
 
 
 class MILOutput(NamedTuple):
@@ -46,7 +71,11 @@ def _fuse(z: torch.Tensor, covariates: torch.Tensor | None, n_covariates: int) -
     return torch.cat([z, covariates.to(z.dtype)], dim=-1)
 
 
-@MODELS.register("abmil", paper="Ilse, Tomczak & Welling 2018 (gated attention)")
+@MODELS.register(
+    "abmil",
+    paper="Ilse, Tomczak & Welling 2018 (gated attention)",
+    options={"attn_dim": "attn_dim"},
+)
 class GatedABMIL(nn.Module):
     """Gated attention MIL (Ilse et al. 2018): ``h_i = ReLU(W x_i)``;
     ``a_i = w^T (tanh(V h_i) ⊙ sigmoid(U h_i))``; ``z = Σ softmax(a)_i h_i``; head(z ⊕ cov).
@@ -78,7 +107,7 @@ class GatedABMIL(nn.Module):
         return MILOutput(self.head(_fuse(z, covariates, self.n_covariates)), weights)
 
 
-@MODELS.register("chowder", paper="Courtiol et al. 2018 (Owkin)")
+@MODELS.register("chowder", paper="Courtiol et al. 2018 (Owkin)", options={"k": "chowder_k"})
 class Chowder(nn.Module):
     """Chowder (Courtiol et al. 2018): one linear score per tile (after a small embedding), the
     ``k`` highest and ``k`` lowest scores (min-max layer) feed an MLP. Bags with fewer than
@@ -189,7 +218,12 @@ class _PPEG(nn.Module):
         return torch.cat([cls, t])
 
 
-@MODELS.register("transmil", paper="Shao et al. 2021", attention="Nystrom, 64 landmarks")
+@MODELS.register(
+    "transmil",
+    paper="Shao et al. 2021",
+    attention="Nystrom, 64 landmarks",
+    options={"heads": "transmil_heads", "n_landmarks": "transmil_landmarks"},
+)
 class TransMIL(nn.Module):
     """TransMIL (Shao et al. 2021): linear embedding, class token, Nyström self-attention layer
     (see :class:`NystromAttention`, 64 landmarks — exact for bags ≤ 64 tiles), PPEG position

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pathfl.io import atomic_path, write_json_atomic
-from pathfl.survival.data import CovariateScaler
+from pathfl.survival.scaling import BagScaler
 from pathfl.survival.train import TrainConfig, build_model
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def save_run(
     feature_dim: int,
     fingerprint: Any,
     time_bins: Any,
-    scaler: CovariateScaler | None,
+    scaler: BagScaler | None,
     metrics: Mapping[str, Any] | None,
     predictions: Sequence[Mapping[str, Any]] | None,
     baseline: tuple[np.ndarray, np.ndarray] | None = None,
@@ -70,7 +70,7 @@ def save_run(
         "n_covariates": n_cov,
         "fingerprint": fingerprint,
         "time_bins": None if time_bins is None else [float(x) for x in np.asarray(time_bins)],
-        "scaler": (scaler or CovariateScaler([], [], [])).to_dict(),
+        "scaler": (scaler or BagScaler()).to_dict(),
         "breslow_baseline": None if baseline is None else _baseline_dict(baseline),
         "train_config": config.to_dict(),
         **dict(extra or {}),
@@ -86,7 +86,7 @@ def save_run(
 
 def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
     """Rebuild the model of a run directory. ``extras`` = the config.json dict with
-    ``time_bins`` (ndarray|None), ``scaler`` (:class:`CovariateScaler`) and ``baseline``
+    ``time_bins`` (ndarray|None), ``scaler`` (:class:`BagScaler`) and ``baseline``
     ((times, cumhaz) | None) decoded."""
     import json
 
@@ -108,7 +108,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, TrainConfig, d
     model.eval()
     extras = dict(cfg)
     extras["time_bins"] = None if cfg.get("time_bins") is None else np.asarray(cfg["time_bins"])
-    extras["scaler"] = CovariateScaler.from_dict(cfg.get("scaler"))
+    extras["scaler"] = BagScaler.from_dict(cfg.get("scaler"))
     bl = cfg.get("breslow_baseline")
     extras["baseline"] = None if not bl else (np.asarray(bl["times"]), np.asarray(bl["cumhaz"]))
     return model, config, extras

@@ -17,33 +17,42 @@ import torch
 from torch import nn
 
 from pathfl.survival.data import PatientBag, targets
+from pathfl.survival.heads import SurvivalHead, create_head
 from pathfl.survival.losses import (
-    LOSSES,
     breslow_baseline,
     cox_survival,
     discrete_survival_at,
     hazards_to_survival,
-    n_outputs,
-    risk_from_logits,
 )
 from pathfl.survival.metrics import c_index_from_counts, concordance_counts
-from pathfl.survival.models import MODELS
+from pathfl.survival.models import MODELS, create_model, model_options
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    """Every knob of a survival MIL run (stored in the run's config.json)."""
+    """Every knob of a survival MIL run (stored in the run's config.json).
+
+    The optimisation budget is ``epochs`` passes over the training bags, but never fewer than
+    ``min_steps`` optimizer steps (small cohorts have few batches per pass). The learning
+    rate warms up linearly over ``warmup_fraction`` of the steps, then follows a cosine decay
+    to ``lr · min_lr_fraction``. With ``early_stopping_patience > 0`` a patient-level inner
+    split (``val_fraction``) is held out and the weights of the best validation loss are
+    restored. Defaults were chosen on ``scripts/bench_learning.py`` (see BENCHMARKS.md)."""
 
     model: str = "abmil"
-    loss: str = "nll"
-    epochs: int = 20
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
+    loss: str = "cox"
+    epochs: int = 30
+    min_steps: int = 300
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # cosine | constant
+    warmup_fraction: float = 0.1
+    min_lr_fraction: float = 0.02
+    weight_decay: float = 1e-2
     dropout: float = 0.25
     max_tiles: int = 2048  # training-time subsampling; evaluation uses every tile
-    bags_per_batch: int = 16
+    bags_per_batch: int = 32
     n_bins: int = 4
     alpha: float = 0.0
     seed: int = 0
@@ -53,21 +62,38 @@ class TrainConfig:
     transmil_heads: int = 4
     transmil_landmarks: int = 64
     grad_clip: float = 5.0
-    early_stopping_patience: int = 0  # 0 = off; else epochs without val-loss improvement
+    early_stopping_patience: int = 0  # 0 = off; else passes without val-loss improvement
     val_fraction: float = 0.2  # inner validation split used when early stopping is on
+    standardize: bool = True  # standardise tile features with training statistics
     folds: int = 5
     covariates: list[str] = field(default_factory=list)
     n_boot: int = 200
+    linear_cox_alpha: float = 1.0  # ridge penalty of the linear-cox baseline (per patient)
 
     def __post_init__(self) -> None:
         MODELS.get(self.model)
-        LOSSES.get(self.loss)
-        if self.loss == "nll" and self.n_bins < 2:
-            raise ValueError("n_bins must be >= 2 for the nll loss")
-        if self.loss == "cox" and self.bags_per_batch < 2:
-            raise ValueError("the cox loss needs bags_per_batch >= 2 (one bag has no risk set)")
-        if self.epochs < 0 or self.max_tiles < 1 or self.bags_per_batch < 1:
-            raise ValueError("epochs >= 0, max_tiles >= 1 and bags_per_batch >= 1 are required")
+        head = create_head(self.loss)
+        if head.needs_time_bins and self.n_bins < 2:
+            raise ValueError(f"n_bins must be >= 2 for the {self.loss} loss")
+        if self.bags_per_batch < head.min_batch:
+            raise ValueError(
+                f"the {self.loss} loss needs bags_per_batch >= {head.min_batch} "
+                "(one bag has no risk set)"
+            )
+        if self.epochs < 0 or self.min_steps < 0 or self.max_tiles < 1 or self.bags_per_batch < 1:
+            raise ValueError(
+                "epochs >= 0, min_steps >= 0, max_tiles >= 1 and bags_per_batch >= 1 are required"
+            )
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if not (0.0 <= self.warmup_fraction < 1.0 and 0.0 <= self.min_lr_fraction <= 1.0):
+            raise ValueError("0 <= warmup_fraction < 1 and 0 <= min_lr_fraction <= 1 are required")
+
+    @property
+    def head(self) -> SurvivalHead:
+        return create_head(self.loss)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,29 +137,25 @@ def fit_time_bins(times: Any, events: Any, *, n_bins: int) -> np.ndarray:
 def build_model(config: TrainConfig, *, feature_dim: int, n_covariates: int = 0) -> nn.Module:
     """Instantiate ``config.model`` for ``feature_dim``-d tiles (seeded by ``config.seed``)."""
     torch.manual_seed(config.seed)
-    kw: dict[str, Any] = {
-        "feature_dim": feature_dim,
-        "n_out": n_outputs(config.loss, config.n_bins),
-        "n_covariates": n_covariates,
-        "hidden_dim": config.hidden_dim,
-        "dropout": config.dropout,
-    }
-    if config.model == "abmil":
-        kw["attn_dim"] = config.attn_dim
-    elif config.model == "chowder":
-        kw["k"] = config.chowder_k
-    elif config.model == "transmil":
-        kw.update(heads=config.transmil_heads, n_landmarks=config.transmil_landmarks)
-    return MODELS.create(config.model, **kw)
+    options = {"hidden_dim": config.hidden_dim, "dropout": config.dropout}
+    options.update({kw: getattr(config, f) for kw, f in model_options(config.model).items()})
+    return create_model(
+        config.model,
+        feature_dim=feature_dim,
+        n_out=config.head.n_outputs(config.n_bins),
+        n_covariates=n_covariates,
+        **options,
+    )
 
 
 def _as_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).float()
 
 
-def _forward_bag(
+def forward_bag(
     model: nn.Module, bag: PatientBag, rng: np.random.Generator | None, max_tiles: int | None
 ) -> torch.Tensor:
+    """Logits of one bag; in training (``rng`` given) at most ``max_tiles`` random tiles."""
     feats = bag.features
     if rng is not None and max_tiles is not None and feats.shape[0] > max_tiles:
         feats = feats[np.sort(rng.choice(feats.shape[0], size=max_tiles, replace=False))]
@@ -141,33 +163,67 @@ def _forward_bag(
     return model(_as_tensor(feats), cov).logits
 
 
-def _loss(config: TrainConfig, logits: torch.Tensor, bags: Sequence[PatientBag], time_bins: Any):
+def batch_loss(
+    config: TrainConfig, logits: torch.Tensor, bags: Sequence[PatientBag], time_bins: Any
+) -> torch.Tensor:
+    """The head's loss of a batch of bags (``logits`` stacked in ``bags`` order)."""
     ev, t = targets(bags)
-    return LOSSES.get(config.loss)(
-        logits,
-        torch.from_numpy(ev),
-        torch.from_numpy(t),
-        time_bins=np.asarray(time_bins if time_bins is not None else []),
-        alpha=config.alpha,
+    return config.head.loss(
+        logits, torch.from_numpy(ev), torch.from_numpy(t), time_bins=time_bins, alpha=config.alpha
     )
 
 
-def _batches(
+def make_batches(
     bags: Sequence[PatientBag], config: TrainConfig, rng: np.random.Generator
 ) -> list[list[int]]:
-    """Shuffled mini-batches; for Cox each batch gets events spread evenly (a batch without an
-    event has no gradient) and a final batch of one bag is merged into the previous one."""
-    order = rng.permutation(len(bags))
-    size = config.bags_per_batch
-    if config.loss == "cox":
-        ev = np.array([bags[i].event for i in order])
-        order = np.concatenate([order[ev == 1], order[ev == 0]])
-        n_b = max(1, math.ceil(len(order) / size))
-        batches = [order[i::n_b].tolist() for i in range(n_b)]  # round-robin: events spread
-        batches = [b for b in batches if b]
-        rng.shuffle(batches)
-        return batches
-    return [order[i : i + size].tolist() for i in range(0, len(order), size)]
+    """One pass of shuffled mini-batches (the head's batching rule)."""
+    return config.head.batches(np.array([b.event for b in bags]), config.bags_per_batch, rng)
+
+
+def steps_per_pass(n_bags: int, config: TrainConfig) -> int:
+    """Optimizer steps in one pass over ``n_bags`` bags (the head's batching rule)."""
+    if n_bags <= 0:
+        return 0
+    ev = np.zeros(n_bags, dtype=np.int64)
+    return len(config.head.batches(ev, config.bags_per_batch, np.random.default_rng(0)))
+
+
+def passes_per_budget(n_bags: int, config: TrainConfig, *, epochs: int | None = None) -> int:
+    """Passes over ``n_bags`` bags: ``epochs`` (default ``config.epochs``), raised so that at
+    least ``config.min_steps`` optimizer steps are taken (0 epochs = no training)."""
+    epochs = config.epochs if epochs is None else int(epochs)
+    per_pass = steps_per_pass(n_bags, config)
+    if epochs <= 0 or per_pass == 0:
+        return 0
+    return max(epochs, math.ceil(config.min_steps / per_pass))
+
+
+def total_steps(n_bags: int, config: TrainConfig, *, epochs: int | None = None) -> int:
+    """The optimisation budget in steps for ``n_bags`` training bags."""
+    return passes_per_budget(n_bags, config, epochs=epochs) * steps_per_pass(n_bags, config)
+
+
+def lr_factor(progress: float, config: TrainConfig) -> float:
+    """Learning-rate multiplier at ``progress`` ∈ [0, 1] of the whole budget."""
+    return SCHEDULES[config.lr_schedule](float(progress), config)
+
+
+def _cosine(p: float, c: TrainConfig) -> float:
+    w = c.warmup_fraction
+    if p < w:
+        return max(p / w, 1e-3)
+    q = min(1.0, (p - w) / max(1e-12, 1.0 - w))
+    return c.min_lr_fraction + (1 - c.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * q))
+
+
+SCHEDULES: dict[str, Callable[[float, TrainConfig], float]] = {
+    "cosine": _cosine,
+    "constant": lambda p, c: 1.0,
+}
+
+
+def _prox_term(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))  # type: ignore[return-value]
 
 
 def train_local(
@@ -182,14 +238,20 @@ def train_local(
     seed: int | None = None,
     val_bags: Sequence[PatientBag] | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
+    schedule_span: tuple[float, float] = (0.0, 1.0),
+    steps: int | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place for ``epochs`` on ``bags`` (AdamW, gradient clipping, tile
-    subsampling to ``config.max_tiles``). FedProx: with ``proximal_mu > 0`` the loss gets
-    ``mu/2 · ||w - w_global||²`` (``global_params`` in ``model.parameters()`` order, default:
-    the weights at entry). With ``val_bags`` and ``config.early_stopping_patience > 0``, stops
-    when the validation loss has not improved for that many epochs and restores the best
-    weights. Returns ``loss`` (mean of the last epoch), ``n_samples``, ``epochs_run``,
-    ``best_epoch`` (and ``val_loss``)."""
+    """Train ``model`` in place on ``bags`` (AdamW, warm-up + cosine learning rate, gradient
+    clipping, tile subsampling to ``config.max_tiles``) for ``epochs`` passes (raised to
+    reach ``config.min_steps``, see :func:`passes_per_budget`), or exactly ``steps``
+    optimizer steps when given (federated rounds). The schedule covers the
+    fraction ``schedule_span`` of the whole budget (a federated round passes its share).
+    FedProx: with ``proximal_mu > 0`` the loss gets ``mu/2 · ||w - w_global||²``
+    (``global_params`` in ``model.parameters()`` order, default: the weights at entry). With
+    ``val_bags`` and ``config.early_stopping_patience > 0``, stops when the validation loss
+    has not improved for that many passes and restores the best weights. Returns ``loss``
+    (mean of the last pass), ``n_samples``, ``steps``, ``epochs_run``, ``best_epoch`` (and
+    ``val_loss``)."""
     seed = config.seed if seed is None else seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -202,25 +264,33 @@ def train_local(
             raise ValueError(f"global_params has {len(anchor)} tensors, model {len(params)}")
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     patience = config.early_stopping_patience if val_bags else 0
-    best = (math.inf, -1, None)
+    passes = 10**9 if steps is not None else passes_per_budget(len(bags), config, epochs=epochs)
+    total = steps if steps is not None else passes * steps_per_pass(len(bags), config)
+    p0, p1 = schedule_span
+    best: tuple[float, int, Any] = (math.inf, -1, None)
     stats: dict[str, float] = {"loss": float("nan"), "n_samples": float(len(bags))}
-    epoch = -1
-    for epoch in range(epochs):
+    step, epoch = 0, -1
+    for epoch in range(passes):
+        if step >= total:
+            epoch -= 1
+            break
         model.train()
         losses, weights = [], []
-        for batch in _batches(bags, config, rng):
+        for batch in make_batches(bags, config, rng):
+            if step >= total:
+                break
+            for g in opt.param_groups:
+                g["lr"] = config.lr * lr_factor(p0 + (p1 - p0) * step / max(total, 1), config)
             bb = [bags[i] for i in batch]
-            logits = torch.stack([_forward_bag(model, b, rng, config.max_tiles) for b in bb])
-            loss = _loss(config, logits, bb, time_bins)
-            total = loss
-            if proximal_mu > 0:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
-                total = loss + 0.5 * proximal_mu * prox
+            logits = torch.stack([forward_bag(model, b, rng, config.max_tiles) for b in bb])
+            loss = batch_loss(config, logits, bb, time_bins)
+            total_loss = loss + 0.5 * proximal_mu * _prox_term(params, anchor) if anchor else loss
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            total_loss.backward()
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             opt.step()
+            step += 1
             losses.append(float(loss.detach()))
             weights.append(len(bb))
         stats["loss"] = float(np.average(losses, weights=weights)) if losses else float("nan")
@@ -230,13 +300,14 @@ def train_local(
             if vl < best[0] - 1e-6:
                 best = (vl, epoch, copy.deepcopy(model.state_dict()))
             elif epoch - best[1] >= patience:
-                logger.info("early stop at epoch %d (best %d)", epoch + 1, best[1] + 1)
+                logger.info("early stop at pass %d (best %d)", epoch + 1, best[1] + 1)
                 break
         if progress is not None:
             progress(epoch, dict(stats))
     if patience and best[2] is not None:
         model.load_state_dict(best[2])
         stats["val_loss"] = best[0]
+    stats["steps"] = float(step)
     stats["epochs_run"] = float(epoch + 1)
     stats["best_epoch"] = float((best[1] if patience else epoch) + 1)
     return stats
@@ -245,14 +316,14 @@ def train_local(
 @torch.no_grad()
 def _all_logits(model: nn.Module, bags: Sequence[PatientBag]) -> torch.Tensor:
     model.eval()
-    return torch.stack([_forward_bag(model, b, None, None) for b in bags])
+    return torch.stack([forward_bag(model, b, None, None) for b in bags])
 
 
 def evaluate_loss(
     model: nn.Module, bags: Sequence[PatientBag], config: TrainConfig, *, time_bins: Any
 ) -> float:
     """Loss of ``bags`` as one batch, every tile used (no dropout)."""
-    return float(_loss(config, _all_logits(model, bags), bags, time_bins))
+    return float(batch_loss(config, _all_logits(model, bags), bags, time_bins))
 
 
 def predict(
@@ -266,10 +337,10 @@ def predict(
     """Risk (higher = worse) and, where defined, survival functions for ``bags``, using every
     tile. Cox models need ``baseline`` (see :func:`fit_baseline`) for survival functions."""
     logits = _all_logits(model, bags)
-    risk = risk_from_logits(logits, config.loss).numpy().astype(float)
+    risk = config.head.risk(logits).numpy().astype(float)
     ev, t = targets(bags)
     pred = Predictions([b.patient_id for b in bags], risk, logits.numpy(), ev, t)
-    if config.loss == "nll":
+    if config.head.survival == "bins":
         cuts = np.asarray(time_bins, float)
         s_bins = hazards_to_survival(logits).numpy().astype(float)
         pred.survival, pred.times = s_bins, cuts
@@ -285,7 +356,7 @@ def fit_baseline(
     model: nn.Module, bags: Sequence[PatientBag], config: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Breslow baseline cumulative hazard from the training bags (Cox only, else None)."""
-    if config.loss != "cox":
+    if config.head.survival != "breslow":
         return None
     p = predict(model, bags, config, time_bins=None)
     return breslow_baseline(p.risk, p.event, p.time)
@@ -297,7 +368,7 @@ def evaluate(
     """Harrell C-index with its pair counts (summable across sites) and the loss."""
     p = predict(model, bags, config, time_bins=time_bins)
     conc, comp, tied = concordance_counts(p.event, p.time, p.risk)
-    loss = float(_loss(config, torch.from_numpy(p.logits), bags, time_bins))
+    loss = float(batch_loss(config, torch.from_numpy(p.logits), bags, time_bins))
     return {
         "c_index": c_index_from_counts(conc, comp, tied),
         "n_concordant": float(conc),
