@@ -143,6 +143,8 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         for col in ("fold", "n", "events", "Harrell C", "Uno C", "mean AUC", "IBS"):
             t.add_column(col)
         rows = [*metrics["folds"], {**metrics["pooled_oof"], "fold": "pooled OOF"}]
+        if "linear_cox" in metrics:
+            rows.append({**metrics["linear_cox"], "fold": "linear-cox baseline (OOF)"})
         for m in rows:
             lo, hi = m.get("c_index_ci95", (float("nan"), float("nan")))
             t.add_row(
