@@ -113,7 +113,7 @@ def test_mixed_encoders_refused(tmp_path: Path) -> None:
     _feats(fdir, "a", dim=8, encoder="enc1")
     _feats(fdir, "b", dim=16, encoder="enc2")
     p = _csv(tmp_path, "patient_id,slide_id,time,event\nA,a,1,1\nB,b,2,0")
-    with pytest.raises(ClinicalError, match="mix encoders"):
+    with pytest.raises(ClinicalError, match="mix encoder values"):
         load_bags(fdir, load_clinical(p))
 
 
