@@ -30,10 +30,12 @@ class ClinicalError(ValueError):
     """The clinical table (or its link to the features files) has problems; ``problems`` lists
     one human-readable line per bad row / slide."""
 
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
+    def __init__(
+        self, source: str, problems: Sequence[str], *, where: str = "in the clinical table"
+    ) -> None:
         self.source = source
         self.problems = list(problems)
-        head = f"{source}: {len(self.problems)} problem(s) in the clinical table"
+        head = f"{source}: {len(self.problems)} problem(s) {where}"
         super().__init__(head + ":\n  " + "\n  ".join(self.problems))
 
 

@@ -174,9 +174,11 @@ def _load(
             [f"covariate(s) {', '.join(bad_cov)} not in table ({clinical.covariate_columns})"],
         )
     loaded, file_problems = _read_slides(features_dir, refs)
-    problems = [*problems, *file_problems]
-    if problems:
-        raise ClinicalError(clinical.path, format_problems(problems))
+    if problems or file_problems:
+        where = "in the clinical table" + (" or its features files" if file_problems else "")
+        raise ClinicalError(
+            clinical.path, format_problems([*problems, *file_problems]), where=where
+        )
     bags = [_bag(clinical.rows_of(pid), loaded, cov_cols) for pid in clinical.patient_ids]
     logger.info(
         "loaded %d patients, %d slides, %d tiles from %s",
