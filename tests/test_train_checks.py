@@ -112,6 +112,13 @@ def test_rerun_refused_without_overwrite_and_replaces_wholly_with_it(trained, tm
     r = _pathfl("train", "-f", c.features_dir, "--clinical", c.clinical_csv, "-o", other, *FAST)
     assert r.returncode == 2 and "already holds files (keep.txt)" in r.stderr
     assert (other / "keep.txt").read_text() == "mine"
+    a_file = other / "keep.txt"
+    r = _pathfl(
+        "train", "-f", c.features_dir, "--clinical", c.clinical_csv, "-o", a_file, "--overwrite",
+        *FAST,
+    )  # fmt: skip
+    assert r.returncode == 2 and "is a file, not a run directory" in r.stderr
+    assert a_file.read_text() == "mine"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
