@@ -39,6 +39,8 @@ from pathfl.io import Manifest, ManifestRow, remove_stale_temps
 logger = logging.getLogger(__name__)
 
 INTERPOLATION = "bilinear"
+#: tiles more than this factor smaller or larger than the encoder's native input draw a warning
+TILE_SIZE_FACTOR = 2.0
 
 
 @dataclass
@@ -92,6 +94,34 @@ def transform_for(spec: EncoderSpec) -> Callable[[dict[str, Any]], tuple[int, di
         }
 
     return fn
+
+
+def tile_size_note(spec: EncoderSpec, tile_px: Any) -> str:
+    """A warning when ``tile_px`` is far (over :data:`TILE_SIZE_FACTOR` either way) from the
+    encoder's native input size (``input_px`` of its registry entry); "" otherwise."""
+    try:
+        tile_px = int(tile_px)
+    except (TypeError, ValueError):
+        return ""
+    native = int(spec.input_px or 0)
+    if native <= 0 or tile_px <= 0 or 1 / TILE_SIZE_FACTOR <= tile_px / native <= TILE_SIZE_FACTOR:
+        return ""
+    how = f"resized to {native} px for" if spec.fixed_input_px else "fed as they are to"
+    return (
+        f"warning: {tile_px}-px tiles {how} encoder {spec.name}, whose native input is "
+        f"{native} px: features may be poor (re-tile with --tile-size {native} or use an "
+        "encoder made for this size)"
+    )
+
+
+def _warn_tile_sizes(jobs: list[SlideJob], spec: EncoderSpec) -> None:
+    by_note: dict[str, int] = {}
+    for job in jobs:
+        note = tile_size_note(spec, job.attrs.get("tile_size"))
+        if note:
+            by_note[note] = by_note.get(note, 0) + 1
+    for note, n in by_note.items():
+        logger.warning("%d slide(s): %s", n, note)
 
 
 def manifest_path(out_dir: Path, shard: tuple[int, int] | None) -> Path:
@@ -172,9 +202,12 @@ def _finish(
             row = run.row("failed", 0, error)
         else:
             run.writer.commit(_feature_attrs(run, encoder, runner, n_failed))
-            note = f"{n_failed} unreadable tile(s) skipped: {run.first_tile_error}"
-            note = note if n_failed else ""
-            row = run.row("ok", run.writer.n_rows, note)
+            skipped = f"{n_failed} unreadable tile(s) skipped: {run.first_tile_error}"
+            notes = [
+                skipped if n_failed else "",
+                tile_size_note(encoder.spec, run.job.attrs.get("tile_size")),
+            ]
+            row = run.row("ok", run.writer.n_rows, "; ".join(n for n in notes if n))
     manifest.update(row)
     return row
 
@@ -302,6 +335,7 @@ def extract(
         manifest.update(row)
         if callbacks and callbacks.on_slide:
             callbacks.on_slide(row)
+    _warn_tile_sizes(plan.jobs, encoder.spec)
     if callbacks and callbacks.on_start:
         callbacks.on_start(plan)
     logger.info(
