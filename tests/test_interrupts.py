@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,11 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 STOP_BOUND_S = 15.0  # generous: this is not a speed test
 
 
-def start(*args: str) -> subprocess.Popen:
+def start(*args: str, quiet: bool = True) -> subprocess.Popen:
     """``python -m pathfl ARGS`` in a new session (its own process group, like a shell job)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     return subprocess.Popen(
-        [sys.executable, "-m", "pathfl", "-q", *args],
+        [sys.executable, "-m", "pathfl", *(["-q"] if quiet else []), *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -38,6 +39,23 @@ def start(*args: str) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
+
+
+class Lines:
+    """The output of a running process, read by a thread (so the pipe never fills)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
 
 
 def wait_for(cond: Callable[[], bool], proc: subprocess.Popen, timeout: float, what: str) -> None:
@@ -52,7 +70,9 @@ def wait_for(cond: Callable[[], bool], proc: subprocess.Popen, timeout: float, w
     pytest.fail(f"no {what} within {timeout} s")
 
 
-def interrupt(proc: subprocess.Popen, sig: int, *, twice: bool = False) -> tuple[int, float, str]:
+def interrupt(
+    proc: subprocess.Popen, sig: int, *, twice: bool = False, lines: Lines | None = None
+) -> tuple[int, float, str]:
     """Send ``sig`` (SIGINT to the group, SIGTERM to the leader); returns (exit code, seconds
     to exit, output). Fails if any process of the group is still running 5 s later."""
     send = (
@@ -66,11 +86,15 @@ def interrupt(proc: subprocess.Popen, sig: int, *, twice: bool = False) -> tuple
         time.sleep(0.2)
         send()
     try:
-        out, _ = proc.communicate(timeout=60)
+        if lines is None:
+            out, _ = proc.communicate(timeout=60)
+        else:
+            proc.wait(timeout=60)
+            lines.thread.join(timeout=10)
+            out = lines.text()
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"did not stop within 60 s after {signal.Signals(sig).name}:\n{out}")
+        pytest.fail(f"did not stop within 60 s after {signal.Signals(sig).name}")
     elapsed = time.monotonic() - t0
     assert_group_gone(proc.pid)
     return proc.returncode, elapsed, out
@@ -214,11 +238,12 @@ def test_train_interrupted_mid_epoch(tmp_path: Path, sig) -> None:
     c = make_cohort(tmp_path, n_patients=40, feature_dim=16, tiles=(64, 128), seed=2)
     run = tmp_path / "run"
     proc = start("train", "--features", str(c.features_dir), "--clinical", str(c.clinical_csv),
-                 "--out", str(run), "--folds", "3", "--epochs", "500", "--threads", "1",
-                 "--n-boot", "10")  # fmt: skip
-    time.sleep(6.0)  # imports, bags loaded, training under way
-    assert proc.poll() is None, proc.communicate()[0]
-    code, elapsed, text = interrupt(proc, sig)
+                 "--out", str(run), "--folds", "5", "--epochs", "100", "--threads", "1",
+                 "--n-boot", "10", quiet=False)  # fmt: skip
+    lines = Lines(proc)  # INFO "fold 1: C-index ..." once the first fold is trained
+    wait_for(lambda: "fold 1:" in lines.text(), proc, 120, "first fold trained")
+    code, elapsed, text = interrupt(proc, sig, lines=lines)
+    assert "fold 5:" not in text, "training finished before the interrupt"
     report(f"train {signal.Signals(sig).name}", elapsed)
     assert code == (EXIT_SIGINT if sig == signal.SIGINT else EXIT_SIGTERM), text
     assert elapsed < STOP_BOUND_S, text
