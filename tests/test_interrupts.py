@@ -193,7 +193,7 @@ def test_tile_workers_die_with_a_killed_parent(tmp_path: Path, slide_dir: Path) 
     proc = start(*tile_args(slide_dir, out))
     wait_for(lambda: len(rows(out / "manifest.csv")) >= 1, proc, 120, "one slide tiled")
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=30)
+    proc.wait(timeout=30)  # (not communicate: orphaned workers would hold the pipe open)
     assert_group_gone(proc.pid)
 
 
@@ -227,6 +227,20 @@ def test_extract_interrupted_mid_batch_then_resumes(tmp_path: Path, sig) -> None
     after = rows(feats / "manifest.csv")
     assert len(after) == 6
     assert {sid for sid, r in after.items() if r["status"] == "skipped"} == set(done)
+
+
+@pytest.mark.slow
+def test_extract_loader_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
+    from test_extract import make_cohort
+
+    tiles = make_cohort(tmp_path, n_slides=4, n_side=5)
+    out = tmp_path / "out"
+    proc = start("extract", "--tiles", str(tiles), "--out", str(out), "--batch-size", "2",
+                 "--workers", "2", "--threads", "1")  # fmt: skip
+    wait_for(lambda: bool(list((out / "features").glob(".*.tmp"))), proc, 180, "a slide started")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)  # (not communicate: orphaned workers would hold the pipe open)
+    assert_group_gone(proc.pid, timeout=3.0)  # torch's own watchdog would take ~5 s
 
 
 # --------------------------------------------------------------------------------- train

@@ -69,8 +69,8 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except Interrupted as e:
         typer.secho(
-            f"interrupted by {e.name}: stopped; what finished is kept (see the manifest); "
-            "run the same command again to resume",
+            f"interrupted by {e.name}: stopped; what finished is kept (the manifest lists "
+            "it); run the same command again to go on",
             err=True,
             fg="yellow",
         )
