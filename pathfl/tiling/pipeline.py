@@ -157,8 +157,8 @@ def tile_slide(job: SlideJob, out_dir: str | os.PathLike[str], config: TileConfi
     if result.status == "failed":
         if cpath.exists():
             result.error += (
-                f"; the earlier outputs of this slide ({cpath}, made with other parameters or "
-                "another version of the slide, and its thumbnail and GeoJSON) are kept unchanged"
+                f"; the earlier outputs of this slide ({cpath} with its thumbnail and GeoJSON, "
+                "from an earlier run) are kept unchanged"
             )
         logger.warning("%s", result.error)
     return result
@@ -302,14 +302,7 @@ def run_batch(
         if n_workers == 1:
             # one worker runs jobs in submission order: the first crashed job is the culprit
             culprit = crashed[0]
-            done(
-                SlideResult(
-                    slide_id=culprit.slide_id,
-                    path=str(culprit.path),
-                    status="failed",
-                    error=f"{culprit.path}: the worker process crashed while reading this slide",
-                )
-            )
+            done(_failed(culprit, "the worker process crashed while reading this slide"))
             pending, n_workers = crashed[1:], min(workers, max(1, len(crashed) - 1))
         else:
             logger.warning(
@@ -317,6 +310,12 @@ def run_batch(
             )
             pending, n_workers = crashed, 1
     return results
+
+
+def _failed(job: SlideJob, reason: str) -> SlideResult:
+    return SlideResult(
+        slide_id=job.slide_id, path=str(job.path), status="failed", error=f"{job.path}: {reason}"
+    )
 
 
 def _pool_round(
@@ -343,15 +342,7 @@ def _pool_round(
         except BrokenProcessPool:
             crashed.append(i)
         except Exception as e:  # e.g. a result that cannot be pickled back
-            job = jobs[i]
-            done(
-                SlideResult(
-                    slide_id=job.slide_id,
-                    path=str(job.path),
-                    status="failed",
-                    error=f"{job.path}: worker failed: {type(e).__name__}: {e}",
-                )
-            )
+            done(_failed(jobs[i], f"worker failed: {type(e).__name__}: {e}"))
 
     with WorkerPool(n_workers, initializer=_worker_init, initargs=(level,)) as pool:
         futures: dict[cf.Future, int] = {}
