@@ -96,6 +96,9 @@ def signals_blocked() -> Iterator[None]:
     the mask and unblock it only after :func:`worker_setup` ignored SIGINT, so a Ctrl-C during
     their start-up never kills them half-started. For this process the signal stays pending
     (or another thread takes it): it is handled, not lost."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        yield
+        return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
@@ -127,7 +130,8 @@ def worker_setup(parent_pid: int | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _received.clear()  # a forked worker inherits the parent's state
     die_with_parent(parent_pid)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _pool_init(parent_pid: int, initializer: Callable[..., None] | None, args: tuple) -> None:

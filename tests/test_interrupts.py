@@ -300,3 +300,23 @@ def test_demo_stage_child_stops_with_its_parent(tmp_path: Path, slide_dir: Path,
     log = (tmp_path / "tile.log").read_text()
     assert f"interrupted by {signal.Signals(sig).name}" in log, log
     assert len(check_tile_outputs(out)) < N_SLIDES
+
+
+# --------------------------------------------------------------------------- in-process
+def test_first_signal_raises_interrupted_with_its_exit_code() -> None:
+    from pathfl.interrupts import Interrupted, handling_signals, received
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with handling_signals():
+            assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
+        assert {s: signal.getsignal(s) for s in before} == before  # restored: no signal came
+        with pytest.raises(Interrupted) as e, handling_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted long before
+        assert e.value.exit_code == EXIT_SIGTERM == 143 and e.value.name == "SIGTERM"
+        assert received() == signal.SIGTERM
+        assert not isinstance(e.value, Exception)  # `except Exception` must not swallow it
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
