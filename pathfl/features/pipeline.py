@@ -7,10 +7,11 @@ manifest and the batch goes on."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from pathfl.features.encoders import Encoder, EncoderSpec, create_encoder
 from pathfl.features.h5 import FEATURE_DTYPES, FeaturesWriter
 from pathfl.features.inference import InferenceRunner, PendingFeatures
 from pathfl.features.plan import Plan, make_plan
+from pathfl.interrupts import signals_blocked
 from pathfl.io import Manifest, ManifestRow, remove_stale_temps
 
 logger = logging.getLogger(__name__)
@@ -137,7 +139,7 @@ def make_loader(dataset: TileDataset, *, batch_size: int, workers: int, pin: boo
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin,
-        worker_init_fn=worker_init,
+        worker_init_fn=functools.partial(worker_init, parent_pid=os.getpid()),
         prefetch_factor=4 if workers > 0 else None,
     )
 
@@ -244,6 +246,8 @@ def run_jobs(
     )
     run: _SlideRun | None = None
     pending: tuple[_SlideRun, PendingFeatures, np.ndarray] | None = None
+    with signals_blocked():  # the workers start here; they unblock after ignoring SIGINT
+        batches = iter(loader)
 
     def drain() -> None:
         nonlocal pending
@@ -257,7 +261,7 @@ def run_jobs(
                     prun.fail(str(e))
 
     try:
-        for imgs, job_idx, tile_idx, status, errors in loader:
+        for imgs, job_idx, tile_idx, status, errors in batches:
             j = int(job_idx[0])
             if run is None or run.job is not jobs[j]:
                 drain()
@@ -290,8 +294,17 @@ def run_jobs(
     finally:
         if run is not None:  # interrupted or crashed mid-slide: leave no partial file
             run.writer.abort()
+        _stop_loader(batches)
         dataset.close()
     return rows
+
+
+def _stop_loader(batches: Iterator[Any]) -> None:
+    """Stop the loader's worker processes now (on Ctrl-C too), not when the iterator happens
+    to be garbage-collected; ``_shutdown_workers`` is idempotent (torch calls it again later)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def extract(
