@@ -20,7 +20,6 @@ pooled and local-only baselines, on the same within-site validation pairs.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -31,7 +30,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pathfl.survival.cohorts import Cohort, planted_cohort, sksurv_cohort  # noqa: E402
+from pathfl.survival.cohorts import (  # noqa: E402
+    Cohort,
+    planted_cohort,
+    sksurv_cohort,
+    write_sites,
+)
 
 QUICK = ["veterans", "gbsg2", "planted-200x64"]
 FULL = [
@@ -77,30 +81,6 @@ def train_row(cohort: Cohort, seed: int, out: Path) -> dict:
         "oracle_c": oracle,
         "seconds": time.perf_counter() - t0,
     }
-
-
-def write_sites(cohort: Cohort, root: Path) -> list[Path]:
-    """The cohort as `fl simulate` site folders (features/<id>.h5 + clinical.csv)."""
-    from pathfl.survival.synthetic import write_features_h5
-
-    dirs = []
-    for site in cohort.sites:
-        d = root / site
-        (d / "features").mkdir(parents=True, exist_ok=True)
-        rows = []
-        for b in cohort.bags:
-            if b.site != site:
-                continue
-            write_features_h5(
-                d / "features" / f"{b.patient_id}.h5", b.features, b.coords, slide_id=b.patient_id
-            )
-            rows.append([b.patient_id, b.patient_id, f"{b.time:.6g}", b.event])
-        with open(d / "clinical.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["patient_id", "slide_id", "time", "event"])
-            w.writerows(rows)
-        dirs.append(d)
-    return dirs
 
 
 def fl_row(cohort: Cohort, seed: int, work: Path) -> dict:

@@ -58,7 +58,11 @@ def test_train_predict_heatmap(cohort) -> None:
     assert metrics["config"]["epochs"] == 2 and metrics["config"]["hidden_dim"] == 16  # from YAML
     assert len(metrics["folds"]) == 2 and "pooled_oof" in metrics
     config = json.loads((run / "config.json").read_text())
-    assert config["model"] == "abmil" and config["loss"] == "nll" and len(config["time_bins"]) == 3
+    # defaults: abmil with the Cox head (no time bins; a Breslow baseline for survival curves)
+    assert config["model"] == "abmil" and config["loss"] == "cox" and config["time_bins"] is None
+    assert config["breslow_baseline"] is not None
+    assert metrics["config"]["min_steps"] == 300  # the library default, not tuned by the CLI
+    assert "linear_cox" in metrics
     with open(run / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24 and {r["fold"] for r in rows} == {"0", "1"}
@@ -228,3 +232,16 @@ def test_unused_text_columns_are_ignored(cohort, tmp_path: Path) -> None:
         ],
     )
     assert r.exit_code == 2 and "covariate notes='free text'" in r.output
+
+
+def test_shipped_config_states_the_library_defaults() -> None:
+    """configs/train.yaml documents the defaults; it must never tune them silently."""
+    from pathfl.cli.train import _RENAMED
+    from pathfl.config import load_yaml
+    from pathfl.survival.config import default
+
+    shipped = load_yaml(Path(__file__).resolve().parents[1] / "configs" / "train.yaml")
+    for key, value in shipped.items():
+        if key in ("threads",):
+            continue
+        assert value == default(_RENAMED.get(key, key)), key

@@ -23,6 +23,13 @@ TRAIN_HELP = (
 )
 
 
+def _h(field: str, text: str) -> str:
+    """Help text with the library default of TrainConfig ``field``."""
+    from pathfl.survival.config import default
+
+    return f"{text} (default: {default(field)})".strip()
+
+
 def _set_threads(threads: int | None) -> None:
     import torch
 
@@ -40,26 +47,56 @@ def train(
     features: Path = typer.Option(None, "--features", "-f", help="Folder of <slide_id>.h5."),
     clinical: Path = typer.Option(None, "--clinical", help="Clinical CSV (one row per slide)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory to write."),
-    model: str = typer.Option("abmil", "--model", help="abmil | chowder | transmil | meanpool."),
-    loss: str = typer.Option("nll", "--loss", help="nll (discrete time) | cox."),
-    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (1 = no CV)."),
-    epochs: int = typer.Option(20, "--epochs"),
-    seed: int = typer.Option(0, "--seed"),
-    lr: float = typer.Option(2e-4, "--lr"),
-    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
-    dropout: float = typer.Option(0.25, "--dropout"),
-    max_tiles: int = typer.Option(2048, "--max-tiles", help="Tiles sampled per bag in training."),
-    bags_per_batch: int = typer.Option(16, "--bags-per-batch"),
-    n_bins: int = typer.Option(4, "--n-bins", help="Time bins of the nll loss."),
-    alpha: float = typer.Option(0.0, "--alpha", help="nll: extra weight of uncensored terms."),
-    hidden_dim: int = typer.Option(256, "--hidden-dim"),
+    model: str = typer.Option(
+        None, "--model", help=_h("model", "abmil | chowder | transmil | meanpool.")
+    ),
+    loss: str = typer.Option(
+        None, "--loss", help=_h("loss", "cox (Breslow ties) | nll (discrete time).")
+    ),
+    folds: int = typer.Option(
+        None, "--folds", help=_h("folds", "Cross-validation folds (1 = no CV).")
+    ),
+    epochs: int = typer.Option(
+        None, "--epochs", help=_h("epochs", "Passes over the training bags.")
+    ),
+    min_steps: int = typer.Option(
+        None, "--min-steps", help=_h("min_steps", "At least this many optimizer steps.")
+    ),
+    seed: int = typer.Option(None, "--seed", help=_h("seed", "")),
+    lr: float = typer.Option(None, "--lr", help=_h("lr", "Peak learning rate (warm-up + cosine).")),
+    weight_decay: float = typer.Option(None, "--weight-decay", help=_h("weight_decay", "AdamW.")),
+    dropout: float = typer.Option(None, "--dropout", help=_h("dropout", "")),
+    max_tiles: int = typer.Option(
+        None, "--max-tiles", help=_h("max_tiles", "Tiles sampled per bag in training.")
+    ),
+    bags_per_batch: int = typer.Option(None, "--bags-per-batch", help=_h("bags_per_batch", "")),
+    n_bins: int = typer.Option(None, "--n-bins", help=_h("n_bins", "Time bins of the nll loss.")),
+    alpha: float = typer.Option(
+        None, "--alpha", help=_h("alpha", "nll: extra weight of uncensored terms.")
+    ),
+    hidden_dim: int = typer.Option(None, "--hidden-dim", help=_h("hidden_dim", "")),
+    attn_dim: int = typer.Option(None, "--attn-dim", help=_h("attn_dim", "abmil attention.")),
     covariates: str = typer.Option(
         "", "--covariates", help="Comma-separated clinical columns fused with the bag embedding."
     ),
     early_stopping: int = typer.Option(
-        0, "--early-stopping", help="Patience in epochs on an inner validation split (0 = off)."
+        None,
+        "--early-stopping",
+        help=_h("early_stopping_patience", "Patience in passes on an inner split (0 = off)."),
     ),
-    n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap replicates for 95% CIs."),
+    standardize: bool = typer.Option(
+        None,
+        "--standardize/--no-standardize",
+        help=_h("standardize", "Standardise tile features with training statistics."),
+    ),
+    linear_cox_alpha: float = typer.Option(
+        None,
+        "--linear-cox-alpha",
+        help=_h("linear_cox_alpha", "Ridge penalty per patient of the linear-cox baseline."),
+    ),
+    n_boot: int = typer.Option(
+        None, "--n-boot", help=_h("n_boot", "Bootstrap replicates for CIs.")
+    ),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0 = torch default)."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing run directory (as a whole, at the end)."
@@ -75,32 +112,23 @@ def train(
         raise _fail(str(e)) from None
 
 
+# CLI option -> TrainConfig field, where the names differ
+_RENAMED = {"early_stopping": "early_stopping_patience"}
+_NOT_TRAIN = {"features", "clinical", "out", "threads", "overwrite", "covariates"}
+
+
 def _train_config(v: dict[str, Any]) -> Any:
+    """TrainConfig from the merged options: unset (None) options keep the TrainConfig
+    default, so the CLI, YAML files and the library share one set of defaults."""
     from pathfl.config import ConfigError
     from pathfl.survival.train import TrainConfig
 
     cov = v["covariates"]
     cov_list = [c.strip() for c in cov.split(",") if c.strip()] if isinstance(cov, str) else cov
+    kw = {_RENAMED.get(k, k): x for k, x in v.items() if k not in _NOT_TRAIN and x is not None}
     try:
-        return TrainConfig(
-            model=v["model"],
-            loss=v["loss"],
-            epochs=int(v["epochs"]),
-            lr=float(v["lr"]),
-            weight_decay=float(v["weight_decay"]),
-            dropout=float(v["dropout"]),
-            max_tiles=int(v["max_tiles"]),
-            bags_per_batch=int(v["bags_per_batch"]),
-            n_bins=int(v["n_bins"]),
-            alpha=float(v["alpha"]),
-            seed=int(v["seed"]),
-            hidden_dim=int(v["hidden_dim"]),
-            early_stopping_patience=int(v["early_stopping"]),
-            folds=int(v["folds"]),
-            covariates=list(cov_list or []),
-            n_boot=int(v["n_boot"]),
-        )
-    except ValueError as e:  # includes unknown model/loss names
+        return TrainConfig.from_dict({**kw, "covariates": list(cov_list or [])})
+    except (TypeError, ValueError) as e:  # includes unknown model/loss names
         raise ConfigError(str(e)) from e
 
 

@@ -11,6 +11,7 @@ regression tests of the default recipe):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -133,3 +134,38 @@ def planted_cohort(
         x = x * scales[s] + offsets[s]
         bags.append(_bag(f"P{i:05d}", x, time[i], event[i], f"site{s}"))
     return Cohort(f"planted-{n_patients}x{feature_dim}", bags, log_h)
+
+
+def write_cohort(bags: list[PatientBag], folder: Path) -> tuple[Path, Path]:
+    """Write ``bags`` as ``folder/features/<patient_id>.h5`` (one slide per patient) and
+    ``folder/clinical.csv`` — the files `pathfl train` / a site folder of `fl simulate` read."""
+    import csv
+
+    from pathfl.survival.synthetic import write_features_h5
+
+    fdir = Path(folder) / "features"
+    fdir.mkdir(parents=True, exist_ok=True)
+    for b in bags:
+        write_features_h5(
+            fdir / f"{b.patient_id}.h5",
+            b.features,
+            b.coords,
+            slide_id=b.patient_id,
+            encoder=str(b.attrs.get("encoder", "benchmark")),
+            fingerprint=str(b.attrs.get("fingerprint", "benchmark")),
+        )
+    csv_path = Path(folder) / "clinical.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patient_id", "slide_id", "time", "event", "site"])
+        w.writerows([b.patient_id, b.patient_id, f"{b.time:.6g}", b.event, b.site] for b in bags)
+    return fdir, csv_path
+
+
+def write_sites(cohort: Cohort, root: Path) -> list[Path]:
+    """One `fl simulate` site folder per site of ``cohort`` (``root/<site>``)."""
+    out = []
+    for site in cohort.sites:
+        write_cohort([b for b in cohort.bags if b.site == site], Path(root) / site)
+        out.append(Path(root) / site)
+    return out

@@ -5,19 +5,18 @@ by ``pathfl train`` (cross-validation) and by the federated clients (FedProx via
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from pathfl.survival.config import TrainConfig
 from pathfl.survival.data import PatientBag, targets
-from pathfl.survival.heads import SurvivalHead, create_head
 from pathfl.survival.losses import (
     breslow_baseline,
     cox_survival,
@@ -25,86 +24,11 @@ from pathfl.survival.losses import (
     hazards_to_survival,
 )
 from pathfl.survival.metrics import c_index_from_counts, concordance_counts
-from pathfl.survival.models import MODELS, create_model, model_options
+from pathfl.survival.models import create_model, model_options
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainConfig:
-    """Every knob of a survival MIL run (stored in the run's config.json).
-
-    The optimisation budget is ``epochs`` passes over the training bags, but never fewer than
-    ``min_steps`` optimizer steps (small cohorts have few batches per pass). The learning
-    rate warms up linearly over ``warmup_fraction`` of the steps, then follows a cosine decay
-    to ``lr · min_lr_fraction``. With ``early_stopping_patience > 0`` a patient-level inner
-    split (``val_fraction``) is held out and the weights of the best validation loss are
-    restored. Defaults were chosen on ``scripts/bench_learning.py`` (see BENCHMARKS.md)."""
-
-    model: str = "abmil"
-    loss: str = "cox"
-    epochs: int = 30
-    min_steps: int = 300
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"  # cosine | constant
-    warmup_fraction: float = 0.1
-    min_lr_fraction: float = 0.02
-    weight_decay: float = 1e-2
-    dropout: float = 0.25
-    max_tiles: int = 2048  # training-time subsampling; evaluation uses every tile
-    bags_per_batch: int = 32
-    n_bins: int = 4
-    alpha: float = 0.0
-    seed: int = 0
-    hidden_dim: int = 256
-    attn_dim: int = 128
-    chowder_k: int = 5
-    transmil_heads: int = 4
-    transmil_landmarks: int = 64
-    grad_clip: float = 5.0
-    early_stopping_patience: int = 0  # 0 = off; else passes without val-loss improvement
-    val_fraction: float = 0.2  # inner validation split used when early stopping is on
-    standardize: bool = True  # standardise tile features with training statistics
-    folds: int = 5
-    covariates: list[str] = field(default_factory=list)
-    n_boot: int = 200
-    linear_cox_alpha: float = 1.0  # ridge penalty of the linear-cox baseline (per patient)
-
-    def __post_init__(self) -> None:
-        MODELS.get(self.model)
-        head = create_head(self.loss)
-        if head.needs_time_bins and self.n_bins < 2:
-            raise ValueError(f"n_bins must be >= 2 for the {self.loss} loss")
-        if self.bags_per_batch < head.min_batch:
-            raise ValueError(
-                f"the {self.loss} loss needs bags_per_batch >= {head.min_batch} "
-                "(one bag has no risk set)"
-            )
-        if self.epochs < 0 or self.min_steps < 0 or self.max_tiles < 1 or self.bags_per_batch < 1:
-            raise ValueError(
-                "epochs >= 0, min_steps >= 0, max_tiles >= 1 and bags_per_batch >= 1 are required"
-            )
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(
-                f"lr_schedule must be one of {list(SCHEDULES)}, got {self.lr_schedule!r}"
-            )
-        if not (0.0 <= self.warmup_fraction < 1.0 and 0.0 <= self.min_lr_fraction <= 1.0):
-            raise ValueError("0 <= warmup_fraction < 1 and 0 <= min_lr_fraction <= 1 are required")
-
-    @property
-    def head(self) -> SurvivalHead:
-        return create_head(self.loss)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig option(s) {unknown}; valid: {sorted(names)}")
-        return cls(**dict(d))
+__all__ = ["TrainConfig", "build_model", "evaluate", "predict", "train_local"]
 
 
 @dataclass
@@ -256,7 +180,7 @@ def _cosine(p: float, c: TrainConfig) -> float:
     return c.min_lr_fraction + (1 - c.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * q))
 
 
-SCHEDULES: dict[str, Callable[[float, TrainConfig], float]] = {
+SCHEDULES: dict[str, Callable[[float, TrainConfig], float]] = {  # keys: SCHEDULE_NAMES
     "cosine": _cosine,
     "constant": lambda p, c: 1.0,
 }
