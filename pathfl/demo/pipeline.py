@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,14 +114,27 @@ def cli_has_command(*names: str) -> bool:
 def run_cli(args: list[str], *, log_path: Path, label: str) -> int:
     """Run ``python -m pathfl ARGS`` as a child process; its output goes to ``log_path`` and
     the last lines are logged when it fails. Returns the exit code."""
-    cmd = [sys.executable, "-m", "pathfl", *args]
+    from pathfl.fl import lifetime
+
+    # -P: a ./pathfl folder in the caller's working directory is not imported instead
+    cmd = lifetime.python_module_argv("pathfl", *args)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("%s: %s", label, " ".join(_short(a) for a in cmd[1:]))
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
     with open(log_path, "w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
+        # own session: Ctrl-C/SIGTERM reach it once, forwarded; it dies with the demo
+        proc = subprocess.Popen(
+            cmd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=lifetime.child_env(lifetime.python_env(env)),
+            start_new_session=True,
+            preexec_fn=lifetime.die_with_parent(),  # only prctl: see lifetime
+        )
+        lifetime.wait_forwarding_signals(proc)
     if proc.returncode not in (0, 1):
         tail = log_path.read_text().splitlines()[-15:]
         log.error(

@@ -52,6 +52,14 @@ def patch_poll(cap_s: float) -> bool:
 
 
 def main() -> None:
+    from flwr.supercore.exit import add_exit_handler
+
+    from pathfl.fl.lifetime import stop_descendants, watch_parent
+
+    watch_parent()  # pathfl gone (even SIGKILLed) → SIGTERM → Flower's own clean exit,
+    # which then also ends this SuperNode's SuperExec and ClientApps (Flower leaves them to
+    # notice by themselves; a ClientApp can retry the gone SuperNode for many seconds)
+    add_exit_handler(stop_descendants, run_before_force_exit=True)
     patch_poll(float(os.environ.get(ENV_POLL, "0.5")))
     from flwr.supernode.cli import flower_supernode
 

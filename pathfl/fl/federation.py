@@ -161,10 +161,10 @@ class LocalFederation:
         return proc
 
     def stop(self) -> None:
-        """Stop every process this federation started (sites and workers first)."""
-        procs.stop_all([*self.sites.values(), *self.workers.values()])
-        if self.superlink is not None:
-            procs.stop_all([self.superlink])
+        """Stop every process this federation started, all at once (a second Ctrl-C or
+        SIGTERM meanwhile kills them at once)."""
+        superlink = [self.superlink] if self.superlink is not None else []
+        procs.stop_all([*self.sites.values(), *self.workers.values(), *superlink])
 
     def __enter__(self) -> LocalFederation:
         return self
@@ -189,11 +189,44 @@ def follow_run(
     superlink_log: Path | None = None,
     poll_s: float = 0.5,
     flower_poll_s: float = 10.0,
+    stop_on_interrupt: bool = True,
 ) -> dict[str, Any]:
     """Wait until the run ended — the run dir's status.json says completed/failed (when the
     run dir is on this host) or Flower reports ``finished:*`` — or ``timeout_s`` passed.
     Flower's status costs a ``flwr ls`` process, so it is asked only every ``flower_poll_s``.
-    On timeout the run is stopped, never left hanging."""
+    On timeout the run is stopped, never left hanging; on Ctrl-C/SIGTERM too (unless
+    ``stop_on_interrupt`` is False: the caller stops the SuperLink itself), and status.json
+    then says ``interrupted`` (the checkpoint stays: ``pathfl fl run --resume``)."""
+    try:
+        return _follow(
+            home,
+            run_id,
+            run_dir,
+            timeout_s=timeout_s,
+            superlink_log=superlink_log,
+            poll_s=poll_s,
+            flower_poll_s=flower_poll_s,
+        )
+    except KeyboardInterrupt:  # also lifetime.Terminated (SIGTERM)
+        logger.warning("run %d interrupted%s", run_id, ": stopping it" * stop_on_interrupt)
+        rd = RunDir(run_dir) if run_dir is not None else None
+        if rd is not None and str(rd.read_status().get("run_id")) == str(run_id):
+            rd.write_status("interrupted", run_id=str(run_id))
+        if stop_on_interrupt:  # a second Ctrl-C cuts this short
+            flower_cli.stop_run(home, run_id, timeout_s=15.0)
+        raise
+
+
+def _follow(
+    home: Path,
+    run_id: int,
+    run_dir: Path | None,
+    *,
+    timeout_s: float,
+    superlink_log: Path | None,
+    poll_s: float,
+    flower_poll_s: float,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     status, next_flower, last_log = "", 0.0, time.monotonic()
     local: dict[str, Any] = {}
