@@ -40,6 +40,7 @@ class LocalFederation:
     fast_poll: bool = True  # SuperNodes via pathfl.fl.fast_supernode (0.5 s idle poll)
     use_worker: bool = True  # a long-running pathfl.fl.worker per site
     workers: dict[str, procs.ManagedProcess] = field(default_factory=dict)
+    submitted: tuple[Path, int] | None = None  # (run dir, Flower run id) of the last submit
 
     @property
     def server(self) -> str:
@@ -169,15 +170,18 @@ class LocalFederation:
     def __enter__(self) -> LocalFederation:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.stop()
+        if self.submitted and exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            mark_interrupted(*self.submitted)  # now that no ServerApp can overwrite it
 
     # ---------------------------------------------------------------- runs
     def submit(self, cfg: dict[str, Any], out_dir: Path, *, resume: bool = False) -> int:
         app = flower_cli.write_app(self.work / "app")
-        return flower_cli.submit_run(
-            self.home, app, cfg=cfg, out_dir=Path(out_dir).resolve(), resume=resume
-        )
+        out_dir = Path(out_dir).resolve()
+        run_id = flower_cli.submit_run(self.home, app, cfg=cfg, out_dir=out_dir, resume=resume)
+        self.submitted = (out_dir, run_id)
+        return run_id
 
 
 def follow_run(
@@ -208,13 +212,20 @@ def follow_run(
             flower_poll_s=flower_poll_s,
         )
     except KeyboardInterrupt:  # also lifetime.Terminated (SIGTERM)
-        logger.warning("run %d interrupted%s", run_id, ": stopping it" * stop_on_interrupt)
-        rd = RunDir(run_dir) if run_dir is not None else None
-        if rd is not None and str(rd.read_status().get("run_id")) == str(run_id):
-            rd.write_status("interrupted", run_id=str(run_id))
         if stop_on_interrupt:  # a second Ctrl-C cuts this short
+            logger.warning("run %d interrupted: stopping it", run_id)
             flower_cli.stop_run(home, run_id, timeout_s=15.0)
+            mark_interrupted(run_dir, run_id)
         raise
+
+
+def mark_interrupted(run_dir: Path | None, run_id: int) -> None:
+    """status.json of ``run_dir`` says ``interrupted`` when it was the run ``run_id``'s (a
+    resumed run dir may hold another run's verdict, and a remote run dir is not here)."""
+    rd = RunDir(run_dir) if run_dir is not None else None
+    if rd is not None and str(rd.read_status().get("run_id")) == str(run_id):
+        rd.write_status("interrupted", run_id=str(run_id))
+        logger.warning("run %d interrupted; its last checkpoint is kept in %s", run_id, run_dir)
 
 
 def _follow(
