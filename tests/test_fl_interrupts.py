@@ -53,17 +53,23 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "FLWR_TELEMETRY_ENABLED": "0"}
 
 
-def _start_simulate(
-    sites: list[Path], out: Path, *, cwd: Path, insecure: bool = True
-) -> subprocess.Popen:
-    """`pathfl fl simulate` in a session of its own (as a shell job); ``-P``: the test's own
-    launch must not import a ``./pathfl`` decoy either."""
+def _simulate_args(sites: list[Path], out: Path, *, insecure: bool = True) -> list[str]:
     config = out.parent / f"{out.name}.yaml"
     config.write_text(RUN_CONFIG)
-    args = [sys.executable, "-P", "-m", "pathfl", "fl", "simulate", "--out", str(out)]
-    args += ["--config", str(config), "--no-baselines"] + ["--insecure"] * insecure
+    args = ["fl", "simulate", "--out", str(out), "--config", str(config), "--no-baselines"]
     for s in sites:
         args += ["--site", str(s)]
+    return args + ["--insecure"] * insecure
+
+
+def _start_simulate(
+    sites: list[Path], out: Path, *, cwd: Path, insecure: bool = True, launcher: list[str] = ()
+) -> subprocess.Popen:
+    """`pathfl fl simulate` in a session of its own (as a shell job); ``-P``: the test's own
+    launch must not import a ``./pathfl`` decoy either. ``launcher``: run it through this
+    instead of ``-m pathfl``."""
+    args = [sys.executable, "-P", *(launcher or ["-m", "pathfl"])]
+    args += _simulate_args(sites, out, insecure=insecure)
     with open(out.parent / f"{out.name}.log", "wb") as log:
         return subprocess.Popen(
             args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
@@ -198,3 +204,90 @@ def test_children_exit_when_pathfl_is_killed(two_sites, tmp_path) -> None:
         _kill_leftovers(snapshot)
     print(f"SIGKILL of pathfl: all children gone after {time.monotonic() - t0:.1f} s")
     assert gone_s < STOP_LIMIT_S
+
+
+def test_fl_run_sigterm_stops_the_run_and_resume_finishes_it(two_sites, tmp_path) -> None:
+    """`pathfl fl run` SIGTERMed after round 1: exit 143, the run is stopped on the SuperLink
+    (its ServerApp ends: no headless run), status.json says interrupted; `fl run --resume`
+    then continues from the checkpoint to the last round."""
+    from pathfl.fl import flower_cli
+    from pathfl.fl.federation import LocalFederation
+    from pathfl.fl.rundir import RunDir
+    from pathfl.fl.simulate import site_specs
+
+    config = tmp_path / "fl.yaml"
+    config.write_text(RUN_CONFIG.replace("rounds: 50", "rounds: 4") + "num_sites: 2\n")
+    out = tmp_path / "run"
+    with LocalFederation(tmp_path / "fed", tls=False, auth=False) as fed:
+        fed.start(site_specs(two_sites))
+        base = [sys.executable, "-P", "-m", "pathfl", "fl", "run", "--server", fed.server]
+        base += ["--insecure"]
+        with open(tmp_path / "run.log", "wb") as log:
+            proc = subprocess.Popen(
+                [*base, "--config", str(config), "--out", str(out)],
+                stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
+            )  # fmt: skip
+        try:
+            _wait_rounds(proc, out)
+            run_id = RunDir(out).read_status()["run_id"]
+            t0 = time.monotonic()
+            os.killpg(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=60) == 143, (tmp_path / "run.log").read_text()[-3000:]
+            print(f"fl run SIGTERM: exit 143 after {time.monotonic() - t0:.1f} s")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert flower_cli.run_status(fed.home, int(run_id)).startswith("finished"), run_id
+        deadline = time.monotonic() + STOP_LIMIT_S
+        while "flwr-serverapp" in " ".join(_cmdlines(descendants([fed.superlink.pid]))):
+            assert time.monotonic() < deadline, "the stopped run's ServerApp still runs"
+            time.sleep(0.2)
+        status = RunDir(out).read_status()
+        assert status["state"] == "interrupted", status
+        done = RunDir(out).load_checkpoint()[0]["round"]
+        assert 1 <= done < 4
+
+        res = subprocess.run(
+            [*base, "--resume", str(out)], capture_output=True, text=True, env=_env(),
+            timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert RunDir(out).read_status()["state"] == "completed"
+    assert [r["round"] for r in RunDir(out).read_rounds()] == [1, 2, 3, 4]
+    assert (out / "model.pt").is_file()
+
+
+DEMO_LIKE = """
+import sys
+from pathlib import Path
+from pathfl.demo.pipeline import run_cli
+from pathfl.fl.lifetime import stop_on_signals
+with stop_on_signals():
+    sys.exit(run_cli(sys.argv[2:], log_path=Path(sys.argv[1]), label="fl simulate"))
+"""
+
+
+def test_demo_stage_runner_forwards_sigterm(two_sites, tmp_path) -> None:
+    """`pathfl demo` runs `fl simulate` as a child in its own session (pathfl.demo.pipeline
+    .run_cli); SIGTERM to the demo's pid alone (`kill PID`) is forwarded: the stage stops its
+    federation, the demo exits 143, nothing is left."""
+    out = tmp_path / "run"
+    stage_log = tmp_path / "stage.log"
+    proc = _start_simulate(two_sites, out, cwd=tmp_path, launcher=["-c", DEMO_LIKE, str(stage_log)])
+    _wait_rounds(proc, out)
+    snapshot = descendants([proc.pid])
+    assert "fast_supernode" in " ".join(_cmdlines(snapshot))
+    stage = [pid for pid, _ in snapshot if b"simulate" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    try:
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, _log(out) + stage_log.read_text()[-3000:]
+        _assert_all_gone(snapshot, proc.pid, within_s=5.0, out=out)
+        for pid in stage:
+            assert not _tagged(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _kill_leftovers(snapshot)
+    print(f"demo stage runner SIGTERM: exit 143, all gone after {time.monotonic() - t0:.1f} s")
+    assert "stopped by SIGTERM" in stage_log.read_text()  # the stage got it and cleaned up

@@ -8,10 +8,13 @@ pathfl parent died — even by SIGKILL, which no handler sees — exits by itsel
   (SIGTERM), or 0 for a service whose normal end is being stopped (``fl server``/``fl site``).
 * :func:`die_with_parent` (``preexec_fn`` of every child pathfl starts; Linux): the kernel
   sends the child SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
-* :func:`watch_parent` (in pathfl's own child processes; any POSIX system): a thread that
-  SIGTERMs its own process once the parent named in ``PATHFL_PARENT_PID`` is gone.
+* :func:`watch_parent` (in pathfl's own processes below a command: site worker, SuperNode,
+  ServerApp, ClientApp; any POSIX system): a thread that SIGTERMs its own process once the
+  command named in ``PATHFL_PARENT_PID`` is gone, and ends it outright if that hangs.
 * :func:`second_signal_kills` (while stopping): a second Ctrl-C/SIGTERM SIGKILLs the
   process groups at once instead of waiting for their clean exit.
+* :func:`descendants` & co.: the process tree from ``/proc`` (pid + start time, so a reused
+  pid is never signalled), to stop Flower's helpers that run in sessions of their own.
 * :func:`python_module_argv` / :func:`python_env`: pathfl's Python children never depend on
   the caller's working directory (``python -P``: a ``./pathfl`` folder there is not
   imported) yet import the same pathfl as this process (its folder goes on ``PYTHONPATH``
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import logging
 import os
 import signal
@@ -102,18 +105,17 @@ def second_signal_kills(kill_now: Callable[[], None]) -> Iterator[None]:
             signal.signal(s, handler)
 
 
+@functools.cache
 def _prctl() -> Callable[..., int] | None:
-    """libc's ``prctl`` (Linux), looked up once in the parent: a ``preexec_fn`` should not
-    load libraries between fork and exec."""
-    if not hasattr(os, "fork") or os.uname().sysname != "Linux":
+    """libc's ``prctl`` (Linux; the running program's own symbols, no library search),
+    looked up in the parent: a ``preexec_fn`` should not load libraries between fork and
+    exec."""
+    if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-
-
-_PRCTL = _prctl()
 
 
 def die_with_parent() -> Callable[[], None] | None:
@@ -121,9 +123,10 @@ def die_with_parent() -> Callable[[], None] | None:
     (``PR_SET_PDEATHSIG``; it survives ``exec``), or None where that is not available. The
     signal follows the *thread* that forks, so it is only set up from the main thread (a
     pool thread's exit would kill the child); elsewhere :func:`watch_parent` is the guard."""
-    if _PRCTL is None or not _in_main_thread():
+    prctl = _prctl()
+    if prctl is None or not _in_main_thread():
         return None
-    parent, prctl = os.getpid(), _PRCTL
+    parent = os.getpid()
 
     def _preexec() -> None:
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)

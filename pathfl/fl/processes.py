@@ -104,10 +104,13 @@ class ManagedProcess:
         stop_all([self], timeout_s=timeout_s)
 
     def kill(self) -> None:
-        """SIGKILL the process group at once (fault injection) and wait until no member of
-        it still runs."""
+        """SIGKILL the process group and every process below it (Flower's SuperExec has a
+        session of its own) at once — also fault injection — and wait until no member of
+        the group still runs."""
+        below = lifetime.descendants([self.pid])
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
+        lifetime.signal_procs(below, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5)
         deadline = time.monotonic() + 5.0
