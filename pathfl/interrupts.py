@@ -11,8 +11,9 @@ Worker processes (tile's process pool, extract's ``DataLoader`` workers, the dem
 generator) call :func:`worker_setup` first: they ignore SIGINT (a terminal sends it to the
 whole process group; the parent decides what a Ctrl-C does), keep the default SIGTERM (the
 parent stops them with it) and, on Linux, get SIGKILL when their parent dies, so nothing
-survives even a SIGKILL of the parent. :class:`WorkerPool` and :func:`run_child` wrap the
-two ways pathfl starts other processes."""
+survives even a SIGKILL of the parent. :class:`WorkerPool` wraps the
+process pools; commands that start whole pathfl/Flower processes use
+:mod:`pathfl.fl.lifetime` (own session, parent-death signal, signal forwarding)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import logging
 import multiprocessing as mp
 import os
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -201,36 +201,3 @@ class WorkerPool:
             self.executor.shutdown(wait=True)
         else:
             self.stop()
-
-
-def run_child(argv: list[str], *, wait_s: float = 10.0, **popen_kwargs: Any) -> int:
-    """Run a command in this process group and wait for it; returns its exit code.
-
-    Interrupted, it lets the child stop by itself: a terminal's SIGINT reached it too, a
-    SIGTERM (sent to this process only) is passed on. A child still running after ``wait_s``
-    seconds gets SIGTERM, then SIGKILL."""
-    proc = subprocess.Popen(argv, **popen_kwargs)
-    try:
-        return proc.wait()
-    except BaseException as e:
-        signum = e.signum if isinstance(e, Interrupted) else None
-        if signum is None and not isinstance(e, KeyboardInterrupt):
-            wait_s = 0.0  # not a stop request: do not wait
-        elif signum is not None and signum != signal.SIGINT:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signum)
-        _reap(proc, wait_s)
-        raise
-
-
-def _reap(proc: subprocess.Popen, wait_s: float) -> None:
-    for sig, wait in ((None, wait_s), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        if sig is not None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-    logger.warning("child process %d did not stop", proc.pid)

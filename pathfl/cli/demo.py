@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from pathfl.fl.lifetime import stop_on_signals
+
 HELP = (
     "Run the whole pipeline on a generated three-hospital cohort: write real pyramidal slides "
     "with a planted prognostic phenotype, tile, extract features (MobileNetV2, offline), "
@@ -20,6 +22,7 @@ HELP = (
 )
 
 
+@stop_on_signals()  # Ctrl-C: exit 130, SIGTERM: 143, no process of the run left
 def demo(
     ctx: typer.Context,
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Output folder."),

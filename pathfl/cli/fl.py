@@ -10,6 +10,8 @@ from typing import Any
 
 import typer
 
+from pathfl.fl.lifetime import stop_on_signals
+
 logger = logging.getLogger(__name__)
 
 fl_app = typer.Typer(
@@ -41,13 +43,8 @@ def _split(csv_text: str) -> list[str]:
 
 
 def _foreground(proc: Any) -> None:
-    """Wait for a started Flower process; Ctrl-C or SIGTERM stops it (and its process group)."""
-    import signal
-
-    def _terminate(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    """Wait for a started Flower process; Ctrl-C or SIGTERM (raised as KeyboardInterrupt by
+    ``stop_on_signals``) stops it (and its process group)."""
     try:
         code = proc.popen.wait()
         if code != 0:
@@ -90,6 +87,7 @@ def certs_cmd(
 
 
 @fl_app.command("server")
+@stop_on_signals(service=True)
 def server_cmd(
     certs: Path = typer.Option(None, "--certs", help="Folder from `pathfl fl certs`."),
     host: str = typer.Option("0.0.0.0", "--host", help="Interface to listen on."),
@@ -143,6 +141,7 @@ def server_cmd(
 
 
 @fl_app.command("site")
+@stop_on_signals(service=True)
 def site_cmd(
     features: Path = typer.Option(..., "--features", help="This site's features folder."),
     clinical: Path = typer.Option(..., "--clinical", help="This site's clinical CSV."),
@@ -208,6 +207,7 @@ def site_cmd(
 
 
 @fl_app.command("run")
+@stop_on_signals()
 def run_cmd(
     server: str = typer.Option(None, "--server", help="Aggregator HOST:PORT."),
     root_cert: Path = typer.Option(None, "--root-cert", help="The federation's ca.crt."),
@@ -287,6 +287,7 @@ def run_cmd(
 
 
 @fl_app.command("simulate")
+@stop_on_signals()
 def simulate_cmd(
     site: list[Path] = typer.Option(
         ..., "--site", help="Site folder (features/ + clinical.csv); repeat."

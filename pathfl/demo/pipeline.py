@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from typing import Any
 
 import yaml
 
-from pathfl.interrupts import run_child
 from pathfl.io import sha256_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -116,25 +114,37 @@ def cli_has_command(*names: str) -> bool:
 def run_cli(args: list[str], *, log_path: Path, label: str) -> int:
     """Run ``python -m pathfl ARGS`` as a child process; its output goes to ``log_path`` and
     the last lines are logged when it fails. Returns the exit code."""
-    cmd = [sys.executable, "-m", "pathfl", *args]
+    from pathfl.fl import lifetime
+
+    # -P: a ./pathfl folder in the caller's working directory is not imported instead
+    cmd = lifetime.python_module_argv("pathfl", *args)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("%s: %s", label, " ".join(_short(a) for a in cmd[1:]))
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
     with open(log_path, "w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        # Ctrl-C / SIGTERM: the child stops by itself (its manifest written), then so do we
-        returncode = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if returncode not in (0, 1):
+        # own session: Ctrl-C/SIGTERM reach it once, forwarded; it dies with the demo
+        proc = subprocess.Popen(
+            cmd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=lifetime.child_env(lifetime.python_env(env)),
+            start_new_session=True,
+            preexec_fn=lifetime.die_with_parent(),  # only prctl: see lifetime
+        )
+        lifetime.wait_forwarding_signals(proc)
+    if proc.returncode not in (0, 1):
         tail = log_path.read_text().splitlines()[-15:]
         log.error(
             "%s exited with %d; last lines of %s:\n%s",
             label,
-            returncode,
+            proc.returncode,
             log_path,
             "\n".join(tail),
         )
-    return returncode
+    return proc.returncode
 
 
 def _short(a: str) -> str:

@@ -64,6 +64,9 @@ def _compute(
 ) -> dict[str, Any]:
     """Ask the site's long-running worker (node config ``worker``); compute here when there
     is none or it cannot be reached."""
+    from pathfl.fl.lifetime import watch_parent
+
+    watch_parent()  # the pathfl command that started the SuperNode is gone → stop
     node_config = dict(context.node_config)
     sock = str(node_config.get("worker", "") or "")
     if sock:

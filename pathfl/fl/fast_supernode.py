@@ -8,6 +8,10 @@ seconds (default 0.5) by giving that module a ``time`` whose ``sleep`` is capped
 changes. It relies on that module's ``time`` import, so it checks the pinned Flower version
 and falls back to the unmodified SuperNode for any other one. ``pathfl fl site
 --flower-poll`` (and the simulation with ``fast_poll=False``) use the unmodified one.
+
+It also ties the SuperNode's lifetime to the pathfl command that started it
+(:func:`pathfl.fl.lifetime.watch_parent`) and, on its way out, stops the SuperExec and
+ClientApps below it (:func:`pathfl.fl.lifetime.stop_descendants`).
 """
 
 from __future__ import annotations
@@ -52,6 +56,17 @@ def patch_poll(cap_s: float) -> bool:
 
 
 def main() -> None:
+    from pathfl.fl.lifetime import stop_descendants, watch_parent
+
+    watch_parent()  # pathfl gone (even SIGKILLed) → SIGTERM → Flower's own clean exit,
+    # which then also ends this SuperNode's SuperExec and ClientApps (Flower leaves them to
+    # notice by themselves; a ClientApp can retry the gone SuperNode for many seconds)
+    try:
+        from flwr.supercore.exit import add_exit_handler
+
+        add_exit_handler(stop_descendants, run_before_force_exit=True)
+    except ImportError:  # another Flower version: its children watch their parent alone
+        logger.warning("flwr without supercore.exit: SuperNode children not stopped on exit")
     patch_poll(float(os.environ.get(ENV_POLL, "0.5")))
     from flwr.supernode.cli import flower_supernode
 

@@ -40,6 +40,7 @@ class LocalFederation:
     fast_poll: bool = True  # SuperNodes via pathfl.fl.fast_supernode (0.5 s idle poll)
     use_worker: bool = True  # a long-running pathfl.fl.worker per site
     workers: dict[str, procs.ManagedProcess] = field(default_factory=dict)
+    submitted: tuple[Path, int] | None = None  # (run dir, Flower run id) of the last submit
 
     @property
     def server(self) -> str:
@@ -161,23 +162,26 @@ class LocalFederation:
         return proc
 
     def stop(self) -> None:
-        """Stop every process this federation started (sites and workers first)."""
-        procs.stop_all([*self.sites.values(), *self.workers.values()])
-        if self.superlink is not None:
-            procs.stop_all([self.superlink])
+        """Stop every process this federation started, all at once (a second Ctrl-C or
+        SIGTERM meanwhile kills them at once)."""
+        superlink = [self.superlink] if self.superlink is not None else []
+        procs.stop_all([*self.sites.values(), *self.workers.values(), *superlink])
 
     def __enter__(self) -> LocalFederation:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.stop()
+        if self.submitted and exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            mark_interrupted(*self.submitted)  # now that no ServerApp can overwrite it
 
     # ---------------------------------------------------------------- runs
     def submit(self, cfg: dict[str, Any], out_dir: Path, *, resume: bool = False) -> int:
         app = flower_cli.write_app(self.work / "app")
-        return flower_cli.submit_run(
-            self.home, app, cfg=cfg, out_dir=Path(out_dir).resolve(), resume=resume
-        )
+        out_dir = Path(out_dir).resolve()
+        run_id = flower_cli.submit_run(self.home, app, cfg=cfg, out_dir=out_dir, resume=resume)
+        self.submitted = (out_dir, run_id)
+        return run_id
 
 
 def follow_run(
@@ -189,11 +193,51 @@ def follow_run(
     superlink_log: Path | None = None,
     poll_s: float = 0.5,
     flower_poll_s: float = 10.0,
+    stop_on_interrupt: bool = True,
 ) -> dict[str, Any]:
     """Wait until the run ended — the run dir's status.json says completed/failed (when the
     run dir is on this host) or Flower reports ``finished:*`` — or ``timeout_s`` passed.
     Flower's status costs a ``flwr ls`` process, so it is asked only every ``flower_poll_s``.
-    On timeout the run is stopped, never left hanging."""
+    On timeout the run is stopped, never left hanging; on Ctrl-C/SIGTERM too (unless
+    ``stop_on_interrupt`` is False: the caller stops the SuperLink itself), and status.json
+    then says ``interrupted`` (the checkpoint stays: ``pathfl fl run --resume``)."""
+    try:
+        return _follow(
+            home,
+            run_id,
+            run_dir,
+            timeout_s=timeout_s,
+            superlink_log=superlink_log,
+            poll_s=poll_s,
+            flower_poll_s=flower_poll_s,
+        )
+    except KeyboardInterrupt:  # also lifetime.Terminated (SIGTERM)
+        if stop_on_interrupt:  # a second Ctrl-C cuts this short
+            logger.warning("run %d interrupted: stopping it", run_id)
+            flower_cli.stop_run(home, run_id, timeout_s=15.0)
+            mark_interrupted(run_dir, run_id)
+        raise
+
+
+def mark_interrupted(run_dir: Path | None, run_id: int) -> None:
+    """status.json of ``run_dir`` says ``interrupted`` when it was the run ``run_id``'s (a
+    resumed run dir may hold another run's verdict, and a remote run dir is not here)."""
+    rd = RunDir(run_dir) if run_dir is not None else None
+    if rd is not None and str(rd.read_status().get("run_id")) == str(run_id):
+        rd.write_status("interrupted", run_id=str(run_id))
+        logger.warning("run %d interrupted; its last checkpoint is kept in %s", run_id, run_dir)
+
+
+def _follow(
+    home: Path,
+    run_id: int,
+    run_dir: Path | None,
+    *,
+    timeout_s: float,
+    superlink_log: Path | None,
+    poll_s: float,
+    flower_poll_s: float,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     status, next_flower, last_log = "", 0.0, time.monotonic()
     local: dict[str, Any] = {}

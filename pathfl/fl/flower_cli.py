@@ -73,6 +73,11 @@ resume = false
 
 
 def flwr_cli(home: Path, args: list[str], *, timeout_s: float = 120.0) -> str:
+    """Run ``flwr ARGS`` against the connection in ``home``. Its working directory is
+    ``home``: flwr reads ``./pyproject.toml`` and takes an argument naming a folder there
+    (``pathfl``!) for an app to migrate, so the caller's folder must not count; paths in
+    ``args`` must be absolute."""
+    home = Path(home).resolve()
     argv = [bin_path("flwr"), *args]
     res = subprocess.run(
         argv,
@@ -81,6 +86,7 @@ def flwr_cli(home: Path, args: list[str], *, timeout_s: float = 120.0) -> str:
         env=flower_env(home),
         timeout=timeout_s,
         stdin=subprocess.DEVNULL,
+        cwd=home,
     )
     if res.returncode != 0:
         raise FlowerProcessError(
@@ -103,7 +109,10 @@ def register_site(home: Path, pub_key: Path, name: str) -> int | None:
     folder, or a restarted aggregator) — that is not an error."""
     text = flwr_cli(
         home,
-        ["supernode", "register", str(pub_key), CONNECTION, "--name", name, "--format", "json"],
+        [
+            *("supernode", "register", str(Path(pub_key).resolve()), CONNECTION),
+            *("--name", name, "--format", "json"),
+        ],
     )
     out = _json_out(text)
     if "node-id" in out:
@@ -121,6 +130,7 @@ def submit_run(
     """Start a run of pathfl's app on the SuperLink; returns the Flower run id."""
     import tomli_w
 
+    app_dir = Path(app_dir).resolve()
     override = app_dir / "run_config.toml"
     override.write_text(
         tomli_w.dumps(
@@ -144,6 +154,7 @@ def run_status(home: Path, run_id: int) -> str:
     return str(runs[0].get("status", "")) if runs else ""
 
 
-def stop_run(home: Path, run_id: int) -> None:
+def stop_run(home: Path, run_id: int, *, timeout_s: float = 120.0) -> None:
+    """Ask the SuperLink to stop the run (errors and timeouts are ignored: best effort)."""
     with contextlib.suppress(FlowerProcessError, subprocess.TimeoutExpired):
-        flwr_cli(home, ["stop", str(run_id), CONNECTION])
+        flwr_cli(home, ["stop", str(run_id), CONNECTION], timeout_s=timeout_s)

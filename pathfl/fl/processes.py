@@ -1,9 +1,11 @@
 """Starting and stopping Flower's processes for pathfl (SuperLink, SuperNodes, site workers);
 talking to a SuperLink through the ``flwr`` CLI is :mod:`pathfl.fl.flower_cli`.
 
-Every process is started in its own session (process group) with its log in a file; ``stop``
-sends SIGTERM to that group, waits, then SIGKILLs it, so the helper processes Flower spawns
-(``flower-superexec``, ``flwr-serverapp``, ``flwr-clientapp``) go too.
+Every process is started in its own session (process group) with its log in a file, in its
+log's folder as working directory (never the caller's), and dies with pathfl
+(:mod:`pathfl.fl.lifetime`); ``stop`` sends SIGTERM to that group, waits, then SIGKILLs it, so
+the helper processes Flower spawns (``flower-superexec``, ``flwr-serverapp``,
+``flwr-clientapp``) go too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pathfl.fl import lifetime
+from pathfl.fl.lifetime import group_running  # also for callers: tests import it here
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +47,11 @@ def bin_path(name: str) -> str:
 
 
 def flower_env(flwr_home: Path | None = None, **extra: str) -> dict[str, str]:
-    env = {**os.environ, **FLOWER_ENV, **extra}
+    """The environment of Flower's processes and pathfl's site processes: telemetry off,
+    this environment's scripts first on PATH, this pathfl importable (``PYTHONPATH``)."""
+    env = lifetime.python_env({**os.environ, **FLOWER_ENV, **extra})
     if flwr_home is not None:
-        env["FLWR_HOME"] = str(flwr_home)
+        env["FLWR_HOME"] = str(Path(flwr_home).resolve())
     # make sure Flower's subprocesses (superexec, clientapp) come from this environment
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -94,21 +101,16 @@ class ManagedProcess:
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
         """SIGTERM the process group, wait, then SIGKILL it (idempotent)."""
-        for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, sig)
-            try:
-                self.popen.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self.kill()  # the group may still hold children after the leader exited
+        stop_all([self], timeout_s=timeout_s)
 
     def kill(self) -> None:
-        """SIGKILL the process group at once (fault injection) and wait until no member of
-        it still runs."""
+        """SIGKILL the process group and every process below it (Flower's SuperExec has a
+        session of its own) at once — also fault injection — and wait until no member of
+        the group still runs."""
+        below = lifetime.descendants([self.pid])
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
+        lifetime.signal_procs(below, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5)
         deadline = time.monotonic() + 5.0
@@ -116,31 +118,13 @@ class ManagedProcess:
             time.sleep(0.05)
 
 
-def group_running(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` still runs. Zombies (exited, waiting for init
-    to reap them — orphaned children of a killed leader may wait a second or two) count as
-    gone. Without ``/proc``, any member, zombie or not, counts as running."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ')'
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # the process ended while we looked
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
 def start_process(
     name: str, argv: list[str], *, log_path: Path, env: dict[str, str]
 ) -> ManagedProcess:
+    """Start ``argv`` in its own session, output to ``log_path``, working directory the log's
+    folder; it gets SIGTERM when this process dies (Linux) and may watch this process
+    (``PATHFL_PARENT_PID``). Paths in ``argv`` must be absolute."""
+    log_path = Path(log_path).resolve()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
@@ -149,8 +133,10 @@ def start_process(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=lifetime.child_env(env),
+            cwd=log_path.parent,
             start_new_session=True,
+            preexec_fn=lifetime.die_with_parent(),  # only prctl: see lifetime
         )
     finally:
         log.close()
@@ -172,6 +158,7 @@ def superlink_argv(
     if certs is None:
         argv.append("--insecure")
     else:
+        certs = Path(certs).resolve()
         argv += [
             "--ssl-certfile",
             str(certs / "server.crt"),
@@ -185,7 +172,7 @@ def superlink_argv(
             raise ValueError("site authentication needs TLS (give --certs, drop --insecure)")
         argv.append("--enable-supernode-auth")
     if database is not None:
-        argv += ["--database", str(database)]
+        argv += ["--database", str(Path(database).resolve())]
     return argv
 
 
@@ -206,7 +193,7 @@ def supernode_argv(
     """``fast_poll``: run the SuperNode through :mod:`pathfl.fl.fast_supernode` (idle poll
     0.5 s instead of Flower's fixed 3 s)."""
     start = (
-        [sys.executable, "-m", "pathfl.fl.fast_supernode"]
+        lifetime.python_module_argv("pathfl.fl.fast_supernode")
         if fast_poll
         else [bin_path("flower-supernode")]
     )
@@ -219,9 +206,12 @@ def supernode_argv(
         "--node-config",
         node_config_arg(node_config),
     ]
-    argv += ["--insecure"] if root_cert is None else ["--root-certificates", str(root_cert)]
+    if root_cert is None:
+        argv.append("--insecure")
+    else:
+        argv += ["--root-certificates", str(Path(root_cert).resolve())]
     if key is not None:
-        argv += ["--auth-supernode-private-key", str(key)]
+        argv += ["--auth-supernode-private-key", str(Path(key).resolve())]
     return argv
 
 
@@ -237,7 +227,7 @@ def launch_worker(name: str, state_dir: Path, *, env: dict[str, str]) -> tuple[M
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
     proc = start_process(
         name,
-        [sys.executable, "-m", "pathfl.fl.worker", sock],
+        lifetime.python_module_argv("pathfl.fl.worker", sock),
         log_path=Path(state_dir) / "worker.log",
         env=env,
     )
@@ -248,13 +238,16 @@ def wait_worker(proc: ManagedProcess, sock: str, *, timeout_s: float = 180.0) ->
     from pathfl.fl.worker import key_path
 
     deadline = time.monotonic() + timeout_s
-    while not (Path(sock).exists() and key_path(sock).exists()):
-        if not proc.alive():
-            raise FlowerProcessError(f"{proc.name} exited: {proc.log_tail()}")
-        if time.monotonic() > deadline:
-            proc.stop()
-            raise FlowerProcessError(f"{proc.name} did not start within {timeout_s:.0f} s")
-        time.sleep(0.2)
+    try:
+        while not (Path(sock).exists() and key_path(sock).exists()):
+            if not proc.alive():
+                raise FlowerProcessError(f"{proc.name} exited: {proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise FlowerProcessError(f"{proc.name} did not start within {timeout_s:.0f} s")
+            time.sleep(0.2)
+    except BaseException:  # also Ctrl-C/SIGTERM while torch loads
+        proc.stop()
+        raise
 
 
 def start_worker(
@@ -266,15 +259,33 @@ def start_worker(
     return proc, sock
 
 
-def stop_all(processes: list[ManagedProcess], *, timeout_s: float = 10.0) -> None:
-    """SIGTERM every process group at once, wait up to ``timeout_s`` in total, SIGKILL the
-    rest (stopping one by one would cost up to ``timeout_s`` each)."""
-    for p in processes:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for p in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-    for p in processes:
-        p.kill()
+def stop_all(
+    processes: list[ManagedProcess], *, timeout_s: float = 10.0, helpers_s: float = 3.0
+) -> None:
+    """Stop ``processes`` and every process they started, within ``timeout_s`` in total
+    (all at once: one by one would cost up to ``timeout_s`` each). Flower's helpers
+    (``flower-superexec``, ``flwr-serverapp``, ``flwr-clientapp``; some in sessions of their
+    own) get SIGTERM first and up to ``helpers_s`` to report their end while the SuperLink and
+    SuperNodes still listen; then every process group gets SIGTERM; whatever still runs at
+    the deadline is SIGKILLed. A second Ctrl-C or SIGTERM meanwhile SIGKILLs all at once."""
+    leaders = [p.pid for p in processes]
+    helpers = lifetime.descendants(leaders)
+
+    def kill_now() -> None:
+        lifetime.kill_groups(leaders)
+        lifetime.signal_procs(helpers | lifetime.descendants(leaders), signal.SIGKILL)
+
+    start = time.monotonic()
+    deadline = start + timeout_s
+    with lifetime.second_signal_kills(kill_now):
+        lifetime.signal_procs(helpers, signal.SIGTERM)
+        lifetime.wait_gone(helpers, deadline=min(deadline, start + helpers_s))
+        lifetime.kill_groups(leaders, signal.SIGTERM)
+        for p in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        lifetime.wait_gone(helpers, deadline=deadline)
+        kill_now()
+        for p in processes:
+            p.kill()
+    logger.debug("stopped %s in %.1f s", [p.name for p in processes], time.monotonic() - start)

@@ -27,6 +27,9 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    from pathfl.fl.lifetime import watch_parent
+
+    watch_parent()  # the pathfl command that started the SuperLink is gone → stop
     rc = context.run_config
     cfg = json.loads(str(rc["pathfl-config"]))
     run_dir = RunDir(str(rc["out-dir"]))

@@ -88,7 +88,12 @@ def simulate(
         write_json_atomic(out / "fl_config.json", {"config": cfg, "mode": "simulate"})
         run_id = fed.submit(cfg, out)
         result = follow_run(
-            fed.home, run_id, out, timeout_s=budget, superlink_log=fed.superlink.log_path
+            fed.home,
+            run_id,
+            out,
+            timeout_s=budget,
+            superlink_log=fed.superlink.log_path,
+            stop_on_interrupt=False,  # leaving the block stops the SuperLink and the run
         )
         pids = [fed.superlink.pid, *(p.pid for p in [*fed.sites.values(), *fed.workers.values()])]
     if result.get("state") != "completed":

@@ -32,8 +32,8 @@ def key_path(socket_path: str | os.PathLike[str]) -> Path:
 
 
 def serve(socket_path: str | os.PathLike[str]) -> None:
-    """Answer requests until SIGTERM/SIGINT. One request at a time (Flower sends a site one
-    message at a time)."""
+    """Answer requests until SIGTERM/SIGINT (both end it at once, also mid-request). One
+    request at a time (Flower sends a site one message at a time)."""
     import pathfl.survival.data
     import pathfl.survival.train  # noqa: F401 - warm imports before the first request
     from pathfl.fl.site import SiteCache, handle
@@ -110,10 +110,22 @@ def call(
 
 
 def main() -> None:
+    from pathfl.fl.lifetime import watch_parent
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if len(sys.argv) != 2:
         sys.exit("usage: python -m pathfl.fl.worker SOCKET_PATH")
-    serve(sys.argv[1])
+    watch_parent()  # pathfl gone (even SIGKILLed) → SIGTERM → the socket is removed
+    code: int | str | None = 0
+    try:
+        serve(sys.argv[1])
+    except SystemExit as e:  # SIGTERM: serve() has removed its socket and key
+        code = e.code
+    # skip the interpreter's teardown of torch & co. (seconds on a busy machine): nothing is
+    # left to flush but the log
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code if isinstance(code, int) else 1)
 
 
 if __name__ == "__main__":
