@@ -37,6 +37,13 @@ def cox_derivatives(
     d = x.shape[1]
     if not event.any():
         return 0.0, np.zeros(d), np.zeros((d, d))
+    with np.errstate(all="ignore"):  # a trial step far off gives inf/nan: the caller halves it
+        return _derivatives(x, time, event, beta)
+
+
+def _derivatives(
+    x: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndarray
+) -> Derivatives:
     eta = x @ beta
     shift = eta.max()
     w = np.exp(eta - shift)
@@ -128,16 +135,32 @@ class LinearCox:
         return self.scaler_.transform(np.asarray(x, np.float64)).astype(np.float64) @ self.coef_
 
 
+def objective(parts: Sequence[Derivatives], beta: np.ndarray, *, alpha: float) -> float:
+    """The penalised objective ``-Σ ℓ_s(β) + ½ α ||β||²`` from the strata's log-likelihoods."""
+    return float(-sum(p[0] for p in parts) + 0.5 * alpha * beta @ beta)
+
+
 def fit_newton(
     parts_at: Any, dim: int, *, alpha: float, max_iter: int = 50, tol: float = 1e-9
 ) -> tuple[np.ndarray, int]:
-    """Newton–Raphson from β = 0; ``parts_at(beta)`` returns the strata's derivatives (in a
-    federation: the sites' replies). Returns ``(beta, iterations)``."""
+    """Newton–Raphson from β = 0 with step halving (a step that does not lower the objective
+    is halved, up to 30 times). ``parts_at(beta)`` returns the strata's derivatives at
+    ``beta`` — in a federation, one round of the sites' replies; every call of it is one
+    evaluation, so pooled and federated fits take the same sequence of steps. Returns
+    ``(beta, iterations)``."""
     beta = np.zeros(dim)
+    parts = parts_at(beta)
+    f = objective(parts, beta, alpha=alpha)
     for it in range(1, max_iter + 1):
-        new, _ = newton_step(beta, parts_at(beta), alpha=alpha)
+        new, _ = newton_step(beta, parts, alpha=alpha)
+        for _ in range(30):
+            new_parts = parts_at(new)
+            f_new = objective(new_parts, new, alpha=alpha)
+            if np.isfinite(f_new) and f_new <= f + 1e-12 * max(1.0, abs(f)):
+                break
+            new = 0.5 * (beta + new)
         done = float(np.max(np.abs(new - beta))) < tol
-        beta = new
+        beta, parts, f = new, new_parts, f_new
         if done:
             return beta, it
     return beta, max_iter
