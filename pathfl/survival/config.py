@@ -33,14 +33,14 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     min_lr_fraction: float = 0.02
     weight_decay: float = 1e-2
-    dropout: float = 0.25
+    dropout: float = 0.5
     max_tiles: int = 2048  # training-time subsampling; evaluation uses every tile
     bags_per_batch: int = 32
     n_bins: int = 4
     alpha: float = 0.0
     seed: int = 0
-    hidden_dim: int = 256
-    attn_dim: int = 128
+    hidden_dim: int = 64
+    attn_dim: int = 32
     chowder_k: int = 5
     transmil_heads: int = 4
     transmil_landmarks: int = 64
