@@ -10,7 +10,6 @@ from typing import Any
 
 from pathfl.config import ConfigError
 from pathfl.fl.federation import LocalFederation, SiteSpec, follow_run
-from pathfl.fl.rundir import RunDir
 from pathfl.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -94,9 +93,7 @@ def simulate(
     if baselines:
         from pathfl.fl.baselines import comparison_rows, run_baselines, write_comparison
 
-        state = RunDir(out).load_checkpoint()
-        bins = state[0]["time_bins"] if state else []
-        base = run_baselines(specs, cfg, bins)
+        base = run_baselines(specs, cfg)
         write_json_atomic(out / "baselines.json", base)
         table = write_comparison(out / "comparison.csv", comparison_rows(metrics, base))
         (out / "comparison.md").write_text(table)
