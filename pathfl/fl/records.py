@@ -38,6 +38,7 @@ EVAL_KEYS = (
 TRAIN_KEYS = (
     "loss",
     "n_samples",
+    "steps",
     "epochs_run",
     "best_epoch",
     "val_loss",
