@@ -89,11 +89,14 @@ def _linear_cox(run: FederatedRun) -> dict[str, Any]:
     from pathfl.fl.server_loop import FederationError
 
     try:
-        return fed_linear_cox.fit(run)
+        result = fed_linear_cox.fit(run)
     except (FederationError, np.linalg.LinAlgError, KeyError, ValueError) as e:
         logger.warning("federated linear-cox failed: %s", e)
         run.audit.append("linear_cox_failed", reason=str(e))
         return {"skipped": f"failed: {e}"}
+    keep = ("skipped", "beta", "iterations", "converged", "federated_c_index")
+    run.audit.append("linear_cox", **{k: result[k] for k in keep if k in result})
+    return result
 
 
 def _check_resume(run: FederatedRun, state: dict[str, Any]) -> None:
