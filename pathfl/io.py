@@ -61,6 +61,59 @@ def remove_stale_temps(*finals: str | os.PathLike[str]) -> int:
     return n
 
 
+#: infixes of the sibling folders :func:`atomic_dir` builds in and moves the old folder to
+_PARTIAL, _REPLACED = ".partial-", ".replaced-"
+
+
+def dir_has_files(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` exists and is not an empty folder (a file counts as content)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    return not path.is_dir() or any(path.iterdir())
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a new empty folder beside ``final`` to build a whole directory in; when the block
+    completes, it replaces ``final`` (an existing folder is moved aside first and deleted only
+    once the new one is in place). On any exception (Ctrl-C included) the partial folder is
+    removed and ``final`` is untouched. Partial folders a killed process left behind for
+    ``final`` are removed first (and an old ``final`` it had moved aside is put back). The
+    caller decides whether replacing is allowed."""
+    import shutil
+
+    final = Path(final).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in sorted(final.parent.glob(f".{final.name}.*")):
+        if not stale.is_dir() or not (_PARTIAL in stale.name or _REPLACED in stale.name):
+            continue
+        kept = stale / final.name
+        if _REPLACED in stale.name and kept.exists() and not final.exists():
+            os.replace(kept, final)  # killed between the two renames: the old one comes back
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{_PARTIAL}", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old: Path | None = None
+    if final.exists() or final.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}{_REPLACED}", dir=final.parent))
+        os.replace(final, old / final.name)  # same file system: a rename
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def write_text_atomic(final: str | os.PathLike[str], text: str) -> None:
     with atomic_path(final) as tmp:
         tmp.write_text(text)

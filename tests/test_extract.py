@@ -347,3 +347,33 @@ def test_parse_shard_and_bad_files(tmp_path) -> None:
         f["features"] = np.zeros((3, 4), np.float32)
     with pytest.raises(FeaturesFileError, match="coords"):
         read_features(tmp_path / "half.h5")
+
+
+def test_tiles_far_from_the_encoders_input_size_warn(tmp_path, caplog) -> None:
+    """64-px tiles fed to MobileNetV2 (native 224 px): the slide is encoded (a warning, not an
+    error), the log and the manifest row say so; sizes within 2x of 224 px say nothing."""
+    from pathfl.features.encoders import EncoderSpec
+    from pathfl.features.pipeline import tile_size_note
+
+    tiles = make_cohort(tmp_path, n_slides=1, n_side=2)
+    with caplog.at_level("WARNING", logger="pathfl.features.pipeline"):
+        assert run(tiles, tmp_path / "out") == {"slide0": "ok"}
+    assert any(
+        "1 slide(s): warning: 64-px tiles fed as they are to encoder mobilenet-v2" in r.message
+        and "native input is 224 px" in r.message
+        for r in caplog.records
+    )
+    row = Manifest.load(manifest_path(tmp_path / "out", None)).rows["slide0"]
+    assert row["status"] == "ok" and "64-px tiles" in row["error"]
+    assert "--tile-size 224" in row["error"]
+
+    spec = EncoderSpec("vit", 768, 224, (0.5,) * 3, (0.5,) * 3, fixed_input_px=True)
+    assert [bool(tile_size_note(spec, px)) for px in (16, 111, 112, 224, 448, 449)] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert "16-px tiles resized to 224 px for encoder vit" in tile_size_note(spec, 16)

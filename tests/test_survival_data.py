@@ -112,7 +112,7 @@ def test_mixed_encoders_refused(tmp_path: Path) -> None:
     _feats(fdir, "a", dim=8, encoder="enc1")
     _feats(fdir, "b", dim=16, encoder="enc2")
     p = _csv(tmp_path, "patient_id,slide_id,time,event\nA,a,1,1\nB,b,2,0")
-    with pytest.raises(ClinicalError, match="mix encoders"):
+    with pytest.raises(ClinicalError, match="mix encoder values"):
         load_bags(fdir, load_clinical(p))
 
 
@@ -175,3 +175,94 @@ def test_time_bins_from_uncensored_quantiles() -> None:
     np.testing.assert_allclose(cuts, np.quantile([1, 2, 3, 4, 5], [0.25, 0.5, 0.75]))
     y = survival_array(events, times)
     assert y.dtype.names == ("event", "time") and y["event"].sum() == 5
+
+
+def _set_attrs(path: Path, **attrs: object) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f.attrs.update(attrs)
+
+
+def test_table_and_features_problems_reported_in_one_pass(tmp_path: Path) -> None:
+    """Negative time, event=2, a slide without a features file and a patient whose rows
+    disagree: all four in one error, each naming its CSV line(s), in line order."""
+    from pathfl.survival.data import load_cohort
+
+    fdir = tmp_path / "features"
+    fdir.mkdir()
+    for sid in ("a1", "b1", "d1", "d2"):
+        _feats(fdir, sid)
+    p = _csv(
+        tmp_path,
+        """
+patient_id,slide_id,time,event
+A,a1,-4,1
+B,b1,5,2
+C,c1,6,0
+D,d1,7,1
+D,d2,9,1
+""",
+    )
+    with pytest.raises(ClinicalError) as ei:
+        load_cohort(fdir, p, covariates=[])
+    probs = ei.value.problems
+    assert probs == [
+        "line 2 (patient_id=A, slide_id=a1): time -4 must be > 0",
+        "line 3 (patient_id=B, slide_id=b1): event '2' must be 0 (censored) or 1 (event)",
+        f"line 4 (patient_id=C, slide_id=c1): no features file {fdir / 'c1.h5'}",
+        "lines 5, 6 (patient_id=D, slides d1, d2): rows disagree on time: "
+        "7.0 on line 5, 9.0 on line 6",
+    ]
+    # a rejected row's features file is checked too, merged into that row's line
+    (fdir / "b1.h5").unlink()
+    with pytest.raises(ClinicalError) as ei:
+        load_cohort(fdir, p, covariates=[])
+    assert any(
+        x.startswith("line 3 (patient_id=B, slide_id=b1): event '2'") and "no features file" in x
+        for x in ei.value.problems
+    )
+    # load_clinical alone reports the table's problems only (2 rows + 1 patient)
+    with pytest.raises(ClinicalError) as ei:
+        load_clinical(p)
+    assert len(ei.value.problems) == 3 and "features file" not in str(ei.value)
+
+
+def test_cohort_mixing_tilings_refused_naming_slides(tmp_path: Path) -> None:
+    """Features at 0.5 µm/px/224 px, 8 µm/px/16 px and 0.25 µm/px in one cohort: refused,
+    each odd value with its slides and CSV lines; nothing is loaded."""
+    fdir = tmp_path / "features"
+    fdir.mkdir()
+    sids = [f"s{i}" for i in range(6)]
+    for sid in sids:
+        _feats(fdir, sid)
+    _set_attrs(fdir / "s4.h5", target_mpp=8.0, tile_size=16)
+    _set_attrs(fdir / "s5.h5", target_mpp=0.25)
+    rows = "\n".join(f"P{i},{sid},{i + 1},{i % 2}" for i, sid in enumerate(sids))
+    table = load_clinical(_csv(tmp_path, "patient_id,slide_id,time,event\n" + rows))
+    with pytest.raises(ClinicalError) as ei:
+        load_bags(fdir, table)
+    text = str(ei.value)
+    assert "mix target_mpp values" in text and "mix tile_size values" in text
+    assert "target_mpp=0.5 in 4 slide(s)" in text
+    assert "target_mpp=8.0 in 1 slide(s): s4 (line 6)" in text
+    assert "target_mpp=0.25 in 1 slide(s): s5 (line 7)" in text
+    assert "tile_size=16 in 1 slide(s): s4 (line 6)" in text
+    # mpp equal within the federation's tolerance, same everything else: accepted
+    _set_attrs(fdir / "s4.h5", target_mpp=0.50001, tile_size=224)
+    _set_attrs(fdir / "s5.h5", target_mpp=0.5)
+    bags = load_bags(fdir, table)
+    from pathfl.survival.data import bags_fingerprint
+
+    fp = bags_fingerprint(bags)
+    assert (fp["target_mpp"], fp["tile_size"], fp["encoder"], fp["feature_dim"]) == (
+        0.5,
+        224,
+        "enc",
+        8,
+    )
+    assert fp["weights_sha256"] == "none" and fp["dtype"] == "float32"
+    # another weights hash or storage dtype is refused as well
+    _set_attrs(fdir / "s1.h5", weights_sha256="abc")
+    with pytest.raises(ClinicalError, match=r"mix weights_sha256 values.*s1 \(line 3\)"):
+        load_bags(fdir, table)

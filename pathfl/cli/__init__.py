@@ -2,7 +2,8 @@
 heavy imports (torch, flwr, openslide) happen inside the commands, so ``pathfl --help`` is fast.
 
 Exit codes (DESIGN): 0 = every slide ok, 1 = some slides failed (see the manifest),
-2 = usage or configuration error."""
+2 = usage or configuration error, 130 = stopped by SIGINT (Ctrl-C), 143 = stopped by SIGTERM
+(see :mod:`pathfl.interrupts`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typer
 from pathfl import __version__
 from pathfl.cli import demo, extract, fl, tile, train
 from pathfl.config import ConfigError
+from pathfl.interrupts import Interrupted, handling_signals
 from pathfl.registry import UnknownNameError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -57,9 +59,19 @@ for _module in (tile, extract, train, fl, demo):
 
 
 def main() -> None:
-    """Console-script entry point: maps configuration errors to exit code 2."""
+    """Console-script entry point: maps configuration errors to exit code 2 and a SIGINT or
+    SIGTERM to 128 + its number (130, 143) after the command cleaned up."""
     try:
-        app(standalone_mode=True)
+        with handling_signals():
+            app(standalone_mode=True)
     except (ConfigError, UnknownNameError) as e:
         typer.secho(f"error: {e}", err=True, fg="red")
         sys.exit(EXIT_USAGE)
+    except Interrupted as e:
+        typer.secho(
+            f"interrupted by {e.name}: stopped; what finished is kept (the manifest lists "
+            "it); run the same command again to go on",
+            err=True,
+            fg="yellow",
+        )
+        sys.exit(e.exit_code)

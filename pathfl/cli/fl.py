@@ -302,13 +302,17 @@ def simulate_cmd(
     aggregation: str = typer.Option(None, "--aggregation", help=_TUNING["aggregation"]),
 ) -> None:
     """One machine, one process per site on 127.0.0.1: federated run + baselines + table."""
-    from pathfl.fl.simulate import simulate, site_specs
+    from pathfl.fl.simulate import FederatedRunError, simulate, site_specs
 
     tuning = {"rounds": rounds, "local_epochs": local_epochs, "proximal_mu": proximal_mu}
     user = _load_user_config(config, {**tuning, "aggregation": aggregation})
-    summary = simulate(
-        site_specs(site, policy=policy), user, out, tls=not insecure, baselines=not no_baselines
-    )
+    try:
+        summary = simulate(
+            site_specs(site, policy=policy), user, out, tls=not insecure, baselines=not no_baselines
+        )
+    except (FederatedRunError, TimeoutError) as e:  # data/config problems exit 2 via main()
+        typer.secho(f"error: {e}", err=True, fg="red")
+        raise typer.Exit(1) from None
     typer.echo(f"federated run dir: {summary['run_dir']}")
     typer.echo(f"federated C-index (within-site pairs): {summary['federated_c_index']:.4f}")
     if "table" in summary:

@@ -17,7 +17,9 @@ TRAIN_HELP = (
     "event[, covariates...]); runs K-fold cross-validation by patient (stratified by event), "
     "then fits a final model on all patients. Writes RUN/model.pt, config.json, metrics.json "
     "(per fold + pooled out-of-fold, bootstrap 95% CIs), predictions.csv (out-of-fold risks) "
-    "and plots/km_risk_groups.png.\n\nExit code: 0 ok, 2 usage/config/clinical-table error."
+    "and plots/km_risk_groups.png. The run is built in a temporary folder beside RUN and moved "
+    "into place when complete; an existing RUN is replaced (wholly) only with --overwrite."
+    "\n\nExit code: 0 ok, 2 usage/config/clinical-table error."
 )
 
 
@@ -59,6 +61,9 @@ def train(
     ),
     n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap replicates for 95% CIs."),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0 = torch default)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing run directory (as a whole, at the end)."
+    ),
     config: Path = typer.Option(None, "--config", "-c", help="YAML of these options."),
 ) -> None:
     """Cross-validated survival MIL training."""
@@ -70,24 +75,14 @@ def train(
         raise _fail(str(e)) from None
 
 
-def _train(ctx: typer.Context, config: Path | None) -> None:
-    from pathfl.config import ConfigError, merge_cli_and_yaml
-
-    v = merge_cli_and_yaml(ctx, {k: x for k, x in ctx.params.items() if k != "config"}, config)
-    for req in ("features", "clinical", "out"):
-        if v[req] is None:
-            raise ConfigError(f"--{req} is required (or `{req}:` in the --config file)")
-    _set_threads(v["threads"])
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from pathfl.survival.cv import cross_validate
-    from pathfl.survival.data import ClinicalError, load_bags, load_clinical
+def _train_config(v: dict[str, Any]) -> Any:
+    from pathfl.config import ConfigError
     from pathfl.survival.train import TrainConfig
 
     cov = v["covariates"]
     cov_list = [c.strip() for c in cov.split(",") if c.strip()] if isinstance(cov, str) else cov
     try:
-        cfg = TrainConfig(
+        return TrainConfig(
             model=v["model"],
             loss=v["loss"],
             epochs=int(v["epochs"]),
@@ -107,11 +102,55 @@ def _train(ctx: typer.Context, config: Path | None) -> None:
         )
     except ValueError as e:  # includes unknown model/loss names
         raise ConfigError(str(e)) from e
+
+
+def _check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an --out that holds anything unless --overwrite (nothing is touched here)."""
+    from pathfl.config import ConfigError
+    from pathfl.io import dir_has_files
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a run directory")
+    if dir_has_files(out) and not overwrite:
+        names = sorted(p.name for p in out.iterdir())
+        what = "a run" if (out / "config.json").is_file() else "files"
+        shown = ", ".join(names[:6]) + (f", … ({len(names)} entries)" if len(names) > 6 else "")
+        raise ConfigError(
+            f"--out {out} already holds {what} ({shown}); nothing was changed. Pass --overwrite "
+            "to replace the whole directory when the new run is complete, or choose another --out"
+        )
+
+
+def _train(ctx: typer.Context, config: Path | None) -> None:
+    from pathfl.config import ConfigError, merge_cli_and_yaml
+
+    v = merge_cli_and_yaml(ctx, {k: x for k, x in ctx.params.items() if k != "config"}, config)
+    for req in ("features", "clinical", "out"):
+        if v[req] is None:
+            raise ConfigError(f"--{req} is required (or `{req}:` in the --config file)")
+    out = Path(v["out"])
+    _check_out(out, overwrite=bool(v["overwrite"]))
+    cfg = _train_config(v)
+    _set_threads(v["threads"])
+    from pathfl.io import atomic_dir
+    from pathfl.survival.data import ClinicalError, load_cohort
+    from pathfl.survival.run import rebase_run_paths
+
     try:
-        table = load_clinical(v["clinical"], covariates=cfg.covariates)
-        bags = load_bags(v["features"], table, covariates=cfg.covariates)
+        _, bags = load_cohort(v["features"], v["clinical"], covariates=cfg.covariates)
     except (ClinicalError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
+    with atomic_dir(out) as tmp:
+        metrics = _cross_validate(bags, cfg, tmp)
+        metrics = rebase_run_paths(tmp, final=out.absolute()) or metrics
+    _print_summary(metrics, out)
+
+
+def _cross_validate(bags: list[Any], cfg: Any, run_dir: Path) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pathfl.survival.cv import cross_validate
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -127,10 +166,9 @@ def _train(ctx: typer.Context, config: Path | None) -> None:
             bar.update(tasks[phase], completed=epoch, ep=f"epoch {epoch}/{total}")
 
         try:
-            metrics = cross_validate(bags, cfg, v["out"], progress=progress)
+            return cross_validate(bags, cfg, run_dir, progress=progress)
         except ValueError as e:
             raise _fail(str(e)) from None
-    _print_summary(metrics, Path(v["out"]))
 
 
 def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
@@ -143,6 +181,8 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         for col in ("fold", "n", "events", "Harrell C", "Uno C", "mean AUC", "IBS"):
             t.add_column(col)
         rows = [*metrics["folds"], {**metrics["pooled_oof"], "fold": "pooled OOF"}]
+        if "linear_cox" in metrics:
+            rows.append({**metrics["linear_cox"], "fold": "linear-cox baseline (OOF)"})
         for m in rows:
             lo, hi = m.get("c_index_ci95", (float("nan"), float("nan")))
             t.add_row(
@@ -173,7 +213,12 @@ def predict(
 ) -> None:
     """Risk scores of new patients with a trained run (every tile used)."""
     from pathfl.survival.data import ClinicalError, load_bags
-    from pathfl.survival.inference import clinical_for_slides, load_predict_table
+    from pathfl.survival.fingerprint import FingerprintMismatchError
+    from pathfl.survival.inference import (
+        check_bags_for_run,
+        clinical_for_slides,
+        load_predict_table,
+    )
     from pathfl.survival.run import RunError, load_run, write_predictions
     from pathfl.survival.train import predict as predict_fn
 
@@ -187,7 +232,8 @@ def predict(
             )
             table, has_outcome = clinical_for_slides(ids), False
         bags = extras["scaler"].apply(load_bags(features, table, covariates=cfg.covariates))
-    except (ClinicalError, RunError, FileNotFoundError) as e:
+        check_bags_for_run(bags, extras, source=f"{features} ({len(bags)} patient(s))", run=run)
+    except (ClinicalError, RunError, FileNotFoundError, FingerprintMismatchError) as e:
         raise _fail(str(e)) from None
     if bags and bags[0].feature_dim != extras["feature_dim"]:
         raise _fail(

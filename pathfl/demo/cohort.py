@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 
 from pathfl.demo.tissue import COARSE_UM_PER_PX, StainStyle, TissueParams, render_tissue
 from pathfl.demo.wsi_writer import write_slide
+from pathfl.interrupts import WorkerPool
 from pathfl.io import atomic_path, sha256_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def generate_cohort(
         "rendering %d slides for %d patients with %d worker(s)", len(jobs), len(patients), workers
     )
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as ex:
+        with WorkerPool(workers, context=None) as ex:  # stopped at once on Ctrl-C
             results = list(ex.map(_render_one, jobs))
     else:
         results = [_render_one(j) for j in jobs]

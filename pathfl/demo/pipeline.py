@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from pathfl.interrupts import run_child
 from pathfl.io import sha256_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -122,17 +123,18 @@ def run_cli(args: list[str], *, log_path: Path, label: str) -> int:
     with open(log_path, "w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
-    if proc.returncode not in (0, 1):
+        # Ctrl-C / SIGTERM: the child stops by itself (its manifest written), then so do we
+        returncode = run_child(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if returncode not in (0, 1):
         tail = log_path.read_text().splitlines()[-15:]
         log.error(
             "%s exited with %d; last lines of %s:\n%s",
             label,
-            proc.returncode,
+            returncode,
             log_path,
             "\n".join(tail),
         )
-    return proc.returncode
+    return returncode
 
 
 def _short(a: str) -> str:

@@ -146,11 +146,15 @@ class SlideBatchSampler(Sampler[list[int]]):
         )
 
 
-def worker_init(_worker_id: int) -> None:
+def worker_init(_worker_id: int, parent_pid: int | None = None) -> None:
     """Each loader worker decodes with one thread (the main process owns the cores for the
     encoder); slide handles are opened lazily inside the worker, never inherited. Nothing here
     touches thread pools the parent may have used before forking (e.g. OpenCV's, which can
-    deadlock a forked child)."""
+    deadlock a forked child). The worker ignores Ctrl-C (the main process stops it) and dies
+    with the main process (:func:`pathfl.interrupts.worker_setup`)."""
+    from pathfl.interrupts import worker_setup
+
+    worker_setup(parent_pid)
     torch.set_num_threads(1)
     info = torch.utils.data.get_worker_info()
     if info is not None:

@@ -7,10 +7,11 @@ manifest and the batch goes on."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,14 @@ from pathfl.features.encoders import Encoder, EncoderSpec, create_encoder
 from pathfl.features.h5 import FEATURE_DTYPES, FeaturesWriter
 from pathfl.features.inference import InferenceRunner, PendingFeatures
 from pathfl.features.plan import Plan, make_plan
+from pathfl.interrupts import signals_blocked
 from pathfl.io import Manifest, ManifestRow, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
 INTERPOLATION = "bilinear"
+#: tiles more than this factor smaller or larger than the encoder's native input draw a warning
+TILE_SIZE_FACTOR = 2.0
 
 
 @dataclass
@@ -94,6 +98,34 @@ def transform_for(spec: EncoderSpec) -> Callable[[dict[str, Any]], tuple[int, di
     return fn
 
 
+def tile_size_note(spec: EncoderSpec, tile_px: Any) -> str:
+    """A warning when ``tile_px`` is far (over :data:`TILE_SIZE_FACTOR` either way) from the
+    encoder's native input size (``input_px`` of its registry entry); "" otherwise."""
+    try:
+        tile_px = int(tile_px)
+    except (TypeError, ValueError):
+        return ""
+    native = int(spec.input_px or 0)
+    if native <= 0 or tile_px <= 0 or 1 / TILE_SIZE_FACTOR <= tile_px / native <= TILE_SIZE_FACTOR:
+        return ""
+    how = f"resized to {native} px for" if spec.fixed_input_px else "fed as they are to"
+    return (
+        f"warning: {tile_px}-px tiles {how} encoder {spec.name}, whose native input is "
+        f"{native} px: features may be poor (re-tile with --tile-size {native} or use an "
+        "encoder made for this size)"
+    )
+
+
+def _warn_tile_sizes(jobs: list[SlideJob], spec: EncoderSpec) -> None:
+    by_note: dict[str, int] = {}
+    for job in jobs:
+        note = tile_size_note(spec, job.attrs.get("tile_size"))
+        if note:
+            by_note[note] = by_note.get(note, 0) + 1
+    for note, n in by_note.items():
+        logger.warning("%d slide(s): %s", n, note)
+
+
 def manifest_path(out_dir: Path, shard: tuple[int, int] | None) -> Path:
     """``OUT/features/manifest.csv``; a shard writes its own so parallel jobs never race."""
     name = "manifest.csv" if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.csv"
@@ -107,7 +139,7 @@ def make_loader(dataset: TileDataset, *, batch_size: int, workers: int, pin: boo
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin,
-        worker_init_fn=worker_init,
+        worker_init_fn=functools.partial(worker_init, parent_pid=os.getpid()),
         prefetch_factor=4 if workers > 0 else None,
     )
 
@@ -172,9 +204,12 @@ def _finish(
             row = run.row("failed", 0, error)
         else:
             run.writer.commit(_feature_attrs(run, encoder, runner, n_failed))
-            note = f"{n_failed} unreadable tile(s) skipped: {run.first_tile_error}"
-            note = note if n_failed else ""
-            row = run.row("ok", run.writer.n_rows, note)
+            skipped = f"{n_failed} unreadable tile(s) skipped: {run.first_tile_error}"
+            notes = [
+                skipped if n_failed else "",
+                tile_size_note(encoder.spec, run.job.attrs.get("tile_size")),
+            ]
+            row = run.row("ok", run.writer.n_rows, "; ".join(n for n in notes if n))
     manifest.update(row)
     return row
 
@@ -211,6 +246,8 @@ def run_jobs(
     )
     run: _SlideRun | None = None
     pending: tuple[_SlideRun, PendingFeatures, np.ndarray] | None = None
+    with signals_blocked():  # the workers start here; they unblock after ignoring SIGINT
+        batches = iter(loader)
 
     def drain() -> None:
         nonlocal pending
@@ -224,7 +261,7 @@ def run_jobs(
                     prun.fail(str(e))
 
     try:
-        for imgs, job_idx, tile_idx, status, errors in loader:
+        for imgs, job_idx, tile_idx, status, errors in batches:
             j = int(job_idx[0])
             if run is None or run.job is not jobs[j]:
                 drain()
@@ -257,8 +294,17 @@ def run_jobs(
     finally:
         if run is not None:  # interrupted or crashed mid-slide: leave no partial file
             run.writer.abort()
+        _stop_loader(batches)
         dataset.close()
     return rows
+
+
+def _stop_loader(batches: Iterator[Any]) -> None:
+    """Stop the loader's worker processes now (on Ctrl-C too), not when the iterator happens
+    to be garbage-collected; ``_shutdown_workers`` is idempotent (torch calls it again later)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def extract(
@@ -302,6 +348,7 @@ def extract(
         manifest.update(row)
         if callbacks and callbacks.on_slide:
             callbacks.on_slide(row)
+    _warn_tile_sizes(plan.jobs, encoder.spec)
     if callbacks and callbacks.on_start:
         callbacks.on_start(plan)
     logger.info(

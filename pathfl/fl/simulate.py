@@ -10,6 +10,12 @@ from typing import Any
 
 from pathfl.config import ConfigError
 from pathfl.fl.federation import LocalFederation, SiteSpec, follow_run
+from pathfl.fl.preflight import (
+    FederatedRunError,
+    check_site_compat,
+    check_site_data,
+    failure_reason,
+)
 from pathfl.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -58,9 +64,12 @@ def simulate(
 
     user = dict(user_cfg)
     user.setdefault("num_sites", len(specs))
+    # before any process starts: one message naming site and file
+    check_site_data(specs, covariates=[str(c) for c in user.get("covariates") or []])
     if not user.get("time_bins") and not user.get("time_grid_max"):
         user["time_grid_max"] = default_time_grid(specs)
     cfg = effective_config(user)
+    check_site_compat(specs, cfg)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = out / "federation"
@@ -83,10 +92,9 @@ def simulate(
         )
         pids = [fed.superlink.pid, *(p.pid for p in [*fed.sites.values(), *fed.workers.values()])]
     if result.get("state") != "completed":
-        raise RuntimeError(
-            f"federated run {run_id} ended as {result.get('flower_status')}: "
-            f"{result.get('message') or result.get('log_tail', '')[-1500:]}"
-        )
+        reason, by_sites = failure_reason(out, result)
+        message = f"federated run {run_id} did not complete: {reason}"
+        raise ConfigError(message) if by_sites else FederatedRunError(message)
     summary: dict[str, Any] = {"run_id": run_id, "run_dir": str(out), "pids": pids}
     metrics = json.loads((out / "metrics.json").read_text())
     summary["federated_c_index"] = metrics["federated_c_index"]

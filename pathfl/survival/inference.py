@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +18,11 @@ from pathfl.survival.data import (
     ClinicalError,
     ClinicalRow,
     ClinicalTable,
+    PatientBag,
     load_clinical,
     read_features_h5,
 )
+from pathfl.survival.fingerprint import check_run_fingerprint, file_fingerprint
 from pathfl.survival.run import load_run
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,18 @@ def load_predict_table(
     return table, False
 
 
+def check_bags_for_run(
+    bags: Sequence[PatientBag], extras: dict, *, source: str, run: str | os.PathLike[str]
+) -> list[str]:
+    """Refuse bags whose features were made differently from the run's training features
+    (:func:`~pathfl.survival.fingerprint.check_run_fingerprint`; the bags of one call were
+    already checked to agree with each other). Returns the warnings."""
+    made_with = bags[0].attrs.get("made_with") if bags else None
+    if not made_with:
+        return []
+    return check_run_fingerprint(extras.get("fingerprint"), made_with, source=source, run=str(run))
+
+
 def slide_tile_scores(
     run_dir: str | os.PathLike[str], features_h5: str | os.PathLike[str]
 ) -> tuple[np.ndarray, np.ndarray, dict, float]:
@@ -68,6 +83,12 @@ def slide_tile_scores(
     Returns ``(coords, scores, features attrs, slide risk)``."""
     model, cfg, extras = load_run(run_dir)
     feats, coords, attrs = read_features_h5(features_h5)
+    check_run_fingerprint(
+        extras.get("fingerprint"),
+        file_fingerprint(attrs, feats),
+        source=str(features_h5),
+        run=str(run_dir),
+    )
     if feats.shape[1] != extras["feature_dim"]:
         raise ValueError(
             f"{features_h5}: {feats.shape[1]}-d features, the model wants {extras['feature_dim']}"
@@ -78,6 +99,34 @@ def slide_tile_scores(
         out = model(torch.from_numpy(x), cov)
     risk = float(cfg.head.risk(out.logits.unsqueeze(0))[0])
     return coords, out.tile_scores.numpy().astype(float), attrs, risk
+
+
+def _open_for_heatmap(
+    slide_path: Path, attrs: dict, backend: str, mpp_override: float | None, sid: str
+) -> Any:
+    """Open the slide at the level-0 mpp its features were made with (``mpp_level0`` of the
+    features file; tile coordinates are level-0 pixels at that mpp), so a slide tiled with
+    ``--mpp-override`` needs nothing more here. ``mpp_override`` wins when given."""
+    from pathfl.slide import open_slide
+    from pathfl.slide.base import SlideError
+    from pathfl.slide.metadata import MPP_HELP
+
+    recorded = attrs.get("mpp_level0")
+    mpp = mpp_override if mpp_override is not None else recorded
+    try:
+        return open_slide(
+            slide_path,
+            backend=backend,
+            mpp_override=None if mpp in (None, "") else float(mpp),
+            slide_id=sid,
+        )
+    except SlideError as e:
+        if mpp in (None, "") and MPP_HELP in str(e):  # not in the slide, not in its features
+            raise ValueError(
+                f"{slide_path}: microns per pixel unknown: neither the slide nor its features "
+                "file records it; pass --mpp-override X (µm/px at level 0)"
+            ) from e
+        raise ValueError(str(e)) from e
 
 
 def slide_heatmap(
@@ -94,7 +143,6 @@ def slide_heatmap(
 ) -> list[Path]:
     """Heatmap PNG + ``<out>_top_tiles.png`` montage + ``<out>_scores.csv`` for one slide."""
     from pathfl.io import atomic_path
-    from pathfl.slide import open_slide
     from pathfl.slide.base import slide_id_from_path
     from pathfl.survival.plots import heatmap_png, top_tiles_montage
 
@@ -108,7 +156,7 @@ def slide_heatmap(
     out_png = Path(out_png)
     montage = out_png.with_name(out_png.stem + "_top_tiles.png")
     scores_csv = out_png.with_name(out_png.stem + "_scores.csv")
-    with open_slide(slide_path, backend=backend, mpp_override=mpp_override, slide_id=sid) as s:
+    with _open_for_heatmap(slide_path, attrs, backend, mpp_override, sid) as s:
         heatmap_png(
             s,
             coords,

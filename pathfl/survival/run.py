@@ -84,6 +84,32 @@ def save_run(
     return run_dir
 
 
+def _rebase(obj: Any, old: str, new: str) -> Any:
+    if isinstance(obj, str) and (obj == old or obj.startswith(old + os.sep)):
+        return new + obj[len(old) :]
+    if isinstance(obj, dict):
+        return {k: _rebase(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rebase(v, old, new) for v in obj]
+    return obj
+
+
+def rebase_run_paths(
+    built_in: str | os.PathLike[str], *, final: str | os.PathLike[str]
+) -> dict[str, Any] | None:
+    """A run built in a temporary folder ``built_in`` that will become ``final`` names the
+    temporary folder in metrics.json (e.g. the KM plot): make those paths point into ``final``
+    (call before the folder is moved). Returns the rewritten metrics (None: no metrics.json)."""
+    import json
+
+    path = Path(built_in) / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = _rebase(json.loads(path.read_text()), str(built_in), str(final))
+    write_json_atomic(path, metrics)
+    return metrics
+
+
 def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
     """Rebuild the model of a run directory. ``extras`` = the config.json dict with
     ``time_bins`` (ndarray|None), ``scaler`` (:class:`BagScaler`) and ``baseline``

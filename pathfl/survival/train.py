@@ -156,11 +156,51 @@ def forward_bag(
     model: nn.Module, bag: PatientBag, rng: np.random.Generator | None, max_tiles: int | None
 ) -> torch.Tensor:
     """Logits of one bag; in training (``rng`` given) at most ``max_tiles`` random tiles."""
+    feats = _sample(bag, rng, max_tiles)
+    cov = None if bag.covariates is None else _as_tensor(bag.covariates)
+    return model(_as_tensor(feats), cov).logits
+
+
+PACK_MAX_TILES = 262_144  # tiles per packed forward pass (bounds activation memory)
+
+
+def _sample(bag: PatientBag, rng: np.random.Generator | None, max_tiles: int | None):
     feats = bag.features
     if rng is not None and max_tiles is not None and feats.shape[0] > max_tiles:
         feats = feats[np.sort(rng.choice(feats.shape[0], size=max_tiles, replace=False))]
-    cov = None if bag.covariates is None else _as_tensor(bag.covariates)
-    return model(_as_tensor(feats), cov).logits
+    return feats
+
+
+def bags_logits(
+    model: nn.Module,
+    bags: Sequence[PatientBag],
+    rng: np.random.Generator | None = None,
+    max_tiles: int | None = None,
+) -> torch.Tensor:
+    """Logits ``(len(bags), n_out)``. Models with ``forward_batch`` get the bags packed into
+    one pass (chunks of at most :data:`PACK_MAX_TILES` tiles); others one bag at a time."""
+    if not hasattr(model, "forward_batch"):
+        return torch.stack([forward_bag(model, b, rng, max_tiles) for b in bags])
+    out, chunk, n_tiles = [], [], 0
+    for b in bags:
+        f = _sample(b, rng, max_tiles)
+        if chunk and n_tiles + len(f) > PACK_MAX_TILES:
+            out.append(_packed(model, chunk))
+            chunk, n_tiles = [], 0
+        chunk.append((f, b.covariates))
+        n_tiles += len(f)
+    if chunk:
+        out.append(_packed(model, chunk))
+    return torch.cat(out)
+
+
+def _packed(model: nn.Module, chunk: list[tuple[np.ndarray, np.ndarray | None]]) -> torch.Tensor:
+    x = _as_tensor(np.concatenate([f for f, _ in chunk]))
+    seg = torch.from_numpy(np.repeat(np.arange(len(chunk)), [len(f) for f, _ in chunk]))
+    cov = None
+    if chunk[0][1] is not None:
+        cov = _as_tensor(np.stack([c for _, c in chunk]))  # type: ignore[misc]
+    return model.forward_batch(x, seg, len(chunk), cov)  # type: ignore[operator]
 
 
 def batch_loss(
@@ -282,7 +322,7 @@ def train_local(
             for g in opt.param_groups:
                 g["lr"] = config.lr * lr_factor(p0 + (p1 - p0) * step / max(total, 1), config)
             bb = [bags[i] for i in batch]
-            logits = torch.stack([forward_bag(model, b, rng, config.max_tiles) for b in bb])
+            logits = bags_logits(model, bb, rng, config.max_tiles)
             loss = batch_loss(config, logits, bb, time_bins)
             total_loss = loss + 0.5 * proximal_mu * _prox_term(params, anchor) if anchor else loss
             opt.zero_grad(set_to_none=True)
@@ -316,7 +356,7 @@ def train_local(
 @torch.no_grad()
 def _all_logits(model: nn.Module, bags: Sequence[PatientBag]) -> torch.Tensor:
     model.eval()
-    return torch.stack([forward_bag(model, b, None, None) for b in bags])
+    return bags_logits(model, bags)
 
 
 def evaluate_loss(

@@ -54,8 +54,14 @@ def _parse_mpp(value: str, where: str) -> float | None:
         mpp = float(value)
     except ValueError:
         raise ConfigError(f"{where}: mpp {value!r} is not a number") from None
+    return check_mpp(mpp, where)
+
+
+def check_mpp(mpp: float, where: str) -> float:
+    """``mpp`` if it is a positive finite number, else a :class:`ConfigError` naming
+    ``where`` (a usage error: nothing is written)."""
     if not math.isfinite(mpp) or mpp <= 0:
-        raise ConfigError(f"{where}: mpp must be > 0, got {value!r}")
+        raise ConfigError(f"{where}: mpp must be > 0 (µm/px, a finite number), got {mpp:g}")
     return mpp
 
 
@@ -91,7 +97,10 @@ def collect_jobs(
     recursive: bool = False,
 ) -> list[SlideJob]:
     """Slides from files/folders plus the CSV. ``mpp_override`` applies to every slide that
-    the CSV gives no mpp for. Missing paths and duplicate slide ids are usage errors."""
+    the CSV gives no mpp for. Missing paths, duplicate slide ids and an mpp that is not a
+    positive number are usage errors."""
+    if mpp_override is not None:
+        check_mpp(float(mpp_override), "--mpp-override")
     jobs: list[SlideJob] = []
     for item in inputs:
         p = Path(item).absolute()

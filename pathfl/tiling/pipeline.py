@@ -3,10 +3,14 @@ with a manifest row per slide, resume by fingerprint and a process pool over sli
 
 Output layout under ``out_dir``::
 
-    coords/<slide_id>.h5        written last (temp + rename): its presence means "done"
+    coords/<slide_id>.h5        renamed into place last: its presence means "done"
     thumbnails/<slide_id>.png   QC picture (also written when no tissue is found)
     geojson/<slide_id>.geojson  tissue polygons for QuPath
     manifest.csv                one row per slide, rewritten after each slide
+
+A slide's three files are written to temporary files and renamed together at the end, so a
+rerun that fails (or is interrupted) leaves the earlier outputs of that slide untouched and
+consistent with each other.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import concurrent.futures as cf
 import contextlib
 import hashlib
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pathfl.io import Manifest, ManifestRow, sha256_json
+from pathfl.interrupts import WorkerPool
+from pathfl.io import Manifest, ManifestRow, atomic_path, sha256_json
 from pathfl.slide import Slide, SlideError, open_slide
 from pathfl.tiling.coords_io import build_attrs, read_coords, read_fingerprint, write_coords
 from pathfl.tiling.grid import GridParams, grid_coords, plan_read, tissue_fractions
@@ -38,6 +42,9 @@ logger = logging.getLogger(__name__)
 #: bump when the tiling algorithm changes so old outputs are recomputed
 TILING_VERSION = 1
 OUTPUT_DIRS = ("coords", "thumbnails", "geojson")
+#: seconds the slides being tiled get to finish after Ctrl-C / SIGTERM before their worker
+#: processes are terminated
+INTERRUPT_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -111,11 +118,14 @@ def fingerprint(job: SlideJob, config: TileConfig) -> str:
     )
 
 
-def _remove_stale(out_dir: Path, slide_id: str) -> None:
-    p = coords_path(out_dir, slide_id)
-    if p.exists():
-        logger.warning("%s: removing stale %s (it does not match this run)", slide_id, p)
-        p.unlink()
+def output_paths(out_dir: Path, slide_id: str) -> tuple[Path, Path, Path]:
+    """A slide's coords file, QC thumbnail and GeoJSON."""
+    out_dir = Path(out_dir)
+    return (
+        coords_path(out_dir, slide_id),
+        out_dir / "thumbnails" / f"{slide_id}.png",
+        out_dir / "geojson" / f"{slide_id}.geojson",
+    )
 
 
 def tile_slide(job: SlideJob, out_dir: str | os.PathLike[str], config: TileConfig) -> SlideResult:
@@ -123,11 +133,11 @@ def tile_slide(job: SlideJob, out_dir: str | os.PathLike[str], config: TileConfi
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     result = SlideResult(slide_id=job.slide_id, path=str(job.path), status="failed")
+    cpath = coords_path(out_dir, job.slide_id)
     try:
         if not job.path.is_file():
             raise SlideError(f"{job.path}: no such file")
         fp = fingerprint(job, config)
-        cpath = coords_path(out_dir, job.slide_id)
         if cpath.exists() and not config.overwrite:
             old = read_fingerprint(cpath)
             if old == fp:
@@ -145,8 +155,11 @@ def tile_slide(job: SlideJob, out_dir: str | os.PathLike[str], config: TileConfi
     finally:
         result.seconds = time.perf_counter() - t0
     if result.status == "failed":
-        with contextlib.suppress(OSError):
-            _remove_stale(out_dir, job.slide_id)
+        if cpath.exists():
+            result.error += (
+                f"; the earlier outputs of this slide ({cpath} with its thumbnail and GeoJSON, "
+                "from an earlier run) are kept unchanged"
+            )
         logger.warning("%s", result.error)
     return result
 
@@ -195,24 +208,30 @@ def _tile(job: SlideJob, out_dir: Path, config: TileConfig, fp: str, result: Sli
             size_l0=plan.size_l0,
             label=label,
         )
-        write_png(out_dir / "thumbnails" / f"{job.slide_id}.png", qc)
+        final_coords, final_png, final_geojson = output_paths(out_dir, job.slide_id)
         if len(coords) == 0:
             what = (
                 "no tissue found"
                 if not tissue.mask.any()
                 else "no tile reaches the minimum tissue fraction"
             )
+            if not final_coords.exists():  # never replace the picture of earlier good tiles
+                write_png(final_png, qc)
             raise SlideError(
                 f"{job.path}: {what} (tissue {100 * tissue.tissue_fraction:.2f}% of the "
                 f"slide, saturation threshold {tissue.threshold:.3f}); see the thumbnail, or "
                 "adjust the tissue parameters"
             )
-        write_geojson(
-            out_dir / "geojson" / f"{job.slide_id}.geojson",
-            tissue_geojson(tissue, slide_id=job.slide_id),
-        )
         attrs = build_attrs(slide, plan, config.grid, config.tissue, fingerprint=fp)
-        write_coords(coords_path(out_dir, job.slide_id), coords, attrs, tissue_fraction=frac)
+        # temporary files renamed when the block ends, in reverse order: the coords file last
+        with contextlib.ExitStack() as stack:
+            tmp_coords, tmp_png, tmp_geojson = (
+                stack.enter_context(atomic_path(p))
+                for p in (final_coords, final_png, final_geojson)
+            )
+            write_png(tmp_png, qc)
+            write_geojson(tmp_geojson, tissue_geojson(tissue, slide_id=job.slide_id))
+            write_coords(tmp_coords, coords, attrs, tissue_fraction=frac)
         result.status, result.n_tiles = "ok", len(coords)
 
 
@@ -246,13 +265,19 @@ def run_batch(
     workers: int = 1,
     on_result: Callable[[SlideResult], None] | None = None,
     worker: Worker = tile_slide,
+    grace_s: float = INTERRUPT_GRACE_S,
 ) -> list[SlideResult]:
     """Tile every job; the manifest is updated as each slide finishes.
 
     With ``workers > 1`` slides run in a pool of spawned processes. If a worker process dies
     (a crash inside a native reader), the slides that were in flight are retried one at a
     time, so only the slide that crashes the reader is marked failed. ``worker`` is the
-    per-slide function (a module-level function; replaceable for tests)."""
+    per-slide function (a module-level function; replaceable for tests).
+
+    Interrupted (``KeyboardInterrupt``, :class:`pathfl.interrupts.Interrupted`), queued slides
+    are cancelled, the running ones get ``grace_s`` seconds to finish (their rows are
+    written), then the workers are terminated and the exception goes on; slides that did not
+    finish get no manifest row."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_temp_files(out_dir)
@@ -271,20 +296,13 @@ def run_batch(
         return results
     pending, n_workers = list(jobs), min(workers, len(jobs))
     while pending:
-        crashed = _pool_round(pending, out_dir, config, n_workers, worker, done)
+        crashed = _pool_round(pending, out_dir, config, n_workers, worker, done, grace_s=grace_s)
         if not crashed:
             break
         if n_workers == 1:
             # one worker runs jobs in submission order: the first crashed job is the culprit
             culprit = crashed[0]
-            done(
-                SlideResult(
-                    slide_id=culprit.slide_id,
-                    path=str(culprit.path),
-                    status="failed",
-                    error=f"{culprit.path}: the worker process crashed while reading this slide",
-                )
-            )
+            done(_failed(culprit, "the worker process crashed while reading this slide"))
             pending, n_workers = crashed[1:], min(workers, max(1, len(crashed) - 1))
         else:
             logger.warning(
@@ -294,6 +312,12 @@ def run_batch(
     return results
 
 
+def _failed(job: SlideJob, reason: str) -> SlideResult:
+    return SlideResult(
+        slide_id=job.slide_id, path=str(job.path), status="failed", error=f"{job.path}: {reason}"
+    )
+
+
 def _pool_round(
     jobs: list[SlideJob],
     out_dir: Path,
@@ -301,34 +325,39 @@ def _pool_round(
     n_workers: int,
     worker: Worker,
     done: Callable[[SlideResult], None],
+    *,
+    grace_s: float,
 ) -> list[SlideJob]:
     """Run ``jobs`` in one process pool; return the jobs lost to a broken pool (in
     submission order)."""
     level = logging.getLogger().getEffectiveLevel()
     crashed: list[int] = []
-    with cf.ProcessPoolExecutor(
-        max_workers=n_workers,
-        mp_context=mp.get_context("spawn"),
-        initializer=_worker_init,
-        initargs=(level,),
-    ) as pool:
-        futures = {pool.submit(worker, job, out_dir, config): i for i, job in enumerate(jobs)}
-        for fut in cf.as_completed(futures):
-            i = futures[fut]
-            try:
-                done(fut.result())
-            except BrokenProcessPool:
-                crashed.append(i)
-            except Exception as e:  # e.g. a result that cannot be pickled back
-                job = jobs[i]
-                done(
-                    SlideResult(
-                        slide_id=job.slide_id,
-                        path=str(job.path),
-                        status="failed",
-                        error=f"{job.path}: worker failed: {type(e).__name__}: {e}",
-                    )
-                )
+    collected: set[cf.Future] = set()
+
+    def collect(fut: cf.Future) -> None:
+        collected.add(fut)
+        i = futures[fut]
+        try:
+            done(fut.result())
+        except BrokenProcessPool:
+            crashed.append(i)
+        except Exception as e:  # e.g. a result that cannot be pickled back
+            done(_failed(jobs[i], f"worker failed: {type(e).__name__}: {e}"))
+
+    with WorkerPool(n_workers, initializer=_worker_init, initargs=(level,)) as pool:
+        futures: dict[cf.Future, int] = {}
+        try:
+            for i, job in enumerate(jobs):
+                futures[pool.submit(worker, job, out_dir, config)] = i
+            for fut in cf.as_completed(futures):
+                collect(fut)
+        except BaseException:  # Ctrl-C, SIGTERM: keep what finishes within the grace time
+            pool.stop(futures=futures, grace_s=grace_s)
+            for fut in futures:
+                finished = fut.done() and not fut.cancelled()
+                if fut not in collected and finished and fut.exception() is None:
+                    collect(fut)
+            raise
     return [jobs[i] for i in sorted(crashed)]
 
 
