@@ -156,8 +156,10 @@ def _rdp_subsampled_gaussian(q: float, sigma: float, alpha: int) -> float:
 
 
 #: Run-config keys that change with every submission of the same run (Flower's run id, the
-#: round) and so must not decide which ledger a round is charged to.
-_PER_SUBMISSION_KEYS = ("run_id", "round")
+#: round, the linear-cox row standardiser recomputed at each check-in) and so must not decide
+#: which ledger a round is charged to. (The scaler and steps per round are restored from the
+#: checkpoint on resume, so they stay part of the key.)
+_PER_SUBMISSION_KEYS = ("run_id", "round", "linear_cox_rows")
 
 
 def ledger_path(state_dir: str | os.PathLike[str], cfg: Mapping[str, Any]) -> Path:
