@@ -199,7 +199,7 @@ def test_effective_config_validation() -> None:
     with pytest.raises(ConfigError, match="time_bins"):
         effective_config({"loss": "nll"})
     with pytest.raises(ConfigError, match="increasing"):
-        effective_config({"n_bins": 3, "time_bins": [5.0, 1.0]})
+        effective_config({"loss": "nll", "n_bins": 3, "time_bins": [5.0, 1.0]})
     assert effective_config({"loss": "cox"})["time_bins"] == []
 
 

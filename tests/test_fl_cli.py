@@ -62,7 +62,11 @@ def test_usage_errors_exit_2(tmp_path) -> None:
         str(tmp_path / "o"),
     )
     assert "features/ and clinical.csv" in msg
-    msg = _config_error("fl", "run", "--server", "127.0.0.1:1", "--out", str(tmp_path / "r"))
+    nll = tmp_path / "nll.yaml"
+    nll.write_text("loss: nll\n")  # the discrete-time loss needs its bins fixed up front
+    msg = _config_error(
+        "fl", "run", "--server", "127.0.0.1:1", "--config", str(nll), "--out", str(tmp_path / "r")
+    )
     assert "time-bin cut points" in msg
     good = tmp_path / "good.yaml"
     good.write_text("time_grid_max: 10.0\n")

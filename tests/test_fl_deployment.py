@@ -25,6 +25,7 @@ rounds: 2
 local_epochs: 1
 model: meanpool
 loss: cox
+linear_cox: false
 hidden_dim: 8
 min_sites: 3
 num_sites: 3

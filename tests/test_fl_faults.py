@@ -34,6 +34,8 @@ def _cfg(**overrides):
         "rounds": 2,
         "local_epochs": 1,
         "model": "meanpool",
+        "loss": "nll",  # the discrete-time loss and its federation-wide time bins (and DP)
+        "linear_cox": False,  # the Newton fit has its own test (test_fl_linear_cox_e2e.py)
         "hidden_dim": 8,
         "n_bins": 3,
         "time_grid_max": 40.0,

@@ -94,11 +94,24 @@ def test_client_app_replies_hold_only_whitelisted_content(site, tmp_path) -> Non
     q = app(_request("query", {**cfg, "round": 0}), ctx)
     assert not q.has_error(), q.error
     records.check_reply("query", q.content)
-    assert set(q.content.keys()) == {"site", "counts"}
+    assert set(q.content.keys()) == {"site", "counts", "moments"}
     _assert_nothing_personal(q, site)
 
+    # the server's side of check-in: the scaler and row standardiser from the sites' sums
+    from pathfl.fl import fed_stats
+
+    parts = {"a": records.from_named_array_record(q.content["moments"])}
+    assert set(parts["a"]) == records.MOMENT_KEYS - {"cov_n", "cov_sum", "cov_sumsq"}
+    scaler, rows = fed_stats.federated_scaler(parts, cfg), fed_stats.row_standardizer(parts)
     data = load_site(ctx.node_config, cfg)
-    run_cfg = {**cfg, "round": 1, "time_bins": [2.0, 5.0, 9.0]}
+    run_cfg = {
+        **cfg,
+        "round": 1,
+        "time_bins": [2.0, 5.0, 9.0],
+        "scaler": scaler.to_dict(),
+        "steps_per_round": 3,
+        "linear_cox_rows": rows.to_dict(),
+    }
     import torch
 
     torch.manual_seed(0)
@@ -122,6 +135,16 @@ def test_client_app_replies_hold_only_whitelisted_content(site, tmp_path) -> Non
     assert 0.0 <= e.content["metrics"]["val_c_index"] <= 1.0
     _assert_nothing_personal(e, site)
     assert build_global_model(run_cfg, 8, got) is not None
+
+    # one Newton step of the federated linear-cox: derivatives + validation pair counts only
+    lc = app(_request(records.LINEAR_COX, run_cfg, [np.zeros(rows.dim)]), ctx)
+    assert not lc.has_error(), lc.error
+    records.check_reply(records.LINEAR_COX, lc.content)
+    assert set(lc.content.keys()) == {"derivatives", "metrics"}
+    der = records.from_named_array_record(lc.content["derivatives"])
+    assert der["gradient"].shape == (8,) and der["hessian"].shape == (8, 8)
+    assert lc.content["metrics"]["num-examples"] == len(data.train)
+    _assert_nothing_personal(lc, site)
 
     # the site wrote its own audit log, one entry per request, and it verifies
     from pathfl.fl.audit import verify
@@ -159,8 +182,11 @@ def test_check_reply_fails_closed() -> None:
             {"metrics": MetricRecord({"num-examples": 3}), "extra": ArrayRecord([np.zeros(2)])}
         ),
         RecordDict({"site": ConfigRecord({"site": "a", "patients": "P1,P2"})}),
+        RecordDict({"moments": records.to_named_array_record({"times": np.ones(3)})}),
+        RecordDict({"moments": records.to_named_array_record({"tile_n": np.ones(3, int)})}),
+        RecordDict({"derivatives": records.to_named_array_record({"risk": np.ones(3)})}),
     ]
-    kinds = ["train", "train", "train", "evaluate", "query"]
+    kinds = ["train", "train", "train", "evaluate", "query", "query", "query", "query.linear_cox"]
     for kind, content in zip(kinds, bad, strict=True):
         with pytest.raises(records.ReplyNotAllowedError):
             records.check_reply(kind, content)
@@ -178,6 +204,7 @@ def test_dp_training_reports_epsilon_and_keeps_ledger(site, tmp_path) -> None:
     cfg = effective_config(
         {
             "model": "meanpool",
+            "loss": "nll",  # DP-SGD needs a per-patient loss
             "time_grid_max": 30.0,
             "hidden_dim": 8,
             "dp": True,
@@ -190,6 +217,7 @@ def test_dp_training_reports_epsilon_and_keeps_ledger(site, tmp_path) -> None:
     eps = []
     for r in (1, 2):
         run_cfg = {**cfg, "round": r, "time_bins": [2.0, 5.0, 9.0], "run_id": "dp-test"}
+        run_cfg["steps_per_round"] = 3  # fixed by the server at check-in
         reply = app(_request("train", run_cfg, arrays), ctx)
         assert not reply.has_error(), reply.error
         _assert_nothing_personal(reply, site)

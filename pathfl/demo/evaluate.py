@@ -143,8 +143,10 @@ def evaluate_models(
     time = np.array([b.time for b in bags], float)
     site = np.array([truth[p]["site"] for p in pids])
     preds: dict[str, np.ndarray] = {"oracle": np.array([truth[p]["risk"] for p in pids])}
+    fed_bags = extras["scaler"].apply(bags)  # the federation's standardisation
     for name, (model, tcfg) in models.items():
-        preds[name] = np.asarray(predict(model, bags, tcfg, time_bins=bins).risk, float)
+        inputs = fed_bags if name == "federated" else bags
+        preds[name] = np.asarray(predict(model, inputs, tcfg, time_bins=bins).risk, float)
     scores = {k: score(v, event, time, site, seed=config.seed) for k, v in preds.items()}
     # each local model on its own site's patients only (the federation's "local-only" number)
     own = np.zeros(len(bags))
@@ -154,7 +156,7 @@ def evaluate_models(
     attention: dict[str, np.ndarray] = {}
     fed_model.eval()
     with torch.no_grad():
-        for b in bags:
+        for b in fed_bags:
             out = fed_model(torch.as_tensor(np.asarray(b.features, np.float32)))
             attention[b.patient_id] = out.tile_scores.detach().cpu().numpy()
     fed_metrics = json.loads((Path(fl_run) / "metrics.json").read_text())

@@ -1,7 +1,10 @@
 """Local-only and pooled baselines for a simulated federation (only possible when one machine
 holds every site's data), evaluated on exactly the same site validation parts and pair counts
-as the federated model, with the same total number of epochs (``rounds × local_epochs``) and
-the same time-bin cut points."""
+as the federated model. Each is fitted with the recipe ``pathfl train`` uses
+(:func:`pathfl.survival.cv.fit_one`: a BagScaler fitted on its own training bags, its own time
+bins, the default step budget for its size), and a pooled site-stratified ``linear-cox``
+(:class:`pathfl.survival.linear_cox.LinearCox`) is fitted on the union of the sites' training
+bags — what the federated Newton–Raphson fit must reproduce."""
 
 from __future__ import annotations
 
@@ -19,26 +22,66 @@ logger = logging.getLogger(__name__)
 
 
 def load_sites(specs: list[Any], cfg: dict[str, Any]) -> list[SiteData]:
+    from pathfl.fl.fed_stats import covariates_of
     from pathfl.survival.data import load_bags, load_clinical
 
     out = []
+    cov = covariates_of(cfg)
     for spec in specs:
-        bags = load_bags(spec.features, load_clinical(spec.clinical, covariates=[]))
+        bags = load_bags(
+            spec.features, load_clinical(spec.clinical, covariates=cov), covariates=cov
+        )
         train, val = split_bags(bags, val_folds=int(cfg["val_folds"]), seed=int(cfg["seed"]))
         out.append(SiteData(spec.name, Path(spec.features), train, val, bags[0].feature_dim))
     return out
 
 
 def _fit_eval(
-    train_bags: list[Any], sites: list[SiteData], cfg: dict[str, Any], time_bins: np.ndarray
+    train_bags: list[Any], sites: list[SiteData], cfg: dict[str, Any]
 ) -> dict[str, dict[str, float]]:
-    from pathfl.survival.train import build_model, evaluate, train_local
+    """``pathfl train``'s recipe on ``train_bags``, scored on each site's validation part."""
+    from pathfl.survival.cv import fit_one
+    from pathfl.survival.train import evaluate
 
     tcfg = train_config(cfg)
-    model = build_model(tcfg, feature_dim=sites[0].feature_dim)
-    epochs = int(cfg["rounds"]) * int(cfg["local_epochs"])
-    train_local(model, train_bags, tcfg, epochs=epochs, time_bins=time_bins, seed=int(cfg["seed"]))
-    return {s.site: evaluate(model, s.val, tcfg, time_bins=time_bins) for s in sites if s.val}
+    fit = fit_one(train_bags, tcfg, seed=int(cfg["seed"]))
+    out = {}
+    for s in sites:
+        if s.val:
+            val = fit["scaler"].apply(s.val)
+            out[s.site] = evaluate(fit["model"], val, tcfg, time_bins=fit["time_bins"])
+    return out
+
+
+def linear_cox_pooled(sites: list[SiteData], cfg: dict[str, Any]) -> dict[str, Any]:
+    """``LinearCox`` on the rows of every site's training bags, one stratum per site; scored
+    on each site's validation rows."""
+    from pathfl.survival.linear_cox import LinearCox, bag_rows
+    from pathfl.survival.metrics import c_index_from_counts, concordance_counts
+
+    order = sorted(sites, key=lambda s: s.site)
+    bags = [b for s in order for b in s.train]
+    strata = np.concatenate([np.full(len(s.train), i) for i, s in enumerate(order)])
+    model = LinearCox(alpha_per_patient=train_config(cfg).linear_cox_alpha).fit(
+        bag_rows(bags),
+        time=np.array([b.time for b in bags], float),
+        event=np.array([b.event for b in bags], int),
+        strata=strata,
+    )
+    per_site: dict[str, dict[str, float]] = {}
+    for s in order:
+        if s.val:
+            ev = np.array([b.event for b in s.val], int)
+            conc, comp, tied = concordance_counts(
+                ev, np.array([b.time for b in s.val], float), model.predict(bag_rows(s.val))
+            )
+            per_site[s.site] = {
+                "c_index": c_index_from_counts(conc, comp, tied),
+                "n_concordant": float(conc),
+                "n_comparable": float(comp),
+                "n_tied_risk": float(tied),
+            }
+    return {**_summary(per_site), "beta": model.coef_.tolist(), "iterations": model.n_iter_}
 
 
 def _summary(per_site: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -51,23 +94,26 @@ def _summary(per_site: dict[str, dict[str, float]]) -> dict[str, Any]:
     }
 
 
-def run_baselines(specs: list[Any], cfg: dict[str, Any], time_bins: list[float]) -> dict:
-    """{"local_only": ..., "pooled": ...}: each with the C-index over the union of
-    within-site validation pairs and the per-site C-indices."""
+def run_baselines(specs: list[Any], cfg: dict[str, Any]) -> dict:
+    """{"local_only": ..., "pooled": ..., "linear_cox_pooled": ...}: each with the C-index
+    over the union of within-site validation pairs and the per-site C-indices."""
     import torch
 
     sites = load_sites(specs, cfg)
-    bins = np.asarray(time_bins, dtype=float)
     local: dict[str, dict[str, float]] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same as each federated site's worker
     try:
         for s in sites:
-            local.update(_fit_eval(s.train, [s], cfg, bins))
-        pooled = _fit_eval([b for s in sites for b in s.train], sites, cfg, bins)
+            local.update(_fit_eval(s.train, [s], cfg))
+        pooled = _fit_eval([b for s in sites for b in s.train], sites, cfg)
     finally:
         torch.set_num_threads(threads)
-    return {"local_only": _summary(local), "pooled": _summary(pooled)}
+    return {
+        "local_only": _summary(local),
+        "pooled": _summary(pooled),
+        "linear_cox_pooled": linear_cox_pooled(sites, cfg),
+    }
 
 
 def comparison_rows(federated: dict[str, Any], baselines: dict[str, Any]) -> list[dict]:
@@ -82,11 +128,27 @@ def comparison_rows(federated: dict[str, Any], baselines: dict[str, Any]) -> lis
             **{f"c_index_{k}": v for k, v in sorted(fed_sites.items())},
         }
     ]
-    for name in ("local_only", "pooled"):
-        b = baselines[name]
+    lc = federated.get("linear_cox") or {}
+    if "federated_c_index" in lc:
         rows.append(
             {
-                "method": name,
+                "method": "linear-cox (federated)",
+                "c_index": lc["federated_c_index"],
+                **{f"c_index_{k}": v for k, v in sorted(lc["per_site_c_index"].items())},
+            }
+        )
+    names = {
+        "local_only": "local_only",
+        "pooled": "pooled",
+        "linear_cox_pooled": "linear-cox (pooled, site-stratified)",
+    }
+    for key, label in names.items():
+        if key not in baselines:
+            continue
+        b = baselines[key]
+        rows.append(
+            {
+                "method": label,
                 "c_index": b["federated_c_index"],
                 **{f"c_index_{k}": v for k, v in sorted(b["per_site_c_index"].items())},
             }

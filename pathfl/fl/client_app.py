@@ -1,11 +1,14 @@
 """pathfl's Flower ClientApp: a thin adapter from Flower messages to :mod:`pathfl.fl.site`.
 
 Handlers: ``query`` (site name, feature fingerprint, patient/event counts, optional event-time
-histogram), ``train`` (evaluate the received global model, train it locally, return weights),
-``evaluate`` (metrics of the final global model). Each train/evaluate request is checked
-against the site's policy file first (refusal = an error reply plus a logged, audited reason);
-every reply passes :func:`pathfl.fl.records.check_reply` before it leaves; the site's own audit
-log gets one entry per request.
+histogram, moments of the training bags for the federation's scaler), ``train`` (evaluate the
+received global model, train it locally, return weights), ``evaluate`` (metrics of the final
+global model), ``query.linear_cox`` (one Newton step of the federated linear-cox: derivatives
+of the site's Cox partial likelihood at the received β, validation pair counts). Each
+train/evaluate/linear_cox request is checked against the site's policy file first (refusal =
+an error reply plus a logged, audited reason); every reply passes
+:func:`pathfl.fl.records.check_reply` before it leaves; the site's own audit log gets one entry
+per request.
 """
 
 from __future__ import annotations
@@ -84,8 +87,18 @@ def query(msg: Message, context: Context) -> Message:
     cfg = records.decode_config(msg.content["config"])
     result = _compute(records.QUERY, context, cfg, None)
     info, counts = result["info"], result["counts"]
-    _audit(context, cfg, "fingerprint", fingerprint=info, n_examples=counts["num-examples"])
+    moments = result.get("moments") or {}
+    _audit(
+        context,
+        cfg,
+        "fingerprint",
+        fingerprint=info,
+        n_examples=counts["num-examples"],
+        moments_sent=sorted(moments),
+    )
     content = RecordDict({"site": ConfigRecord(info), "counts": MetricRecord(counts)})
+    if moments:
+        content["moments"] = records.to_named_array_record(moments)
     return _reply(msg, records.QUERY, content)
 
 
@@ -121,6 +134,25 @@ def train(msg: Message, context: Context) -> Message:
         n_examples=int(metrics["num-examples"]),
         metrics=metrics,
     )
+    return reply
+
+
+@app.query("linear_cox")
+def linear_cox(msg: Message, context: Context) -> Message:
+    """One Newton step of the federated linear-cox (checked against the site policy)."""
+    t0 = time.perf_counter()
+    cfg, round_no, beta = _accept_round(msg, context)
+    result = _compute(records.LINEAR_COX, context, cfg, beta)
+    metrics = result["metrics"]
+    metrics["compute_s"] = time.perf_counter() - t0
+    content = RecordDict(
+        {
+            "derivatives": records.to_named_array_record(result["derivatives"]),
+            "metrics": MetricRecord(metrics),
+        }
+    )
+    reply = _reply(msg, records.LINEAR_COX, content)
+    _audit(context, cfg, "linear_cox", iteration=round_no, n_examples=int(metrics["num-examples"]))
     return reply
 
 

@@ -33,23 +33,45 @@ class FederatedRun:
         self.names: list[str] = []
         self.arrays: list[np.ndarray] = []
         self.fingerprint: dict[str, Any] = {}
+        self.scaler: Any = None  # BagScaler from the sites' moments (None: no scaling)
+        self.row_scaler: Any = None  # linear-cox row Standardizer (None: not fitted)
+        self.n_train = 0  # training patients over the accepted sites
+        self.steps_per_round = 0  # optimizer steps per site and round (0: local_epochs)
         self.aggregator = aggregate.create_aggregator(
             str(cfg.get("aggregation", "fedavg")),
             trim_fraction=float(cfg.get("trim_fraction", 0.2)),
         )
 
     # ------------------------------------------------------------------ helpers
-    def _content(self, round_no: int, *, with_arrays: bool) -> Any:
-        from flwr.app import RecordDict
+    def run_config(self, round_no: int) -> dict[str, Any]:
+        """The effective config a request carries: the run's, plus what the server fixed at
+        check-in (time bins, scaler, steps per round, linear-cox row standardiser)."""
+        from pathfl.fl.fed_linear_cox import CONFIG_KEY
 
         cfg = {**self.cfg, "round": round_no, "time_bins": self.time_bins, "run_id": self.run_id}
-        d: dict[str, Any] = {"config": records.encode_config(cfg)}
-        if with_arrays:
-            d["arrays"] = records.to_array_record(self.arrays)
+        cfg["scaler"] = self.scaler.to_dict() if self.scaler is not None else None
+        cfg["steps_per_round"] = self.steps_per_round
+        cfg[CONFIG_KEY] = self.row_scaler.to_dict() if self.row_scaler is not None else None
+        return cfg
+
+    def _content(self, round_no: int, *, arrays: list[np.ndarray] | None) -> Any:
+        from flwr.app import RecordDict
+
+        d: dict[str, Any] = {"config": records.encode_config(self.run_config(round_no))}
+        if arrays is not None:
+            d["arrays"] = records.to_array_record(arrays)
         return RecordDict(d)
 
-    def _send(self, kind: str, round_no: int, nodes: list[int], *, with_arrays: bool) -> Collected:
-        contents = {n: self._content(round_no, with_arrays=with_arrays) for n in nodes}
+    def _send(
+        self,
+        kind: str,
+        round_no: int,
+        nodes: list[int],
+        *,
+        arrays: list[np.ndarray] | None,
+        group: str | None = None,
+    ) -> Collected:
+        contents = {n: self._content(round_no, arrays=arrays) for n in nodes}
         timeout = float(self.cfg["round_timeout_s"])
         if kind == records.QUERY:
             timeout = min(timeout, float(self.cfg["connect_timeout_s"]))
@@ -57,7 +79,7 @@ class FederatedRun:
             self.grid,
             contents,
             message_type=kind,
-            group_id=str(round_no),
+            group_id=group or str(round_no),
             timeout_s=timeout,
             poll_s=float(self.cfg["poll_interval_s"]),
         )
@@ -75,12 +97,13 @@ class FederatedRun:
         nodes = wait_for_nodes(
             self.grid, want=want, need=min_sites, timeout_s=float(self.cfg["connect_timeout_s"])
         )
-        got = self._send(records.QUERY, 0, nodes, with_arrays=False)
+        got = self._send(records.QUERY, 0, nodes, arrays=None)
         problems = {f"node-{n}": r for n, r in got.failed.items()}
         problems.update({f"node-{n}": "no reply to the check-in query" for n in got.missing})
         infos: dict[str, dict[str, Any]] = {}
         counts: dict[str, dict[str, Any]] = {}
         node_of: dict[str, int] = {}
+        moments: dict[str, dict[str, np.ndarray]] = {}
         registered = self._registered_names()
         allowed = set(self.cfg.get("allowed_sites") or [])
         for node, reply in got.ok.items():
@@ -98,6 +121,8 @@ class FederatedRun:
             if name in infos:
                 raise FederationError(f"two nodes report the same site name {name!r}")
             infos[name], counts[name], node_of[name] = info, dict(reply.content["counts"]), node
+            if "moments" in reply.content:
+                moments[name] = records.from_named_array_record(reply.content["moments"])
         if not infos:
             raise FederationError(f"no site answered the check-in query: {problems}")
         result = check_compatibility(
@@ -129,13 +154,37 @@ class FederatedRun:
         if len(result.accepted) < min_sites:
             raise FederationError(
                 f"only {len(result.accepted)} compatible site(s) {result.accepted}, "
-                f"min_sites={min_sites}"
+                f"min_sites={min_sites}" + (f"; check-in failed at {problems}" if problems else "")
             )
         self.sites = {node_of[s]: s for s in sorted(result.accepted)}
         ref = infos[result.accepted[0]]
         self.feature_dim = int(ref["feature_dim"])
         self.fingerprint = dict(result.reference or ref)
         self.time_bins = self._fix_time_bins({s: counts[s] for s in result.accepted})
+        acc = result.accepted
+        self._fix_statistics({s: counts[s] for s in acc}, {s: moments.get(s, {}) for s in acc})
+
+    def _fix_statistics(
+        self, counts: dict[str, dict[str, Any]], moments: dict[str, dict[str, np.ndarray]]
+    ) -> None:
+        """Scaler, linear-cox row standardiser and steps per round from the accepted sites'
+        check-in replies (:mod:`pathfl.fl.fed_stats`)."""
+        from pathfl.fl import fed_stats
+
+        try:
+            self.scaler = fed_stats.federated_scaler(moments, self.cfg)
+            self.row_scaler = fed_stats.row_standardizer(moments)
+        except ValueError as e:
+            raise FederationError(f"check-in: {e}") from None
+        self.n_train = int(sum(int(c.get("num-examples", 0)) for c in counts.values()))
+        self.steps_per_round = fed_stats.steps_per_round(self.cfg, self.n_train)
+        logger.info(
+            "federation: %d training patients, %s optimizer steps per site and round, "
+            "scaler over %s",
+            self.n_train,
+            self.steps_per_round or f"{self.cfg.get('local_epochs')} local epoch(s) of",
+            "tile features" if self.scaler and self.scaler.features.dim else "nothing",
+        )
 
     def _registered_names(self) -> dict[int, str]:
         """node id -> the name its auth key was registered under (empty without site auth)."""
@@ -148,7 +197,9 @@ class FederatedRun:
             return {}
 
     def _fix_time_bins(self, counts: dict[str, dict[str, Any]]) -> list[float]:
-        if self.cfg["loss"] != "nll":
+        from pathfl.fl.site import train_config
+
+        if not train_config(self.cfg).head.needs_time_bins:
             return []
         if self.cfg["time_bins"]:
             return [float(x) for x in self.cfg["time_bins"]]
@@ -167,12 +218,27 @@ class FederatedRun:
         logger.info("federation time-bin cut points: %s", np.round(cuts, 4).tolist())
         return [float(c) for c in cuts]
 
-    def init_model(self) -> None:
-        from pathfl.fl.records import state_to_arrays
+    def build_model(self) -> Any:
+        """The run's model architecture (covariates included), seeded by the run seed."""
+        from pathfl.fl.fed_stats import covariates_of
         from pathfl.fl.site import train_config
         from pathfl.survival.train import build_model
 
-        model = build_model(train_config(self.cfg), feature_dim=self.feature_dim)
+        n_cov = len(covariates_of(self.cfg))
+        return build_model(train_config(self.cfg), feature_dim=self.feature_dim, n_covariates=n_cov)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run must reuse instead of recomputing at its check-in."""
+        return {
+            "scaler": self.scaler.to_dict() if self.scaler is not None else None,
+            "steps_per_round": self.steps_per_round,
+            "n_train": self.n_train,
+        }
+
+    def init_model(self) -> None:
+        from pathfl.fl.records import state_to_arrays
+
+        model = self.build_model()
         self.names, self.arrays = state_to_arrays(model.state_dict())
 
     # ------------------------------------------------------------------ rounds
@@ -183,7 +249,7 @@ class FederatedRun:
         t0 = time.monotonic()
         nodes = sorted(self.sites, key=self._name)
         hash_in = hash_arrays(self.arrays)
-        got = self._send(records.TRAIN, round_no, nodes, with_arrays=True)
+        got = self._send(records.TRAIN, round_no, nodes, arrays=self.arrays)
         order = sorted(got.ok, key=self._name)
         labels = [self._name(n) for n in order]
         updates = [records.from_array_record(got.ok[n].content["arrays"]) for n in order]
@@ -241,6 +307,7 @@ class FederatedRun:
                 "time_bins": self.time_bins,
                 "feature_dim": self.feature_dim,
                 "fingerprint": self.fingerprint,
+                **self.checkpoint_state(),
             },
         )
         self.dir.append_round(row)
@@ -278,7 +345,7 @@ class FederatedRun:
 
     def final_evaluation(self, round_no: int) -> dict[str, Any]:
         nodes = sorted(self.sites, key=self._name)
-        got = self._send(records.EVALUATE, round_no, nodes, with_arrays=True)
+        got = self._send(records.EVALUATE, round_no, nodes, arrays=self.arrays)
         per_site = {self._name(n): dict(r.content["metrics"]) for n, r in got.ok.items()}
         return {
             "federated_c_index": self._fed_c(list(per_site.values())),

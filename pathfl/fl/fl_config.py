@@ -2,8 +2,13 @@
 --config``) holding the federation keys below plus any :class:`pathfl.survival.train.TrainConfig`
 key (model, loss, lr, n_bins, ...). The server sends the *effective* configuration to every
 site with each request; ``user_keys`` lists the keys the researcher set explicitly (what a
-site policy's ``allowed_config_keys`` is checked against, together with model, loss, rounds
-and local_epochs, which are always checked)."""
+site policy's ``allowed_config_keys`` is checked against, together with model, loss, rounds,
+local_epochs, local_steps and the steps per round the server fixed, which are always checked).
+
+Optimisation budget: by default (``local_steps: 0``, ``local_epochs: 0``) the server fixes at
+check-in ``steps_per_round = ceil(S / rounds)`` with ``S`` = the step budget ``pathfl train``
+gives a pooled cohort of all sites' training patients (:func:`pathfl.fl.fed_stats.steps_per_round`),
+so the federated model gets the same number of optimizer steps as the pooled one."""
 
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ from pathfl.config import ConfigError
 from pathfl.fl.aggregate import create_aggregator
 
 FL_DEFAULTS: dict[str, Any] = {
-    "rounds": 3,  # federated rounds
-    "local_epochs": 1,  # epochs each site trains per round
+    "rounds": 10,  # federated rounds
+    "local_steps": 0,  # optimizer steps per site and round (0 = auto: the pooled budget / rounds)
+    "local_epochs": 0,  # alternative: passes over each site's bags per round (0 = unset)
     "proximal_mu": 0.0,  # FedProx mu (0 = FedAvg)
     "aggregation": "fedavg",  # fedavg | median | trimmed-mean (pathfl.fl.aggregate)
     "trim_fraction": 0.2,  # trimmed-mean: fraction dropped at each end, per coordinate
@@ -34,6 +40,7 @@ FL_DEFAULTS: dict[str, Any] = {
     "compat_policy": "refuse",  # refuse | exclude sites whose feature fingerprint differs
     "reject_norm_factor": 5.0,  # update-norm outlier test (robust z), 0 = off
     "reject_norm_ratio": 0.0,  # reject norm > ratio * median, 0 = off
+    "linear_cox": True,  # fit the federated linear-cox baseline (Newton) after the rounds
     # client-side DP-SGD (pathfl.fl.privacy), off by default
     "dp": False,
     "dp_noise_multiplier": None,
@@ -42,7 +49,16 @@ FL_DEFAULTS: dict[str, Any] = {
     "dp_epsilon": None,
     "dp_sample_rate": None,
 }
-ALWAYS_CHECKED = ("model", "loss", "rounds", "local_epochs", "dp", "dp_epsilon")
+ALWAYS_CHECKED = (
+    "model",
+    "loss",
+    "rounds",
+    "local_epochs",
+    "local_steps",
+    "steps_per_round",
+    "dp",
+    "dp_epsilon",
+)
 
 
 def train_keys() -> set[str]:
@@ -66,7 +82,6 @@ def effective_config(user: Mapping[str, Any]) -> dict[str, Any]:
     cfg = {**FL_DEFAULTS, **{k: v for k, v in user.items() if k in FL_DEFAULTS}}
     tdict = {k: v for k, v in user.items() if k in tkeys}
     tdict["seed"] = int(cfg["seed"])
-    tdict.setdefault("epochs", int(cfg["local_epochs"]))
     try:
         train = TrainConfig.from_dict(tdict)
     except (ValueError, KeyError) as e:
@@ -79,8 +94,18 @@ def effective_config(user: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _validate(cfg: dict[str, Any]) -> None:
-    if int(cfg["rounds"]) < 1 or int(cfg["local_epochs"]) < 1:
-        raise ConfigError("rounds and local_epochs must be >= 1")
+    from pathfl.survival.heads import create_head
+
+    if int(cfg["rounds"]) < 1:
+        raise ConfigError("rounds must be >= 1")
+    steps, epochs = int(cfg["local_steps"] or 0), int(cfg["local_epochs"] or 0)
+    if steps < 0 or epochs < 0:
+        raise ConfigError("local_steps and local_epochs must be >= 0 (0 = automatic)")
+    if steps and epochs:
+        raise ConfigError(
+            f"set local_steps ({steps}) or local_epochs ({epochs}), not both: local_steps fixes "
+            "the optimizer steps per round, local_epochs the passes over each site's bags"
+        )
     if int(cfg["min_sites"]) < 1:
         raise ConfigError("min_sites must be >= 1")
     if float(cfg["proximal_mu"]) < 0:
@@ -92,7 +117,7 @@ def _validate(cfg: dict[str, Any]) -> None:
     if cfg["compat_policy"] not in ("refuse", "exclude"):
         raise ConfigError("compat_policy must be 'refuse' or 'exclude'")
     bins = list(cfg["time_bins"] or [])
-    if cfg["loss"] == "nll":
+    if create_head(str(cfg["loss"])).needs_time_bins:
         if bins:
             if len(bins) != int(cfg["train"]["n_bins"]) - 1 or sorted(bins) != bins:
                 raise ConfigError(

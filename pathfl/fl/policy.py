@@ -7,12 +7,14 @@ Example ``site_policy.yaml``::
     allowed_losses: [nll, cox]            # omit = any
     max_rounds: 20
     max_local_epochs: 5
+    max_local_steps: 200                  # optimizer steps per round (the server's resolved value)
     require_dp: true                      # the run must enable client-side DP ...
     max_epsilon: 8.0                      # ... with a target epsilon no larger than this
     allowed_config_keys: [lr, dp_noise_multiplier]   # other keys the researcher may set
 
 Run-config keys read (those the federation's run config uses): ``model``, ``loss``,
-``num_rounds``/``rounds``, ``local_epochs``/``epochs``, ``dp`` (bool), ``dp_epsilon`` (target).
+``num_rounds``/``rounds``, ``local_epochs``/``epochs``, ``steps_per_round`` (the steps per round
+the server fixed at check-in; else ``local_steps``), ``dp`` (bool), ``dp_epsilon`` (target).
 These keys are governed by their own rules and are never refused by ``allowed_config_keys``.
 """
 
@@ -32,16 +34,17 @@ _ROUNDS_KEYS = ("num_rounds", "num-server-rounds", "rounds")
 _EPOCHS_KEYS = ("local_epochs", "local-epochs", "epochs")
 _DP_KEYS = ("dp", "dp_enabled", "privacy")
 _EPS_KEYS = ("dp_epsilon", "dp-epsilon", "target_epsilon")
+_STEPS_KEYS = ("steps_per_round", "local_steps", "local-steps")
 #: Keys with a rule of their own (allowed_models, max_rounds, ...): always allowed as keys.
 GOVERNED_KEYS = frozenset(
     k.replace("-", "_")
-    for k in ("model", "loss", *_ROUNDS_KEYS, *_EPOCHS_KEYS, *_DP_KEYS, *_EPS_KEYS)
+    for k in ("model", "loss", *_ROUNDS_KEYS, *_EPOCHS_KEYS, *_STEPS_KEYS, *_DP_KEYS, *_EPS_KEYS)
 )
 
 
-def _first(cfg: dict[str, Any], keys: tuple[str, ...]) -> Any:
+def _first(cfg: dict[str, Any], keys: tuple[str, ...], *, skip_zero: bool = False) -> Any:
     for k in keys:
-        if cfg.get(k) is not None:
+        if cfg.get(k) is not None and not (skip_zero and cfg[k] == 0):
             return cfg[k]
     return None
 
@@ -60,6 +63,7 @@ class SitePolicy:
     allowed_losses: list[str] | None = None
     max_rounds: int | None = None
     max_local_epochs: int | None = None
+    max_local_steps: int | None = None
     require_dp: bool = False
     max_epsilon: float | None = None
     allowed_config_keys: list[str] | None = None
@@ -85,7 +89,7 @@ class SitePolicy:
                     kwargs[k] = [
                         str(x).replace("-", "_") if k.endswith("keys") else str(x) for x in v
                     ]
-                elif k in {"max_rounds", "max_local_epochs"}:
+                elif k in {"max_rounds", "max_local_epochs", "max_local_steps"}:
                     kwargs[k] = int(v)
                     if kwargs[k] < 1:
                         raise ConfigError(f"{source}: {k} must be >= 1, got {v!r}")
@@ -131,6 +135,13 @@ class SitePolicy:
             and int(epochs) > self.max_local_epochs
         ):
             v.append(f"local_epochs={int(epochs)} exceeds max_local_epochs={self.max_local_epochs}")
+        steps = _first(cfg, tuple(k.replace("-", "_") for k in _STEPS_KEYS), skip_zero=True)
+        if self.max_local_steps is not None and steps is not None:  # noqa: SIM102
+            if int(steps) > self.max_local_steps:
+                v.append(
+                    f"{int(steps)} optimizer steps per round exceed "
+                    f"max_local_steps={self.max_local_steps}"
+                )
         dp_on = _truthy(_first(cfg, _DP_KEYS))
         if self.require_dp and not dp_on:
             v.append("site requires differential privacy (dp=true) but the run has it off")

@@ -26,23 +26,23 @@ class FederatedRunError(RuntimeError):
     """The federated run did not complete; the message says why (from the run directory)."""
 
 
-def _site_problem(spec: SiteSpec) -> str | None:
+def _site_problem(spec: SiteSpec, covariates: Sequence[str]) -> str | None:
     from pathfl.survival.data import ClinicalError, load_cohort
 
     try:
-        load_cohort(spec.features, spec.clinical, covariates=[])
+        load_cohort(spec.features, spec.clinical, covariates=list(covariates))
     except (ClinicalError, FileNotFoundError) as e:
         return f"site {spec.name!r}: {e}"
     return None
 
 
-def check_site_data(specs: Sequence[SiteSpec]) -> None:
-    """Every site's clinical table and features files load as the site will load them, and
-    each site's features files agree among themselves. Raises :class:`ConfigError` listing
-    every problem of every site (nothing has been started)."""
+def check_site_data(specs: Sequence[SiteSpec], *, covariates: Sequence[str] = ()) -> None:
+    """Every site's clinical table and features files load as the site will load them (with
+    the run's ``covariates``), and each site's features files agree among themselves. Raises
+    :class:`ConfigError` listing every problem of every site (nothing has been started)."""
     from pathfl.fl.compat import CompatibilityError, site_fingerprint
 
-    problems = [p for p in map(_site_problem, specs) if p]
+    problems = [p for p in (_site_problem(s, covariates) for s in specs) if p]
     for spec in specs:
         try:
             site_fingerprint(spec.features)

@@ -156,8 +156,10 @@ def _rdp_subsampled_gaussian(q: float, sigma: float, alpha: int) -> float:
 
 
 #: Run-config keys that change with every submission of the same run (Flower's run id, the
-#: round) and so must not decide which ledger a round is charged to.
-_PER_SUBMISSION_KEYS = ("run_id", "round")
+#: round, the linear-cox row standardiser recomputed at each check-in) and so must not decide
+#: which ledger a round is charged to. (The scaler and steps per round are restored from the
+#: checkpoint on resume, so they stay part of the key.)
+_PER_SUBMISSION_KEYS = ("run_id", "round", "linear_cox_rows")
 
 
 def ledger_path(state_dir: str | os.PathLike[str], cfg: Mapping[str, Any]) -> Path:
@@ -192,13 +194,19 @@ def steps_per_epoch(sample_rate: float) -> int:
     return max(1, math.ceil(1.0 / sample_rate))
 
 
-def resolve_noise(dp: DPConfig, *, sample_rate: float, epochs: int) -> float:
-    """σ to use: the given one, or the smallest that keeps ``planned_rounds`` × ``epochs``
-    epochs within ``target_epsilon``."""
+def resolve_noise(
+    dp: DPConfig, *, sample_rate: float, epochs: int = 1, steps_per_round: int | None = None
+) -> float:
+    """σ to use: the given one, or the smallest that keeps ``planned_rounds`` rounds of
+    ``steps_per_round`` Poisson-sampled steps (default: ``epochs`` × ``steps_per_epoch``)
+    within ``target_epsilon``."""
     if dp.target_epsilon is None:
         assert dp.noise_multiplier is not None
         return float(dp.noise_multiplier)
-    steps = steps_per_epoch(sample_rate) * max(1, epochs) * max(1, dp.planned_rounds)
+    per_round = steps_per_round
+    if per_round is None:
+        per_round = steps_per_epoch(sample_rate) * max(1, epochs)
+    steps = max(1, per_round) * max(1, dp.planned_rounds)
     target = dp.target_epsilon
 
     def eps(sigma: float) -> float:
@@ -270,9 +278,15 @@ def dp_train_local(
     global_params: Sequence[Any] | None = None,
     seed: int | None = None,
     ledger: PrivacyLedger | None = None,
+    steps: int | None = None,
+    schedule_span: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, float]:
     """DP-SGD version of ``pathfl.survival.train.train_local`` (same arguments plus ``dp`` and
-    ``ledger``): trains ``model`` in place with AdamW on noisy, per-bag-clipped gradients.
+    ``ledger``): trains ``model`` in place with AdamW on noisy, per-bag-clipped gradients, for
+    ``steps`` Poisson-sampled steps when given (a federated round), else ``epochs`` ×
+    :func:`steps_per_epoch` steps; the learning rate follows the round's share
+    ``schedule_span`` of the run's schedule. With ``dp_epsilon``, σ is chosen for
+    ``planned_rounds`` rounds of this many steps (:func:`resolve_noise`).
 
     The FedProx term ``mu/2·||w - w_global||²`` does not touch data, so its gradient is added
     after the noise at no privacy cost. ``config.grad_clip`` is replaced by the DP clipping.
@@ -281,6 +295,8 @@ def dp_train_local(
     ``dp_noise_multiplier``, ``dp_max_grad_norm``, ``dp_sample_rate``, ``dp_steps``. The ledger
     (if given) is extended by this round's steps."""
     import torch
+
+    from pathfl.survival.train import lr_factor
 
     if config.loss not in DP_LOSSES:
         raise PrivacyError(
@@ -299,7 +315,8 @@ def dp_train_local(
     secret = np.random.default_rng(secrets.randbits(128))
     gen = torch.Generator().manual_seed(secrets.randbits(63))
     q = dp.sample_rate or min(1.0, config.bags_per_batch / n)
-    sigma = resolve_noise(dp, sample_rate=q, epochs=epochs)
+    n_total = steps if steps is not None else steps_per_epoch(q) * max(0, int(epochs))
+    sigma = resolve_noise(dp, sample_rate=q, steps_per_round=max(1, n_total))
     clip = dp.max_grad_norm
     if dp.delta >= 1.0 / n:
         logger.warning("dp_delta=%g is not below 1/n=%g: weak guarantee", dp.delta, 1.0 / n)
@@ -313,28 +330,30 @@ def dp_train_local(
     expected_batch = q * n
     n_steps, losses = 0, []
     model.train()
-    for _ in range(epochs):
-        for _ in range(steps_per_epoch(q)):
-            chosen = np.flatnonzero(secret.random(n) < q)
-            summed, step_losses = clipped_grad_sum(
-                model,
-                [bags[i] for i in chosen],
-                config,
-                time_bins=bins,
-                max_grad_norm=clip,
-                rng=rng,
-                params=params,
-            )
-            losses.extend(step_losses)
-            for p, s in zip(params, summed, strict=True):
-                noise = torch.normal(0.0, sigma * clip, size=p.shape, generator=gen)
-                p.grad = (s + noise) / expected_batch
-            if proximal_mu > 0:
-                for p, a in zip(params, anchor, strict=True):
-                    p.grad.add_(p.detach() - a, alpha=proximal_mu)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            n_steps += 1
+    p0, p1 = schedule_span
+    for _ in range(n_total):
+        for g in opt.param_groups:
+            g["lr"] = config.lr * lr_factor(p0 + (p1 - p0) * n_steps / max(n_total, 1), config)
+        chosen = np.flatnonzero(secret.random(n) < q)
+        summed, step_losses = clipped_grad_sum(
+            model,
+            [bags[i] for i in chosen],
+            config,
+            time_bins=bins,
+            max_grad_norm=clip,
+            rng=rng,
+            params=params,
+        )
+        losses.extend(step_losses)
+        for p, s in zip(params, summed, strict=True):
+            noise = torch.normal(0.0, sigma * clip, size=p.shape, generator=gen)
+            p.grad = (s + noise) / expected_batch
+        if proximal_mu > 0:
+            for p, a in zip(params, anchor, strict=True):
+                p.grad.add_(p.detach() - a, alpha=proximal_mu)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        n_steps += 1
     round_history = [(sigma, q, n_steps)]
     if ledger is not None:
         ledger.add(sigma, q, n_steps)

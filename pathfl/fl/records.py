@@ -3,8 +3,12 @@
 Every reply a site sends is checked by :func:`check_reply` *before* it leaves the ClientApp
 (fail closed): only the record names, record types and metric keys whitelisted here for that
 message kind are allowed, metric values must be finite-or-NaN scalars (the one list allowed is
-the fixed-length event-time histogram of the ``query`` reply, see docs/federation.md). No
-patient ids, times, risks or per-patient values can pass.
+the fixed-length event-time histogram of the ``query`` reply, see docs/federation.md). Array
+records other than the model weights of a ``train`` reply must hold exactly named float
+arrays: the ``query`` reply's ``moments`` (sums over the site's training patients, see
+:mod:`pathfl.fl.fed_stats`) and the ``query.linear_cox`` reply's ``derivatives`` (gradient and
+Hessian of the site's Cox partial likelihood, :mod:`pathfl.fl.fed_linear_cox`). No patient ids,
+times, risks or per-patient values can pass.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathfl.fl.compat import FINGERPRINT_FIELDS
 
 # message kinds (Flower message types are "<category>" or "<category>.<action>")
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
+LINEAR_COX = "query.linear_cox"  # one Newton–Raphson step of the federated linear-cox
 
 EVAL_KEYS = (
     "c_index",
@@ -33,6 +38,7 @@ EVAL_KEYS = (
 TRAIN_KEYS = (
     "loss",
     "n_samples",
+    "steps",
     "epochs_run",
     "best_epoch",
     "val_loss",
@@ -45,12 +51,15 @@ TRAIN_KEYS = (
     "dp_steps",
 )
 FINGERPRINT_KEYS = (*FINGERPRINT_FIELDS, "n_files")
+MOMENT_KEYS = frozenset(f"{g}_{s}" for g in ("tile", "cov", "row") for s in ("n", "sum", "sumsq"))
+DERIVATIVE_KEYS = frozenset({"gradient", "hessian"})
 
 # reply whitelists: record name -> (record type, allowed keys or None for arrays)
 REPLY_WHITELIST: dict[str, dict[str, tuple[str, frozenset[str] | None]]] = {
     QUERY: {
         "site": ("config", frozenset({"site", *FINGERPRINT_KEYS})),
         "counts": ("metric", frozenset({"num-examples", "n_events", "time_hist"})),
+        "moments": ("array", MOMENT_KEYS),
     },
     TRAIN: {
         "arrays": ("array", None),
@@ -67,6 +76,16 @@ REPLY_WHITELIST: dict[str, dict[str, tuple[str, frozenset[str] | None]]] = {
         "metrics": (
             "metric",
             frozenset({"num-examples", "compute_s"} | {f"val_{k}" for k in EVAL_KEYS}),
+        ),
+    },
+    LINEAR_COX: {
+        "derivatives": ("array", DERIVATIVE_KEYS),
+        "metrics": (
+            "metric",
+            frozenset(
+                {"num-examples", "compute_s", "loglik", "n_events"}
+                | {f"val_{k}" for k in EVAL_KEYS if k != "loss"}
+            ),
         ),
     },
 }
@@ -106,6 +125,9 @@ def check_reply(kind: str, content: Any) -> None:
             )
         if keys is None:
             continue
+        if want_type == "array":
+            _check_named_arrays(kind, name, record, keys)
+            continue
         for key, value in record.items():
             if key not in keys:
                 raise ReplyNotAllowedError(f"{kind} reply: key {name}.{key} is not whitelisted")
@@ -116,6 +138,28 @@ def check_reply(kind: str, content: Any) -> None:
                 raise ReplyNotAllowedError(f"{kind} reply: {name}.{key} has type {type(value)}")
             elif isinstance(value, str) and want_type != "config":
                 raise ReplyNotAllowedError(f"{kind} reply: {name}.{key} must be numeric")
+
+
+def _check_named_arrays(kind: str, name: str, record: Any, keys: frozenset[str]) -> None:
+    for key, arr in record.items():
+        if key not in keys:
+            raise ReplyNotAllowedError(f"{kind} reply: array {name}.{key} is not whitelisted")
+        if not np.issubdtype(np.dtype(arr.dtype), np.floating):
+            raise ReplyNotAllowedError(f"{kind} reply: array {name}.{key} has dtype {arr.dtype}")
+
+
+def to_named_array_record(arrays: Mapping[str, np.ndarray]) -> Any:
+    """An ArrayRecord of named arrays (moments, derivatives)."""
+    from flwr.app import Array, ArrayRecord
+
+    rec = ArrayRecord()
+    for k, a in arrays.items():
+        rec[str(k)] = Array.from_numpy_ndarray(np.ascontiguousarray(a))
+    return rec
+
+
+def from_named_array_record(record: Any) -> dict[str, np.ndarray]:
+    return {str(k): np.asarray(v.numpy()) for k, v in record.items()}
 
 
 def state_to_arrays(state: Mapping[str, Any]) -> tuple[list[str], list[np.ndarray]]:

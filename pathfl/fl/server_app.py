@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -72,6 +73,7 @@ def run_federation(
             rows.append(run.run_round(r))
             run_dir.write_status("running", run_id=run_id, completed_round=r)
         final = run.final_evaluation(int(cfg["rounds"]))
+        final["linear_cox"] = _linear_cox(run)
         _save_final(run, cfg, run_dir, rows, final, seconds=time.time() - t0)
         run.audit.append("finish", metrics={"federated_c_index": final["federated_c_index"]})
         run_dir.write_status("completed", run_id=run_id, rounds=int(cfg["rounds"]))
@@ -84,12 +86,34 @@ def run_federation(
         raise
 
 
+def _linear_cox(run: FederatedRun) -> dict[str, Any]:
+    """The federated linear-cox baseline; a failure is recorded, never fatal to the run."""
+    from pathfl.fl import fed_linear_cox
+    from pathfl.fl.server_loop import FederationError
+
+    try:
+        result = fed_linear_cox.fit(run)
+    except (FederationError, np.linalg.LinAlgError, KeyError, ValueError) as e:
+        logger.warning("federated linear-cox failed: %s", e)
+        run.audit.append("linear_cox_failed", reason=str(e))
+        return {"skipped": f"failed: {e}"}
+    keep = ("skipped", "beta", "iterations", "converged", "federated_c_index")
+    run.audit.append("linear_cox", **{k: result[k] for k in keep if k in result})
+    return result
+
+
 def _check_resume(run: FederatedRun, state: dict[str, Any]) -> None:
     from pathfl.fl.server_loop import FederationError
+    from pathfl.survival.scaling import BagScaler
 
     if state.get("time_bins") != run.time_bins:
         # the bins were fixed before round 1 of the interrupted run: keep them
         run.time_bins = [float(x) for x in state.get("time_bins", [])]
+    # so were the scaler and the step budget (a site missing now must not change them)
+    if "scaler" in state:
+        run.scaler = BagScaler.from_dict(state["scaler"]) if state["scaler"] else None
+    if "steps_per_round" in state:
+        run.steps_per_round = int(state["steps_per_round"])
     missing = sorted(set(state.get("sites", [])) - set(run.sites.values()))
     if missing:
         logger.warning("resuming without site(s) %s that took part before", missing)
@@ -108,15 +132,12 @@ def _save_final(
     *,
     seconds: float,
 ) -> None:
-    import numpy as np
-
     from pathfl.fl.records import arrays_to_state
     from pathfl.fl.site import train_config
     from pathfl.survival.run import save_run
-    from pathfl.survival.train import build_model
 
     tcfg = train_config(cfg)
-    model = build_model(tcfg, feature_dim=run.feature_dim)
+    model = run.build_model()
     model.load_state_dict(arrays_to_state(run.names, run.arrays))
     history = [
         {
@@ -135,6 +156,9 @@ def _save_final(
         "final_per_site": final["per_site"],
         "rounds": history,
         "sites": sorted(run.sites.values()),
+        "n_train_patients": run.n_train,
+        "steps_per_round": run.steps_per_round,
+        "linear_cox": final.get("linear_cox", {}),
         "seconds": seconds,
         "note": "federated C-index = within-site pairs pooled over sites; cross-site pairs "
         "are not compared",
@@ -146,7 +170,7 @@ def _save_final(
         feature_dim=run.feature_dim,
         fingerprint=run.fingerprint,
         time_bins=np.asarray(run.time_bins, dtype=float),
-        scaler=None,
+        scaler=run.scaler,
         metrics=metrics,
         predictions=None,
     )

@@ -16,7 +16,6 @@ from pathfl.fl.preflight import (
     check_site_data,
     failure_reason,
 )
-from pathfl.fl.rundir import RunDir
 from pathfl.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -65,7 +64,8 @@ def simulate(
 
     user = dict(user_cfg)
     user.setdefault("num_sites", len(specs))
-    check_site_data(specs)  # before any process starts: one message naming site and file
+    # before any process starts: one message naming site and file
+    check_site_data(specs, covariates=[str(c) for c in user.get("covariates") or []])
     if not user.get("time_bins") and not user.get("time_grid_max"):
         user["time_grid_max"] = default_time_grid(specs)
     cfg = effective_config(user)
@@ -106,9 +106,7 @@ def simulate(
     if baselines:
         from pathfl.fl.baselines import comparison_rows, run_baselines, write_comparison
 
-        state = RunDir(out).load_checkpoint()
-        bins = state[0]["time_bins"] if state else []
-        base = run_baselines(specs, cfg, bins)
+        base = run_baselines(specs, cfg)
         write_json_atomic(out / "baselines.json", base)
         table = write_comparison(out / "comparison.csv", comparison_rows(metrics, base))
         (out / "comparison.md").write_text(table)

@@ -13,7 +13,7 @@ import logging
 import os
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,27 @@ class SiteData:
     val: list[Any]
     feature_dim: int
     state_dir: Path = Path(".")
+    _scaled: dict[str, tuple[list, list]] = field(default_factory=dict, repr=False)
 
     @property
     def n_patients(self) -> int:
         return len(self.train) + len(self.val)
+
+    def scaled(self, cfg: Mapping[str, Any]) -> tuple[list, list]:
+        """(train, val) standardised with the federation's scaler ``cfg["scaler"]`` (the raw
+        bags when the run has none); the last result is kept for the next request."""
+        import json
+
+        from pathfl.survival.scaling import BagScaler
+
+        d = cfg.get("scaler")
+        if not d:
+            return self.train, self.val
+        key = json.dumps(d, sort_keys=True)
+        if key not in self._scaled:
+            scaler = BagScaler.from_dict(d)
+            self._scaled = {key: (scaler.apply(self.train), scaler.apply(self.val))}
+        return self._scaled[key]
 
 
 def split_bags(bags: Sequence[Any], *, val_folds: int, seed: int) -> tuple[list, list]:
@@ -66,16 +83,13 @@ def node_paths(node_config: Mapping[str, Any]) -> dict[str, str]:
 
 def load_site(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> SiteData:
     """Read the site's clinical table and feature bags named in its node config."""
+    from pathfl.fl.fed_stats import covariates_of
     from pathfl.survival.data import load_bags, load_clinical
 
     paths = node_paths(node_config)
-    if cfg.get("covariates"):
-        raise ValueError(
-            "covariates are not supported in federated runs yet (their scaler would need "
-            "federated statistics); remove `covariates` from the run config"
-        )
-    clinical = load_clinical(paths[NODE_CLINICAL], covariates=[])
-    bags = load_bags(paths[NODE_FEATURES], clinical)
+    covariates = covariates_of(cfg)
+    clinical = load_clinical(paths[NODE_CLINICAL], covariates=covariates)
+    bags = load_bags(paths[NODE_FEATURES], clinical, covariates=covariates)
     if not bags:
         raise ValueError(f"site {paths[NODE_SITE]}: no patient bags in {paths[NODE_FEATURES]}")
     train, val = split_bags(bags, val_folds=int(cfg.get("val_folds", 4)), seed=int(cfg["seed"]))
@@ -96,7 +110,8 @@ def site_seed(seed: int, round_no: int, site: str) -> int:
 
 def query_reply(data: SiteData, cfg: Mapping[str, Any]) -> tuple[dict, dict]:
     """(site config record, counts metric record) for the pre-round-1 query. The event-time
-    histogram on the federation grid is included only when the server asks for it."""
+    histogram on the federation grid is included only when the server asks for it (the
+    moments go in a record of their own: :func:`pathfl.fl.fed_stats.site_moments`)."""
     from pathfl.fl.compat import site_fingerprint
 
     fp = {k: v for k, v in site_fingerprint(data.features_dir).items() if v is not None}
@@ -129,10 +144,12 @@ def train_config(cfg: Mapping[str, Any]) -> Any:
 
 
 def build_global_model(cfg: Mapping[str, Any], feature_dim: int, arrays: list[np.ndarray]) -> Any:
+    from pathfl.fl.fed_stats import covariates_of
     from pathfl.fl.records import arrays_to_state
     from pathfl.survival.train import build_model
 
-    model = build_model(train_config(cfg), feature_dim=feature_dim)
+    n_cov = len(covariates_of(cfg))
+    model = build_model(train_config(cfg), feature_dim=feature_dim, n_covariates=n_cov)
     names = list(model.state_dict().keys())
     model.load_state_dict(arrays_to_state(names, arrays))
     return model
@@ -144,22 +161,29 @@ def evaluate_site(model: Any, data: SiteData, cfg: Mapping[str, Any]) -> dict[st
 
     if not data.val:
         return {"val_n_samples": 0.0}
-    m = evaluate(model, data.val, train_config(cfg), time_bins=np.asarray(cfg["time_bins"]))
+    val = data.scaled(cfg)[1]
+    m = evaluate(model, val, train_config(cfg), time_bins=np.asarray(cfg["time_bins"]))
     return clean_metrics(m, prefix="val_", keys=EVAL_KEYS)
 
 
 def train_round(
     data: SiteData, cfg: Mapping[str, Any], arrays: list[np.ndarray], *, round_no: int
 ) -> tuple[list[np.ndarray], dict[str, float]]:
-    """Evaluate the received global model on the validation part, then train it locally for
-    ``local_epochs`` (FedProx when ``proximal_mu`` > 0). Returns (new arrays, metrics)."""
+    """Evaluate the received global model on the validation part, then train it locally on
+    the standardised training part for this round's steps (:func:`fed_stats.site_steps`),
+    covering the round's share of the learning-rate schedule (FedProx when ``proximal_mu``
+    > 0). Returns (new arrays, metrics)."""
+    from pathfl.fl.fed_stats import round_span, site_steps
     from pathfl.fl.records import state_to_arrays
     from pathfl.survival.train import train_local
 
     model = build_global_model(cfg, data.feature_dim, arrays)
     metrics = evaluate_site(model, data, cfg)
+    train = data.scaled(cfg)[0]
     kwargs: dict[str, Any] = {
-        "epochs": int(cfg["local_epochs"]),
+        "epochs": int(cfg.get("local_epochs") or 0),
+        "steps": site_steps(cfg, len(train)),
+        "schedule_span": round_span(cfg, round_no),
         "time_bins": np.asarray(cfg["time_bins"]),
         "proximal_mu": float(cfg.get("proximal_mu", 0.0)),
         "seed": site_seed(int(cfg["seed"]), round_no, data.site),
@@ -171,10 +195,10 @@ def train_round(
         # site-local accountant history, keyed so that a resumed run keeps spending it
         path = ledger_path(data.state_dir, cfg)
         ledger = PrivacyLedger.load(path)
-        stats = dp_train_local(model, data.train, train_config(cfg), dp, ledger=ledger, **kwargs)
+        stats = dp_train_local(model, train, train_config(cfg), dp, ledger=ledger, **kwargs)
         ledger.save(path)
     else:
-        stats = train_local(model, data.train, train_config(cfg), **kwargs)
+        stats = train_local(model, train, train_config(cfg), **kwargs)
     metrics.update(clean_metrics(stats, prefix="train_", keys=TRAIN_KEYS))
     metrics["num-examples"] = float(len(data.train))
     _, new_arrays = state_to_arrays(model.state_dict())
@@ -204,12 +228,15 @@ class SiteCache:
         self._data: SiteData | None = None
 
     def get(self, node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> SiteData:
+        from pathfl.fl.fed_stats import covariates_of
+
         paths = node_paths(node_config)
         key = (
             paths[NODE_FEATURES],
             paths[NODE_CLINICAL],
             int(cfg.get("val_folds", 4)),
             int(cfg["seed"]),
+            tuple(covariates_of(cfg)),
         )
         if key != self._key or self._data is None:
             self._data, self._key = load_site(node_config, cfg), key
@@ -225,12 +252,17 @@ def handle(
     cache: SiteCache | None = None,
 ) -> dict[str, Any]:
     """The site's answer to one request, as plain Python (the ClientApp turns it into Flower
-    records and checks it against the whitelist): ``query`` → info + counts, ``train`` →
-    arrays + metrics, ``evaluate`` → metrics."""
+    records and checks it against the whitelist): ``query`` → info + counts + moments,
+    ``train`` → arrays + metrics, ``evaluate`` → metrics, ``query.linear_cox`` →
+    derivatives + metrics (:mod:`pathfl.fl.fed_linear_cox`)."""
+    from pathfl.fl.records import LINEAR_COX
+
     data = (cache or SiteCache()).get(node_config, cfg)
     if kind == "query":
+        from pathfl.fl.fed_stats import site_moments
+
         info, counts = query_reply(data, cfg)
-        return {"info": info, "counts": counts}
+        return {"info": info, "counts": counts, "moments": site_moments(data.train, cfg)}
     if arrays is None:
         raise ValueError(f"a {kind} request needs the global model arrays")
     if kind == "train":
@@ -241,4 +273,8 @@ def handle(
         metrics = evaluate_site(model, data, cfg)
         metrics["num-examples"] = float(len(data.val))
         return {"metrics": metrics}
+    if kind == LINEAR_COX:
+        from pathfl.fl.fed_linear_cox import site_derivatives
+
+        return site_derivatives(data, cfg, arrays)
     raise ValueError(f"unknown request kind {kind!r}")
