@@ -2,10 +2,11 @@
 same patients: the validation part that every site kept out of training inside
 `pathfl fl simulate` (fold 0 of ``val_folds``, reproduced here with the same function).
 
-The baselines are trained here with the project's own training functions, the federation's
-effective configuration, its time bins and the same total number of epochs
-(``rounds × local_epochs``), so that per-patient predictions (hence bootstrap CIs and KM
-curves) exist for every model. Scores: Harrell's C over all validation pairs with a patient
+The baselines are trained here with the default `pathfl train` recipe
+(:func:`pathfl.survival.cv.fit_one`) and the federation's model configuration, so that
+per-patient predictions (hence bootstrap CIs and KM curves) exist for every model; the
+federation gets the same optimisation budget (rounds × steps per round = the pooled budget).
+Scores: Harrell's C over all validation pairs with a patient
 bootstrap 95% CI; the within-site C (only pairs of patients of the same hospital — what the
 federation itself reports); the C of each site's validation patients."""
 
@@ -93,25 +94,22 @@ def _site_bags(split: dict[str, Any], fl_cfg: dict[str, Any]) -> dict[str, tuple
     return out
 
 
-def train_baselines(
-    site_bags: dict[str, tuple[list, list]], fl_cfg: dict[str, Any], time_bins: Any
-) -> dict[str, Any]:
-    """Pooled and local-only models trained like the federated one (same config, bins and
-    total epochs). Returns {name: (model, TrainConfig)}."""
+def train_baselines(site_bags: dict[str, tuple[list, list]], fl_cfg: dict[str, Any]) -> dict:
+    """Pooled and local-only models trained with the default `pathfl train` recipe
+    (:func:`pathfl.survival.cv.fit_one`: own standardisation, own step budget), the model
+    configuration of the federation. Returns {name: (model, TrainConfig, scaler, time_bins)}."""
     from pathfl.fl.site import train_config
-    from pathfl.survival.train import build_model, train_local
+    from pathfl.survival.cv import fit_one
 
     tcfg = train_config(fl_cfg)
-    epochs = int(fl_cfg["rounds"]) * int(fl_cfg["local_epochs"])
-    dim = next(iter(site_bags.values()))[0][0].feature_dim
     jobs = {f"local_{n}": tr for n, (tr, _) in site_bags.items()}
     jobs["pooled"] = [b for tr, _ in site_bags.values() for b in tr]
     models = {}
     for name, bags in jobs.items():
-        model = build_model(tcfg, feature_dim=dim)
-        train_local(model, bags, tcfg, epochs=epochs, time_bins=time_bins, seed=int(fl_cfg["seed"]))
-        models[name] = (model, tcfg)
-        log.info("trained %s baseline on %d patients for %d epochs", name, len(bags), epochs)
+        fit = fit_one(bags, tcfg, seed=int(fl_cfg["seed"]))
+        models[name] = (fit["model"], tcfg, fit["scaler"], fit["time_bins"])
+        log.info("trained %s baseline on %d patients (%d steps)", name, len(bags),
+                 int(fit["stats"]["steps"]))  # fmt: skip
     return models
 
 
@@ -135,7 +133,10 @@ def evaluate_models(
     bins = extras.get("time_bins")
     site_bags = _site_bags(split, fl_cfg)
     bags = [b for _, va in site_bags.values() for b in va]
-    models = {"federated": (fed_model, fed_tcfg), **train_baselines(site_bags, fl_cfg, bins)}
+    models = {
+        "federated": (fed_model, fed_tcfg, extras["scaler"], bins),  # the federation's scaler
+        **train_baselines(site_bags, fl_cfg),
+    }
 
     truth = _truth(config.cohort_dir, cohort)
     pids = [b.patient_id for b in bags]
@@ -143,10 +144,9 @@ def evaluate_models(
     time = np.array([b.time for b in bags], float)
     site = np.array([truth[p]["site"] for p in pids])
     preds: dict[str, np.ndarray] = {"oracle": np.array([truth[p]["risk"] for p in pids])}
-    fed_bags = extras["scaler"].apply(bags)  # the federation's standardisation
-    for name, (model, tcfg) in models.items():
-        inputs = fed_bags if name == "federated" else bags
-        preds[name] = np.asarray(predict(model, inputs, tcfg, time_bins=bins).risk, float)
+    for name, (model, tcfg, scaler, tb) in models.items():
+        preds[name] = np.asarray(predict(model, scaler.apply(bags), tcfg, time_bins=tb).risk, float)
+    fed_bags = extras["scaler"].apply(bags)
     scores = {k: score(v, event, time, site, seed=config.seed) for k, v in preds.items()}
     # each local model on its own site's patients only (the federation's "local-only" number)
     own = np.zeros(len(bags))
@@ -166,8 +166,9 @@ def evaluate_models(
         "n_val_events": int(event.sum()),
         "n_train_patients": sum(len(tr) for tr, _ in site_bags.values()),
         "fl_config": {
-            k: fl_cfg[k] for k in ("rounds", "local_epochs", "val_folds", "seed") if k in fl_cfg
-        },
+            k: fl_cfg[k] for k in ("rounds", "val_folds", "seed", "model", "loss") if k in fl_cfg
+        }
+        | {"steps_per_round": fed_metrics.get("steps_per_round")},
         "models": scores,
         "local_own_site_c_index_within_site": own_score["c_index_within_site"],
         "local_only_mean_c_index": float(np.mean(locals_)),

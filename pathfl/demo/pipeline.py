@@ -24,19 +24,14 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "unavailable", "failed", "not run")
 
-# Run config handed to `pathfl fl simulate --config` (keys of the fl stage's run config).
+# Run config handed to `pathfl fl simulate --config`: the library defaults (FL_DEFAULTS of
+# pathfl.fl.fl_config and TrainConfig) — the demo tunes nothing. Only the evaluation split is
+# set, and the tiny (CI) demo syncs in fewer rounds: with the automatic local step budget the
+# total number of optimizer steps is the same (rounds × steps per round = pooled budget).
 FL_DEFAULTS: dict[str, Any] = {
-    "rounds": 8,
-    "local_epochs": 3,
-    "lr": 5e-4,
-    "model": "abmil",
-    "loss": "nll",
-    "n_bins": 4,
-    "proximal_mu": 0.0,
     "val_folds": 3,  # each site scores every model on 1/3 of its patients
-    "bags_per_batch": 8,
 }
-FL_TINY: dict[str, Any] = {"rounds": 3, "local_epochs": 4, "lr": 1e-3, "val_folds": 2}
+FL_TINY: dict[str, Any] = {"rounds": 3, "val_folds": 2}
 
 
 class StageUnavailableError(RuntimeError):
