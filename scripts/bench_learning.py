@@ -10,16 +10,18 @@ several seeds.
 Part 1 (`train`): 5-fold out-of-fold Harrell C of the default `pathfl train` recipe
 (:func:`pathfl.survival.cv.cross_validate`, exactly what the CLI runs) vs the linear-cox
 baseline on the same folds vs the oracle (true log-hazard; planted cohorts only).
-Part 2 (`--fl`): default `pathfl fl simulate` (real Flower processes on 127.0.0.1) vs its
-pooled and local-only baselines, on the same within-site validation pairs.
+Part 2 (skipped with `--no-fl`): default `pathfl fl simulate` (real Flower processes on
+127.0.0.1) vs its pooled and local-only baselines and the linear-cox fits, on the same within-site validation pairs.
 
     python scripts/bench_learning.py --quick          # a subset (what `make bench` runs)
-    python scripts/bench_learning.py --fl             # everything, federated part too
+    python scripts/bench_learning.py                  # everything (2 seeds), federated too
+    python scripts/bench_learning.py --no-fl          # the `train` part only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -48,7 +50,7 @@ FULL = [
     "planted-1000x64",
     "planted-200x1280",
 ]
-FL_QUICK = ["gbsg2", "planted-200x64"]
+FL_QUICK = ["gbsg2", "planted-200x64"]  # 3 sites each
 
 
 def make(name: str, seed: int) -> Cohort:
@@ -90,12 +92,19 @@ def fl_row(cohort: Cohort, seed: int, work: Path) -> dict:
     t0 = time.perf_counter()
     summary = simulate(specs, {"seed": seed}, work / "run")
     base = summary.get("baselines", {})
+    metrics = json.loads((work / "run" / "metrics.json").read_text())
+
+    def c(key: str) -> float:
+        return float(base.get(key, {}).get("federated_c_index", np.nan))
+
     return {
         "dataset": cohort.name,
         "seed": seed,
         "federated": summary["federated_c_index"],
-        "pooled": base.get("pooled", {}).get("federated_c_index", np.nan),
-        "local_only": base.get("local_only", {}).get("federated_c_index", np.nan),
+        "pooled": c("pooled"),
+        "local_only": c("local_only"),
+        "lc_fed": float((metrics.get("linear_cox") or {}).get("federated_c_index", np.nan)),
+        "lc_pooled": c("linear_cox_pooled"),
         "table": summary.get("table", ""),
         "seconds": time.perf_counter() - t0,
     }
@@ -107,10 +116,10 @@ def fmt(v: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help=f"datasets {QUICK}, 1 seed")
+    ap.add_argument("--quick", action="store_true", help=f"datasets {QUICK}, 1 seed, 1 FL run")
     ap.add_argument("--datasets", nargs="*", default=None)
     ap.add_argument("--seeds", type=int, default=None, help="seeds per dataset (default 2)")
-    ap.add_argument("--fl", action="store_true", help="also run default `fl simulate`")
+    ap.add_argument("--no-fl", action="store_true", help="skip the `fl simulate` part")
     ap.add_argument("--fl-datasets", nargs="*", default=None)
     args = ap.parse_args(argv)
     import torch
@@ -134,20 +143,24 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {fmt(r['train_c'] / r['oracle_c'])} | {r['seconds']:.0f} |",
                     flush=True,
                 )
-        if not args.fl:
+        if args.no_fl:
             return 0
         print("\n### Default `pathfl fl simulate` (3 sites, real processes on 127.0.0.1)\n")
         print("C-index over the union of within-site validation pairs.\n")
-        print("| dataset | seed | federated | pooled | local-only | fed − pooled | s |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| dataset | seed | federated | pooled | local-only | fed − pooled | linear-cox "
+            "fed. | linear-cox pooled (stratified) | fed / linear-cox | s |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
         tables = []
-        for name in args.fl_datasets or FL_QUICK:
+        for name in args.fl_datasets or (FL_QUICK[:1] if args.quick else FL_QUICK):
             for seed in seeds:
                 r = fl_row(make(name, seed), seed, Path(tmp) / f"fl-{name}-{seed}")
                 print(
                     f"| {r['dataset']} | {seed} | {fmt(r['federated'])} | {fmt(r['pooled'])} "
                     f"| {fmt(r['local_only'])} | {r['federated'] - r['pooled']:+.3f} "
-                    f"| {r['seconds']:.0f} |",
+                    f"| {fmt(r['lc_fed'])} | {fmt(r['lc_pooled'])} "
+                    f"| {fmt(r['federated'] / r['lc_pooled'])} | {r['seconds']:.0f} |",
                     flush=True,
                 )
                 tables.append((r["dataset"], seed, r["table"]))

@@ -44,3 +44,25 @@ def test_default_train_keeps_up_with_linear_cox(tmp_path: Path, seed: int) -> No
     assert lc_c > 0.65  # the baseline itself learns on veterans (sanity of the comparison)
     assert model_c >= 0.95 * lc_c, (model_c, lc_c)
     assert m["linear_cox"]["n"] == m["pooled_oof"]["n"] == len(cohort.bags)  # same patients
+
+
+@pytest.mark.slow
+def test_default_fl_simulate_keeps_up_with_linear_cox(tmp_path: Path) -> None:
+    """Default `fl simulate` (no learning option at all) of 2 sites of GBSG2: the federated
+    model is within 5 % of the pooled site-stratified linear-cox on the same validation
+    pairs, and not below the pooled attention model by more than 0.05."""
+    from pathfl.fl.simulate import simulate, site_specs
+    from pathfl.survival.cohorts import write_sites
+
+    cohort = sksurv_cohort("gbsg2", n_sites=2, seed=0, max_patients=300)
+    specs = site_specs(write_sites(cohort, tmp_path / "sites"))
+    summary = simulate(specs, {}, tmp_path / "run")
+    fed = summary["federated_c_index"]
+    base = summary["baselines"]
+    lc = base["linear_cox_pooled"]["federated_c_index"]
+    assert lc > 0.6, base  # the comparison is meaningful
+    assert fed >= 0.95 * lc, (fed, lc)
+    assert fed >= base["pooled"]["federated_c_index"] - 0.05, (fed, base["pooled"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # the federated Newton fit reproduces the pooled site-stratified one
+    assert metrics["linear_cox"]["federated_c_index"] == pytest.approx(lc, abs=1e-4)
