@@ -11,7 +11,8 @@ Part 1 (`train`): 5-fold out-of-fold Harrell C of the default `pathfl train` rec
 (:func:`pathfl.survival.cv.cross_validate`, exactly what the CLI runs) vs the linear-cox
 baseline on the same folds vs the oracle (true log-hazard; planted cohorts only).
 Part 2 (skipped with `--no-fl`): default `pathfl fl simulate` (real Flower processes on
-127.0.0.1) vs its pooled and local-only baselines and the linear-cox fits, on the same within-site validation pairs.
+127.0.0.1) vs its pooled and local-only baselines and the linear-cox fits, on the same
+within-site validation pairs.
 
     python scripts/bench_learning.py --quick          # a subset (what `make bench` runs)
     python scripts/bench_learning.py                  # everything (2 seeds), federated too
