@@ -72,14 +72,16 @@ def test_federated_linear_cox_equals_pooled_stratified(federation) -> None:
     assert abs(fed["federated_c_index"] - pooled["federated_c_index"]) < 1e-4
     for site, c in pooled["per_site_c_index"].items():
         assert abs(fed["per_site_c_index"][site] - c) < 1e-4
-    assert len(fed["seconds_per_wave"]) == fed["iterations"] + 1
+    # one wave at beta = 0, then one per iteration (more only if a step was halved)
+    n_waves = len(fed["seconds_per_wave"])
+    assert n_waves >= fed["iterations"] + 1
     table = summary["table"]
     assert "linear-cox (federated)" in table and "linear-cox (pooled, site-stratified)" in table
     # every Newton request is in each site's own audit log
     for site in ("site_a", "site_b"):
         log = out / "federation" / "sites" / site / "audit.jsonl"
         events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
-        assert events.count("linear_cox") == fed["iterations"] + 1
+        assert events.count("linear_cox") == n_waves
 
 
 def test_federated_scaler_and_covariates_reach_predict(federation, tmp_path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from pathfl.fl.lifetime import stop_on_signals
+from pathfl.fl.lifetime import STOP_REQUESTS, stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _foreground(proc: Any) -> None:
             typer.secho(f"{proc.name} exited with code {code}; log: {proc.log_path}", err=True)
             typer.echo(proc.log_tail(), err=True)
             raise typer.Exit(1)
-    except KeyboardInterrupt:
+    except STOP_REQUESTS:
         typer.echo(f"stopping {proc.name} (pid {proc.pid})")
     finally:
         proc.stop()

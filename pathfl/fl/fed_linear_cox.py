@@ -115,20 +115,24 @@ def fit(run: Any) -> dict[str, Any]:
     alpha = float(train_config(run.cfg).linear_cox_alpha) * float(run.n_train)
     waves: list[float] = []
     betas: list[np.ndarray] = []
+    answers: list[dict[str, Any]] = []
 
     def parts_at(beta: np.ndarray) -> list[tuple[float, np.ndarray, np.ndarray]]:
         t0 = time.monotonic()
         replies = _ask(run, beta, len(betas) + 1)
         waves.append(time.monotonic() - t0)
         betas.append(np.array(beta))
+        answers.append(replies)
         return [(m["loglik"], a["gradient"], a["hessian"]) for a, m in replies.values()]
 
     t0 = time.monotonic()
     beta, n_iter = fit_newton(parts_at, run.row_scaler.dim, alpha=alpha, max_iter=MAX_ITER, tol=TOL)
-    last_step = float(np.max(np.abs(beta - betas[-1])))
-    t1 = time.monotonic()
-    final = _ask(run, beta, len(betas) + 1)
-    waves.append(time.monotonic() - t1)
+    # fit_newton's last evaluation is at the returned beta: its replies carry the final
+    # gradient and validation counts (no extra wave)
+    final = answers[-1]
+    if not np.array_equal(betas[-1], beta):
+        final = _ask(run, beta, len(betas) + 1)
+    last_step = float(np.max(np.abs(beta - betas[-2]))) if len(betas) > 1 else 0.0
     grad = np.sum([a["gradient"] for a, _ in final.values()], axis=0) - alpha * beta
     per_site = {s: m for s, (_, m) in final.items()}
     counts = [
@@ -139,7 +143,7 @@ def fit(run: Any) -> dict[str, Any]:
     result = {
         "beta": [float(b) for b in beta],
         "iterations": int(n_iter),
-        "converged": last_step < TOL,
+        "converged": n_iter < MAX_ITER or last_step < TOL,
         "last_step": last_step,
         "max_abs_gradient": float(np.max(np.abs(grad))),
         "alpha": alpha,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pathfl.fl import flower_cli
+from pathfl.fl import flower_cli, lifetime
 from pathfl.fl import processes as procs
 from pathfl.fl.rundir import RunDir
 
@@ -211,7 +211,7 @@ def follow_run(
             poll_s=poll_s,
             flower_poll_s=flower_poll_s,
         )
-    except KeyboardInterrupt:  # also lifetime.Terminated (SIGTERM)
+    except lifetime.STOP_REQUESTS:  # Ctrl-C, lifetime.Terminated, interrupts.Interrupted
         if stop_on_interrupt:  # a second Ctrl-C cuts this short
             logger.warning("run %d interrupted: stopping it", run_id)
             flower_cli.stop_run(home, run_id, timeout_s=15.0)

@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from pathfl.interrupts import Interrupted
+
 logger = logging.getLogger(__name__)
 
 EXIT_SIGINT = 128 + signal.SIGINT  # 130, as a shell reports a Ctrl-C'd command
@@ -51,6 +53,18 @@ _watcher: threading.Thread | None = None  # this process's watch_parent thread
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean-up runs."""
+
+
+# What a stop request looks like here: Ctrl-C's KeyboardInterrupt, this module's Terminated,
+# or the CLI-wide :class:`pathfl.interrupts.Interrupted` (SIGINT/SIGTERM under the entry point)
+STOP_REQUESTS: tuple[type[BaseException], ...] = (KeyboardInterrupt, Interrupted)
+
+
+def stop_signal(e: BaseException) -> int:
+    """The signal a stop request stands for (SIGINT, or SIGTERM)."""
+    if isinstance(e, Interrupted):
+        return e.signum
+    return signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -74,12 +88,10 @@ def stop_on_signals(*, service: bool = False) -> Iterator[None]:
     watch_parent()
     try:
         yield
-    except Terminated:
-        logger.warning("stopped by SIGTERM")
-        raise SystemExit(0 if service else EXIT_SIGTERM) from None
-    except KeyboardInterrupt:
-        logger.warning("stopped by Ctrl-C (SIGINT)")
-        raise SystemExit(0 if service else EXIT_SIGINT) from None
+    except STOP_REQUESTS as e:
+        sig = stop_signal(e)
+        logger.warning("stopped by %s", "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C (SIGINT)")
+        raise SystemExit(0 if service else 128 + sig) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -235,8 +247,8 @@ def wait_forwarding_signals(popen: subprocess.Popen, *, grace_s: float = 60.0) -
     interrupt is then re-raised. Returns the exit code."""
     try:
         return popen.wait()
-    except KeyboardInterrupt as e:
-        sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+    except STOP_REQUESTS as e:
+        sig = stop_signal(e)
         with second_signal_kills(lambda: kill_groups([popen.pid])):
             kill_groups([popen.pid], sig)
             try:
