@@ -172,7 +172,7 @@ class LocalFederation:
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.stop()
-        if self.submitted and exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+        if self.submitted and exc_type is not None and issubclass(exc_type, lifetime.STOP_REQUESTS):
             mark_interrupted(*self.submitted)  # now that no ServerApp can overwrite it
 
     # ---------------------------------------------------------------- runs
