@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import ctypes
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143
-_PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1
 
 _received: list[int] = []
 
@@ -106,17 +107,24 @@ def signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+@functools.cache
+def prctl_fn() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux; the running program's own symbols, no library search), or
+    None elsewhere. Looked up once (a ``preexec_fn`` must not load libraries after fork)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
 def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGKILL) -> bool:
     """Ask the kernel (Linux ``prctl(PR_SET_PDEATHSIG)``) to send ``sig`` to this process when
     its parent ends; exits at once if the parent (``parent_pid``) is already gone. Returns
     whether it is armed (False on other systems)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
+    prctl = prctl_fn()
+    if prctl is None or prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         return False
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)  # the parent died before the signal was armed

@@ -27,8 +27,6 @@ already watch their parent (``--parent-pid``), so they follow the SuperLink/Supe
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import logging
 import os
 import signal
@@ -40,14 +38,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from pathfl.interrupts import Interrupted
+from pathfl.interrupts import PR_SET_PDEATHSIG, Interrupted, prctl_fn
 
 logger = logging.getLogger(__name__)
 
 EXIT_SIGINT = 128 + signal.SIGINT  # 130, as a shell reports a Ctrl-C'd command
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 ENV_PARENT_PID = "PATHFL_PARENT_PID"
-_PR_SET_PDEATHSIG = 1
 _watcher: threading.Thread | None = None  # this process's watch_parent thread
 
 
@@ -117,31 +114,18 @@ def second_signal_kills(kill_now: Callable[[], None]) -> Iterator[None]:
             signal.signal(s, handler)
 
 
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    """libc's ``prctl`` (Linux; the running program's own symbols, no library search),
-    looked up in the parent: a ``preexec_fn`` should not load libraries between fork and
-    exec."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
 def die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` asking the kernel to SIGTERM the child when this process dies
     (``PR_SET_PDEATHSIG``; it survives ``exec``), or None where that is not available. The
     signal follows the *thread* that forks, so it is only set up from the main thread (a
     pool thread's exit would kill the child); elsewhere :func:`watch_parent` is the guard."""
-    prctl = _prctl()
+    prctl = prctl_fn()
     if prctl is None or not _in_main_thread():
         return None
     parent = os.getpid()
 
     def _preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl: no signal will come
             os._exit(EXIT_SIGTERM)
 
