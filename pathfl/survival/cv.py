@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,140 @@ def linear_cox_fold(
     return lc.predict(bag_rows([bags[i] for i in va]))
 
 
+@dataclass
+class _OutOfFold:
+    """Out-of-fold results accumulated over the folds of :func:`cross_validate`."""
+
+    n: int
+    folds: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    surv: dict[int, Any] = field(default_factory=dict)
+    best_epochs: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.risk = np.full(self.n, np.nan)
+        self.high = np.zeros(self.n, dtype=bool)
+        self.lc_risk = np.full(self.n, np.nan)
+
+    def pooled_surv(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Out-of-fold survival function over all patients (None if a fold has none)."""
+        if not all(fn is not None for _, fn in self.surv.values()):
+            return None
+
+        def fn(times: np.ndarray) -> np.ndarray:
+            out = np.full((self.n, len(times)), np.nan)
+            for va, f in self.surv.values():
+                out[va] = f(times)
+            return out
+
+        return fn
+
+
+def _run_fold(
+    bags: Sequence[PatientBag],
+    k: int,
+    n_folds: int,
+    tr: np.ndarray,
+    va: np.ndarray,
+    config: TrainConfig,
+    oof: _OutOfFold,
+    *,
+    progress: ProgressFn | None,
+    on_fold: Callable[[int, dict[str, Any], np.ndarray], None] | None,
+) -> None:
+    """Fit fold ``k`` on ``tr``, score ``va``, and add the results to ``oof``."""
+    ev_all, t_all = targets(bags)
+    fit = fit_one(
+        [bags[i] for i in tr],
+        config,
+        seed=config.seed + k,
+        progress=progress,
+        phase=f"fold {k + 1}/{n_folds}",
+    )
+    if on_fold is not None:
+        on_fold(k, fit, va)
+    val = fit["scaler"].apply([bags[i] for i in va])
+    p = predict(fit["model"], val, config, time_bins=fit["time_bins"], baseline=fit["baseline"])
+    p_tr = predict(fit["model"], fit["train_bags"], config, time_bins=fit["time_bins"])
+    median_train = float(np.median(p_tr.risk))
+    m = survival_metrics(
+        train_event=ev_all[tr],
+        train_time=t_all[tr],
+        event=p.event,
+        time=p.time,
+        risk=p.risk,
+        surv_fn=p.surv_fn,
+        n_boot=config.n_boot,
+        seed=config.seed,
+    )
+    m.update(fold=k, train_loss=fit["stats"]["loss"], best_epoch=fit["stats"]["best_epoch"])
+    m["train_median_risk"] = median_train
+    oof.folds.append(m)
+    oof.best_epochs.append(fit["stats"]["best_epoch"])
+    oof.risk[va] = p.risk
+    oof.high[va] = p.risk > median_train
+    oof.surv[k] = (va, p.surv_fn)
+    oof.lc_risk[va] = linear_cox_fold(bags, tr, va, config)
+    logger.info("fold %d: C-index %.3f (n=%d)", k + 1, m["c_index"], m["n"])
+    for j, i in enumerate(va):
+        oof.rows.append(
+            {
+                "patient_id": bags[i].patient_id,
+                "risk": float(p.risk[j]),
+                "time": float(t_all[i]),
+                "event": int(ev_all[i]),
+                "fold": k,
+                "risk_group": "high" if oof.high[i] else "low",
+            }
+        )
+
+
+def _pooled_metrics(
+    bags: Sequence[PatientBag], oof: _OutOfFold, config: TrainConfig, run_dir: Path
+) -> dict[str, Any]:
+    """Pooled out-of-fold metrics, the linear-cox baseline, fold means and the KM plot.
+
+    Risks of different folds are on different scales for Cox; the pooled Harrell C is
+    reported as is (the common convention) together with the mean of per-fold values."""
+    from pathfl.survival.plots import km_plot
+
+    ev_all, t_all = targets(bags)
+    common = dict(
+        train_event=ev_all, train_time=t_all, event=ev_all, time=t_all, n_boot=config.n_boot
+    )
+    out: dict[str, Any] = {}
+    out["pooled_oof"] = survival_metrics(
+        **common, risk=oof.risk, surv_fn=oof.pooled_surv(), seed=config.seed
+    )
+    out["linear_cox"] = {
+        "model": "linear-cox",
+        "alpha_per_patient": config.linear_cox_alpha,
+        "note": "ridge Cox on mean-pooled features (+ covariates), same folds",
+        **survival_metrics(**common, risk=oof.lc_risk, seed=config.seed),
+    }
+    cs = np.array([m["c_index"] for m in oof.folds], float)
+    out["fold_mean"] = {
+        "c_index_mean": float(np.nanmean(cs)),
+        "c_index_sd": float(np.nanstd(cs, ddof=1)) if len(cs) > 1 else 0.0,
+        "uno_c_mean": float(np.nanmean([m["uno_c"] for m in oof.folds])),
+        "integrated_brier_mean": float(np.nanmean([m["integrated_brier"] for m in oof.folds])),
+    }
+    out["km_logrank"] = km_plot(
+        t_all,
+        ev_all,
+        oof.high,
+        run_dir / "plots" / "km_risk_groups.png",
+        title=f"{config.model}/{config.loss}: out-of-fold risk groups "
+        f"(split at each training fold's median)",
+    )
+    logger.info(
+        "pooled OOF C-index %.3f (95%% CI %.3f-%.3f)",
+        out["pooled_oof"]["c_index"],
+        *out["pooled_oof"].get("c_index_ci95", (np.nan, np.nan)),
+    )
+    return out
+
+
 def cross_validate(
     bags: Sequence[PatientBag],
     config: TrainConfig,
@@ -117,142 +252,29 @@ def cross_validate(
     metrics, the linear-cox baseline on the same folds (``metrics["linear_cox"]``),
     predictions.csv, KM plot, final model. ``on_fold(k, fit, val_idx)`` sees each
     fold's fitted model (see :func:`fit_one`). Returns the metrics dict."""
-    from pathfl.survival.plots import km_plot
-
     run_dir = Path(run_dir)
     bags = list(bags)
-    ev_all, t_all = targets(bags)
-    fold_metrics: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
-    oof_risk = np.full(len(bags), np.nan)
-    oof_high = np.zeros(len(bags), dtype=bool)
-    oof_surv: dict[int, Any] = {}
-    best_epochs: list[float] = []
-    lc_risk = np.full(len(bags), np.nan)
+    oof = _OutOfFold(len(bags))
     if config.folds >= 2:
         folds = make_folds(bags, k=config.folds, seed=config.seed)
         for k, (tr, va) in enumerate(folds):
-            fit = fit_one(
-                [bags[i] for i in tr],
-                config,
-                seed=config.seed + k,
-                progress=progress,
-                phase=f"fold {k + 1}/{len(folds)}",
-            )
-            if on_fold is not None:
-                on_fold(k, fit, va)
-            val = fit["scaler"].apply([bags[i] for i in va])
-            p = predict(
-                fit["model"], val, config, time_bins=fit["time_bins"], baseline=fit["baseline"]
-            )
-            p_tr = predict(fit["model"], fit["train_bags"], config, time_bins=fit["time_bins"])
-            median_train = float(np.median(p_tr.risk))
-            m = survival_metrics(
-                train_event=ev_all[tr],
-                train_time=t_all[tr],
-                event=p.event,
-                time=p.time,
-                risk=p.risk,
-                surv_fn=p.surv_fn,
-                n_boot=config.n_boot,
-                seed=config.seed,
-            )
-            m.update(fold=k, train_loss=fit["stats"]["loss"], best_epoch=fit["stats"]["best_epoch"])
-            m["train_median_risk"] = median_train
-            fold_metrics.append(m)
-            best_epochs.append(fit["stats"]["best_epoch"])
-            oof_risk[va] = p.risk
-            oof_high[va] = p.risk > median_train
-            oof_surv[k] = (va, p.surv_fn)
-            lc_risk[va] = linear_cox_fold(bags, tr, va, config)
-            logger.info("fold %d: C-index %.3f (n=%d)", k + 1, m["c_index"], m["n"])
-            for j, i in enumerate(va):
-                rows.append(
-                    {
-                        "patient_id": bags[i].patient_id,
-                        "risk": float(p.risk[j]),
-                        "time": float(t_all[i]),
-                        "event": int(ev_all[i]),
-                        "fold": k,
-                        "risk_group": "high" if oof_high[i] else "low",
-                    }
-                )
-
-    metrics: dict[str, Any] = {"config": config.to_dict(), "folds": fold_metrics}
-    if fold_metrics:
-        # pooled out-of-fold: risks of different folds are on different scales for Cox; the
-        # pooled Harrell C is reported as is (the common convention) together with the mean
-        # of per-fold values.
-        def pooled_surv(times: np.ndarray) -> np.ndarray | None:
-            out = np.full((len(bags), len(times)), np.nan)
-            for va, fn in oof_surv.values():
-                if fn is None:
-                    return None
-                out[va] = fn(times)
-            return out
-
-        metrics["pooled_oof"] = survival_metrics(
-            train_event=ev_all,
-            train_time=t_all,
-            event=ev_all,
-            time=t_all,
-            risk=oof_risk,
-            surv_fn=pooled_surv if all(fn for _, fn in oof_surv.values()) else None,
-            n_boot=config.n_boot,
-            seed=config.seed,
-        )
-        metrics["linear_cox"] = {
-            "model": "linear-cox",
-            "alpha_per_patient": config.linear_cox_alpha,
-            "note": "ridge Cox on mean-pooled features (+ covariates), same folds",
-            **survival_metrics(
-                train_event=ev_all,
-                train_time=t_all,
-                event=ev_all,
-                time=t_all,
-                risk=lc_risk,
-                n_boot=config.n_boot,
-                seed=config.seed,
-            ),
-        }
-        cs = np.array([m["c_index"] for m in fold_metrics], float)
-        metrics["fold_mean"] = {
-            "c_index_mean": float(np.nanmean(cs)),
-            "c_index_sd": float(np.nanstd(cs, ddof=1)) if len(cs) > 1 else 0.0,
-            "uno_c_mean": float(np.nanmean([m["uno_c"] for m in fold_metrics])),
-            "integrated_brier_mean": float(
-                np.nanmean([m["integrated_brier"] for m in fold_metrics])
-            ),
-        }
-        metrics["km_logrank"] = km_plot(
-            t_all,
-            ev_all,
-            oof_high,
-            run_dir / "plots" / "km_risk_groups.png",
-            title=f"{config.model}/{config.loss}: out-of-fold risk groups "
-            f"(split at each training fold's median)",
-        )
-        logger.info(
-            "pooled OOF C-index %.3f (95%% CI %.3f-%.3f)",
-            metrics["pooled_oof"]["c_index"],
-            *metrics["pooled_oof"].get("c_index_ci95", (np.nan, np.nan)),
-        )
-
-    fit: dict[str, Any] | None = None
-    if final_model or not fold_metrics:
-        epochs = config.epochs
-        if config.early_stopping_patience > 0 and best_epochs:
-            epochs = int(np.median(best_epochs))
-        fit = fit_one(bags, config, epochs=epochs, progress=progress, phase="final (all data)")
-        metrics["final_model"] = {
-            "trained_on": "all patients",
-            "epochs": epochs,
-            "train_loss": fit["stats"]["loss"],
-        }
-    if fit is None:  # CV only: metrics and predictions, no model
+            _run_fold(bags, k, len(folds), tr, va, config, oof, progress=progress, on_fold=on_fold)
+    metrics: dict[str, Any] = {"config": config.to_dict(), "folds": oof.folds}
+    if oof.folds:
+        metrics.update(_pooled_metrics(bags, oof, config, run_dir))
+    if not (final_model or not oof.folds):  # CV only: metrics and predictions, no model
         write_json_atomic(run_dir / "metrics.json", metrics)
-        write_predictions(run_dir / "predictions.csv", rows)
+        write_predictions(run_dir / "predictions.csv", oof.rows)
         return metrics
+    epochs = config.epochs
+    if config.early_stopping_patience > 0 and oof.best_epochs:
+        epochs = int(np.median(oof.best_epochs))
+    fit = fit_one(bags, config, epochs=epochs, progress=progress, phase="final (all data)")
+    metrics["final_model"] = {
+        "trained_on": "all patients",
+        "epochs": epochs,
+        "train_loss": fit["stats"]["loss"],
+    }
     save_run(
         run_dir,
         fit["model"],
@@ -262,7 +284,7 @@ def cross_validate(
         time_bins=fit["time_bins"],
         scaler=fit["scaler"],
         metrics=metrics,
-        predictions=rows or None,
+        predictions=oof.rows or None,
         baseline=fit["baseline"],
         extra={"n_patients": len(bags), "folds": config.folds},
     )

@@ -190,6 +190,57 @@ def _prox_term(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor]) -
     return sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))  # type: ignore[return-value]
 
 
+def _proximal_anchor(
+    params: Sequence[torch.Tensor], global_params: Sequence[torch.Tensor] | None
+) -> list[torch.Tensor]:
+    """FedProx anchor: ``global_params`` (default: the weights at entry) as float copies."""
+    src = global_params if global_params is not None else [p.detach() for p in params]
+    anchor = [torch.as_tensor(g).detach().clone().float() for g in src]
+    if len(anchor) != len(params):
+        raise ValueError(f"global_params has {len(anchor)} tensors, model {len(params)}")
+    return anchor
+
+
+def _train_pass(
+    model: nn.Module,
+    bags: Sequence[PatientBag],
+    config: TrainConfig,
+    opt: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    *,
+    time_bins: Any,
+    step: int,
+    total: int,
+    span: tuple[float, float],
+    prox: tuple[float, list[torch.Tensor]],
+) -> tuple[int, float]:
+    """One pass over ``bags`` in batches, stopping at ``total`` steps. Returns the step count
+    after the pass and the pass's mean loss (weighted by batch size; NaN if no step ran)."""
+    p0, p1 = span
+    mu, anchor = prox
+    params = [p for g in opt.param_groups for p in g["params"]]
+    model.train()
+    losses, weights = [], []
+    for batch in make_batches(bags, config, rng):
+        if step >= total:
+            break
+        for g in opt.param_groups:
+            g["lr"] = config.lr * lr_factor(p0 + (p1 - p0) * step / max(total, 1), config)
+        bb = [bags[i] for i in batch]
+        logits = bags_logits(model, bb, rng, config.max_tiles)
+        loss = batch_loss(config, logits, bb, time_bins)
+        total_loss = loss + 0.5 * mu * _prox_term(params, anchor) if anchor else loss
+        opt.zero_grad(set_to_none=True)
+        total_loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        step += 1
+        losses.append(float(loss.detach()))
+        weights.append(len(bb))
+    return step, float(np.average(losses, weights=weights)) if losses else float("nan")
+
+
 def train_local(
     model: nn.Module,
     bags: Sequence[PatientBag],
@@ -220,17 +271,11 @@ def train_local(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    anchor: list[torch.Tensor] = []
-    if proximal_mu > 0:
-        src = global_params if global_params is not None else [p.detach() for p in params]
-        anchor = [torch.as_tensor(g).detach().clone().float() for g in src]
-        if len(anchor) != len(params):
-            raise ValueError(f"global_params has {len(anchor)} tensors, model {len(params)}")
+    anchor = _proximal_anchor(params, global_params) if proximal_mu > 0 else []
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     patience = config.early_stopping_patience if val_bags else 0
     passes = 10**9 if steps is not None else passes_per_budget(len(bags), config, epochs=epochs)
     total = steps if steps is not None else passes * steps_per_pass(len(bags), config)
-    p0, p1 = schedule_span
     best: tuple[float, int, Any] = (math.inf, -1, None)
     stats: dict[str, float] = {"loss": float("nan"), "n_samples": float(len(bags))}
     step, epoch = 0, -1
@@ -238,26 +283,18 @@ def train_local(
         if step >= total:
             epoch -= 1
             break
-        model.train()
-        losses, weights = [], []
-        for batch in make_batches(bags, config, rng):
-            if step >= total:
-                break
-            for g in opt.param_groups:
-                g["lr"] = config.lr * lr_factor(p0 + (p1 - p0) * step / max(total, 1), config)
-            bb = [bags[i] for i in batch]
-            logits = bags_logits(model, bb, rng, config.max_tiles)
-            loss = batch_loss(config, logits, bb, time_bins)
-            total_loss = loss + 0.5 * proximal_mu * _prox_term(params, anchor) if anchor else loss
-            opt.zero_grad(set_to_none=True)
-            total_loss.backward()
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, config.grad_clip)
-            opt.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            weights.append(len(bb))
-        stats["loss"] = float(np.average(losses, weights=weights)) if losses else float("nan")
+        step, stats["loss"] = _train_pass(
+            model,
+            bags,
+            config,
+            opt,
+            rng,
+            time_bins=time_bins,
+            step=step,
+            total=total,
+            span=schedule_span,
+            prox=(proximal_mu, anchor),
+        )
         if patience:
             vl = evaluate_loss(model, val_bags, config, time_bins=time_bins)  # type: ignore[arg-type]
             stats["val_loss"] = vl
