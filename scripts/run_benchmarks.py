@@ -118,7 +118,7 @@ def demo_section(out_dir: Path) -> str:
     return text or "_(no report written)_\n"
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="no --quick flags (full sizes)")
     ap.add_argument("--demo", action="store_true", help="also time `pathfl demo` (full cohort)")
@@ -137,60 +137,55 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark")
     ap.add_argument("--log-dir", type=Path, default=REPO / "bench_out" / "logs")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    scripts = sorted((REPO / "scripts").glob("bench_*.py"))
-    if args.only is not None:
-        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in args.only]
-    # with --only / --demo-from, sections of an earlier BENCHMARKS.md that are not re-run stay
-    sections = read_sections(args.out) if args.only is not None else {}
-    failures = 0
-    for script in scripts:
-        name = script.stem.removeprefix("bench_")
-        cmd = [sys.executable, str(script.relative_to(REPO))]
-        if not args.full and has_flag(script, '"--quick"'):
-            cmd.append("--quick")
-        print(f"running {' '.join(cmd)} …", file=sys.stderr, flush=True)
-        res = run_one(cmd, timeout_s=args.timeout, log_dir=args.log_dir, name=name)
-        shown = " ".join(shlex.quote(c) for c in [Path(cmd[0]).name, *cmd[1:]])
-        body = [
-            f"`{shown}` — run {stamp()}, {res['wall_s']:.0f} s wall, load average "
-            f"{res['load_before']} before, {res['load_after']} after (1/5/15 min)",
-            "",
-        ]
-        if res["rc"] == 0:
-            body.append(res["stdout"].strip() or "_(printed nothing)_")
-        else:
-            failures += 1
-            lines = res["stderr"].strip().splitlines()[-12:]
-            body += [
-                f"**Failed (exit code {res['rc']})**; last lines of stderr:",
-                "",
-                "```",
-                *(ln if len(ln) < 300 else ln[:300] + " …" for ln in lines),
-                "```",
-            ]
-            if res["stdout"].strip():  # rows a benchmark printed before it failed still count
-                body += ["", "What it printed before that:", "", res["stdout"].strip()]
-        sections[name] = "\n".join(body)
-    if args.demo:
-        out_dir = REPO / "bench_out" / "demo"
-        shutil.rmtree(out_dir, ignore_errors=True)  # a rerun would reuse earlier stages
-        cmd = [sys.executable, "-m", "pathfl", "demo", "--out", str(out_dir)]
-        print("running pathfl demo …", file=sys.stderr, flush=True)
-        res = run_one(cmd, timeout_s=args.timeout, log_dir=args.log_dir, name="demo")
-        sections["demo"] = (
-            f"`pathfl demo --out bench_out/demo` — run {stamp()}, {res['wall_s']:.0f} s wall "
-            f"(exit code {res['rc']}), load average {res['load_before']} before, "
-            f"{res['load_after']} after\n\n" + demo_section(out_dir)
-        )
-        failures += res["rc"] != 0
-    if args.demo_from is not None:
-        sections["demo"] = (
-            f"From an earlier `pathfl demo --out {args.demo_from}` (its report's tables; the "
-            "per-stage load average shows how shared the machine was):\n\n"
-            + demo_section(args.demo_from)
-        )
+
+def bench_section(script: Path, args: argparse.Namespace) -> tuple[str, bool]:
+    """Run one ``bench_*.py`` script; returns its BENCHMARKS.md section and whether it passed."""
+    name = script.stem.removeprefix("bench_")
+    cmd = [sys.executable, str(script.relative_to(REPO))]
+    if not args.full and has_flag(script, '"--quick"'):
+        cmd.append("--quick")
+    print(f"running {' '.join(cmd)} …", file=sys.stderr, flush=True)
+    res = run_one(cmd, timeout_s=args.timeout, log_dir=args.log_dir, name=name)
+    shown = " ".join(shlex.quote(c) for c in [Path(cmd[0]).name, *cmd[1:]])
+    body = [
+        f"`{shown}` — run {stamp()}, {res['wall_s']:.0f} s wall, load average "
+        f"{res['load_before']} before, {res['load_after']} after (1/5/15 min)",
+        "",
+    ]
+    if res["rc"] == 0:
+        body.append(res["stdout"].strip() or "_(printed nothing)_")
+        return "\n".join(body), True
+    lines = res["stderr"].strip().splitlines()[-12:]
+    body += [
+        f"**Failed (exit code {res['rc']})**; last lines of stderr:",
+        "",
+        "```",
+        *(ln if len(ln) < 300 else ln[:300] + " …" for ln in lines),
+        "```",
+    ]
+    if res["stdout"].strip():  # rows a benchmark printed before it failed still count
+        body += ["", "What it printed before that:", "", res["stdout"].strip()]
+    return "\n".join(body), False
+
+
+def demo_run_section(args: argparse.Namespace) -> tuple[str, bool]:
+    """Time the whole `pathfl demo` from scratch; returns its section and whether it passed."""
+    out_dir = REPO / "bench_out" / "demo"
+    shutil.rmtree(out_dir, ignore_errors=True)  # a rerun would reuse earlier stages
+    cmd = [sys.executable, "-m", "pathfl", "demo", "--out", str(out_dir)]
+    print("running pathfl demo …", file=sys.stderr, flush=True)
+    res = run_one(cmd, timeout_s=args.timeout, log_dir=args.log_dir, name="demo")
+    text = (
+        f"`pathfl demo --out bench_out/demo` — run {stamp()}, {res['wall_s']:.0f} s wall "
+        f"(exit code {res['rc']}), load average {res['load_before']} before, "
+        f"{res['load_after']} after\n\n" + demo_section(out_dir)
+    )
+    return text, res["rc"] == 0
+
+
+def write_report(path: Path, sections: dict[str, str]) -> None:
     parts = [
         "# Benchmarks",
         "",
@@ -206,7 +201,30 @@ def main() -> int:
     ]
     for name in sorted(sections, key=lambda n: (n == "demo", n)):
         parts += [f"## {name}", "", sections[name].strip(), ""]
-    write_text_atomic(args.out, "\n".join(parts).rstrip() + "\n")
+    write_text_atomic(path, "\n".join(parts).rstrip() + "\n")
+
+
+def main() -> int:
+    args = parse_args()
+    scripts = sorted((REPO / "scripts").glob("bench_*.py"))
+    if args.only is not None:
+        scripts = [s for s in scripts if s.stem.removeprefix("bench_") in args.only]
+    # with --only / --demo-from, sections of an earlier BENCHMARKS.md that are not re-run stay
+    sections = read_sections(args.out) if args.only is not None else {}
+    failures = 0
+    for script in scripts:
+        sections[script.stem.removeprefix("bench_")], ok = bench_section(script, args)
+        failures += not ok
+    if args.demo:
+        sections["demo"], ok = demo_run_section(args)
+        failures += not ok
+    if args.demo_from is not None:
+        sections["demo"] = (
+            f"From an earlier `pathfl demo --out {args.demo_from}` (its report's tables; the "
+            "per-stage load average shows how shared the machine was):\n\n"
+            + demo_section(args.demo_from)
+        )
+    write_report(args.out, sections)
     print(f"wrote {args.out} ({failures} failure(s))", file=sys.stderr)
     return 1 if failures else 0
 
