@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from pathfl.demo.cohort import c_index
+from pathfl.survival.metrics import harrell_c
 
 
 def permutation_threshold(
@@ -28,7 +28,7 @@ def permutation_threshold(
     uninformative model reaches by chance on *these* patients and pairs. Beating it is the
     margin over 0.5 that the tiny cohort supports (one-sided test at 1 − q)."""
     rng = np.random.default_rng(seed)
-    null = [c_index(time, event, rng.permutation(risk)) for _ in range(n)]
+    null = [harrell_c(event, time, rng.permutation(risk)) for _ in range(n)]
     return float(np.quantile(null, q))
 
 
@@ -63,7 +63,7 @@ def test_tiny_demo_end_to_end(tmp_path):
     fed = np.array([float(r["risk_federated"]) for r in rows])
     oracle = np.array([float(r["risk_oracle"]) for r in rows])
     c_fed = ev["models"]["federated"]["c_index"]
-    assert c_fed == pytest.approx(c_index(time, event, fed))
+    assert c_fed == pytest.approx(harrell_c(event, time, fed))
     # the federation's own within-site figure and ours describe the same model and patients
     assert ev["models"]["federated"]["c_index_within_site"] == pytest.approx(
         ev["simulate_reported_federated_c_index"], abs=1e-9
@@ -72,7 +72,7 @@ def test_tiny_demo_end_to_end(tmp_path):
     # (0.652 = 0.5 + 0.15 for the 18 patients / 132 comparable pairs of seed 0); the oracle
     # (0.84) clears it easily, a model that learnt nothing passes 5 % of the time
     thr = permutation_threshold(event, time, fed)
-    assert c_index(time, event, oracle) > thr
+    assert harrell_c(event, time, oracle) > thr
     assert c_fed > thr, f"federated C {c_fed:.3f} not above the chance threshold {thr:.3f}"
 
 
@@ -83,13 +83,15 @@ def test_missing_stage_is_reported_not_pretended(tmp_path, monkeypatch):
         state.cohort = {}
         return "skipped in this test"
 
-    monkeypatch.setattr(pipeline, "cli_has_command", lambda *names: names[0] != "extract")
+    def extract_unavailable(state):
+        raise pipeline.StageUnavailableError("`pathfl extract` cannot run in this installation")
+
     monkeypatch.setattr(
         pipeline,
         "STAGES",
         [
             ("generate", fake_generate),
-            ("extract", pipeline.stage_extract),
+            ("extract", extract_unavailable),
             ("federate", pipeline.stage_federate),
         ],
     )
@@ -101,11 +103,3 @@ def test_missing_stage_is_reported_not_pretended(tmp_path, monkeypatch):
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "Incomplete: stage `extract` is unavailable" in report
     assert "## Prognostic performance" not in report and "| federated |" not in report
-
-
-def test_cli_has_command_sees_registered_commands():
-    from pathfl.demo.pipeline import cli_has_command
-
-    assert cli_has_command("demo")
-    assert not cli_has_command("no-such-command")
-    assert not cli_has_command("demo", "sub")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathfl.demo.report import _auc, c_index_rows, tile_fractions
+from pathfl.demo.evaluate import tile_fractions
+from pathfl.demo.report import _auc
 from pathfl.demo.report_sections import verdict
+from pathfl.demo.tables import c_index_rows
 
 
 def test_tile_fractions_match_the_mask():

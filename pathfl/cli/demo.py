@@ -78,7 +78,7 @@ def _run(v: dict[str, Any]) -> int:
     console.rule(f"pathfl demo → {cfg.out}")
     state = run_demo(cfg, on_stage=on_stage)
     if state.evaluation:
-        _print_table(console, state.evaluation)
+        _print_table(console, state.evaluation.summary)
     console.print(
         f"\nReport: [bold]{state.report_path}[/bold]  (pictures in {cfg.out / 'figures'})"
     )
@@ -94,7 +94,7 @@ def _run(v: dict[str, Any]) -> int:
 def _print_table(console: Any, evaluation: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from pathfl.demo.report import c_index_rows
+    from pathfl.demo.tables import c_index_rows
 
     rows = c_index_rows(evaluation)
     if not rows:

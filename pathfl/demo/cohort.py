@@ -30,6 +30,7 @@ from pathfl.demo.tissue import COARSE_UM_PER_PX, StainStyle, TissueParams, rende
 from pathfl.demo.wsi_writer import write_slide
 from pathfl.interrupts import WorkerPool
 from pathfl.io import atomic_path, sha256_json, write_json_atomic
+from pathfl.survival.metrics import c_index_from_counts, concordance_counts, harrell_c
 
 log = logging.getLogger(__name__)
 
@@ -205,25 +206,6 @@ def simulate_survival(
     return np.minimum(t_event, t_cens), event
 
 
-def harrell_counts(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> tuple[int, int, int]:
-    """Harrell's pairs: (concordant, comparable, tied risk), scikit-survival's convention: a
-    pair is comparable when the earlier time is an event (or the times are equal and only
-    that one is an event); concordant when that patient has the higher risk."""
-    t, e, r = (np.asarray(a, dtype=float) for a in (time, event, risk))
-    conc = comp = tied = 0
-    for i in np.flatnonzero(e == 1):
-        later = (t > t[i]) | ((t == t[i]) & (e == 0))
-        comp += int(later.sum())
-        conc += int((r[i] > r[later]).sum())
-        tied += int((r[i] == r[later]).sum())
-    return conc, comp, tied
-
-
-def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    conc, comp, tied = harrell_counts(time, event, risk)
-    return (conc + 0.5 * tied) / comp if comp else float("nan")
-
-
 def generate_cohort(
     out_dir: str | Path,
     *,
@@ -269,6 +251,62 @@ def generate_cohort(
     return summary
 
 
+def _patient_risk(
+    spec: CohortSpec, patients: dict[str, dict[str, Any]], by_slide: dict[str, dict[str, Any]]
+) -> np.ndarray:
+    """Set each patient's measured phenotype fraction (tissue-area-weighted mean of their
+    slides); return the true risk ``β·(F − 0.3)`` in ``patients`` order."""
+    for pid in patients:
+        rs = [by_slide[s] for s in patients[pid]["slides"]]
+        area = sum(r["tissue_um2"] for r in rs)
+        patients[pid]["fraction"] = sum(r["fraction"] * r["tissue_um2"] for r in rs) / area
+    return np.array([spec.beta * (p["fraction"] - 0.3) for p in patients.values()])
+
+
+def _site_rows(
+    site: SiteSpec,
+    idx: list[int],
+    pids: list[str],
+    patients: dict[str, dict[str, Any]],
+    job_of: dict[str, SlideJob],
+    by_slide: dict[str, dict[str, Any]],
+    outcome: tuple[np.ndarray, np.ndarray, np.ndarray],
+    sdir: Path,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One site's ``clinical.csv`` and ``truth.csv`` rows (one per slide)."""
+    t, e, risk = outcome
+    clin, truth = [], []
+    for i in idx:
+        pid = pids[i]
+        for sid in patients[pid]["slides"]:
+            j, r = job_of[sid], by_slide[sid]
+            clin.append(
+                {
+                    "patient_id": pid,
+                    "slide_id": sid,
+                    "time": f"{t[i]:.3f}",
+                    "event": int(e[i]),
+                    "site": site.name,
+                }
+            )
+            truth.append(
+                {
+                    "patient_id": pid,
+                    "slide_id": sid,
+                    "site": site.name,
+                    "slide_phenotype_fraction": f"{r['fraction']:.4f}",
+                    "patient_phenotype_fraction": f"{patients[pid]['fraction']:.4f}",
+                    "true_risk": f"{risk[i]:.4f}",
+                    "tissue_um2": f"{r['tissue_um2']:.0f}",
+                    "has_pen_mark": int(r["has_pen"]),
+                    "mpp": j.mpp,
+                    "mask": str(j.mask_path.relative_to(sdir)),
+                    "mask_um_per_px": COARSE_UM_PER_PX,
+                }
+            )
+    return clin, truth
+
+
 def _write_tables(
     out: Path,
     spec: CohortSpec,
@@ -276,13 +314,11 @@ def _write_tables(
     patients: dict[str, dict[str, Any]],
     by_slide: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
+    """Draw the survival outcomes; write each site's ``clinical.csv`` and ``truth.csv``;
+    return the cohort summary (counts and oracle C-indices)."""
     job_of = {j.slide_id: j for j in jobs}
     pids = list(patients)
-    for pid in pids:  # patient fraction = tissue-area-weighted mean of their slides
-        rs = [by_slide[s] for s in patients[pid]["slides"]]
-        area = sum(r["tissue_um2"] for r in rs)
-        patients[pid]["fraction"] = sum(r["fraction"] * r["tissue_um2"] for r in rs) / area
-    risk = np.array([spec.beta * (patients[p]["fraction"] - 0.3) for p in pids])
+    risk = _patient_risk(spec, patients, by_slide)
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 3]))
     t, e = simulate_survival(risk, spec=spec, rng=rng)
     sites_out: dict[str, Any] = {}
@@ -290,38 +326,10 @@ def _write_tables(
     for site in spec.sites:
         sdir = out / f"site_{site.name}"
         idx = [i for i, p in enumerate(pids) if patients[p]["site"] == site.name]
-        clin, truth = [], []
-        for i in idx:
-            pid = pids[i]
-            for sid in patients[pid]["slides"]:
-                j, r = job_of[sid], by_slide[sid]
-                clin.append(
-                    {
-                        "patient_id": pid,
-                        "slide_id": sid,
-                        "time": f"{t[i]:.3f}",
-                        "event": int(e[i]),
-                        "site": site.name,
-                    }
-                )
-                truth.append(
-                    {
-                        "patient_id": pid,
-                        "slide_id": sid,
-                        "site": site.name,
-                        "slide_phenotype_fraction": f"{r['fraction']:.4f}",
-                        "patient_phenotype_fraction": f"{patients[pid]['fraction']:.4f}",
-                        "true_risk": f"{risk[i]:.4f}",
-                        "tissue_um2": f"{r['tissue_um2']:.0f}",
-                        "has_pen_mark": int(r["has_pen"]),
-                        "mpp": j.mpp,
-                        "mask": str(j.mask_path.relative_to(sdir)),
-                        "mask_um_per_px": COARSE_UM_PER_PX,
-                    }
-                )
+        clin, truth = _site_rows(site, idx, pids, patients, job_of, by_slide, (t, e, risk), sdir)
         _write_csv(sdir / "clinical.csv", CLINICAL_COLUMNS, clin)
         _write_csv(sdir / "truth.csv", TRUTH_COLUMNS, truth)
-        counts = harrell_counts(t[idx], e[idx], risk[idx])
+        counts = concordance_counts(e[idx], t[idx], risk[idx])
         all_pairs = [a + b for a, b in zip(all_pairs, counts, strict=True)]
         files = [str(j.path.relative_to(out)) for j in jobs if j.site == site.name]
         files += [str(j.mask_path.relative_to(out)) for j in jobs if j.site == site.name]
@@ -335,7 +343,7 @@ def _write_tables(
             "format": site.fmt,
             "jpeg_quality": site.jpeg_quality,
             "mean_phenotype_fraction": float(np.mean([patients[pids[i]]["fraction"] for i in idx])),
-            "oracle_c_index": c_index(t[idx], e[idx], risk[idx]),
+            "oracle_c_index": harrell_c(e[idx], t[idx], risk[idx]),
             "comparable_pairs": counts[1],
             "files": files,
         }
@@ -345,8 +353,8 @@ def _write_tables(
         "n_patients": len(pids),
         "n_slides": len(jobs),
         "n_events": int(e.sum()),
-        "oracle_c_index": c_index(t, e, risk),
-        "oracle_c_index_within_site": (conc + 0.5 * tied) / comp if comp else float("nan"),
+        "oracle_c_index": harrell_c(e, t, risk),
+        "oracle_c_index_within_site": c_index_from_counts(conc, comp, tied),
         "comparable_pairs_within_site": comp,
         "hazard": {
             "beta": spec.beta,

@@ -2,8 +2,9 @@
 same patients: the validation part that every site kept out of training inside
 `pathfl fl simulate` (fold 0 of ``val_folds``, reproduced here with the same function).
 
-The baselines are trained here with the default `pathfl train` recipe
-(:func:`pathfl.survival.cv.fit_one`) and the federation's model configuration, so that
+The baselines are trained here with the simulation's own baseline function
+(:func:`pathfl.fl.baselines.fit_baselines`: the default `pathfl train` recipe,
+:func:`pathfl.survival.cv.fit_one`, and the federation's model configuration), so that
 per-patient predictions (hence bootstrap CIs and KM curves) exist for every model; the
 federation gets the same optimisation budget (rounds × steps per round = the pooled budget).
 Scores: Harrell's C over all validation pairs with a patient
@@ -14,14 +15,34 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathfl.io import write_json_atomic
 
+if TYPE_CHECKING:
+    from pathfl.fl.site import SiteData
+    from pathfl.survival.data import PatientBag
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """What the evaluate stage computed: ``summary`` (the content of ``work/evaluation.json``)
+    and, for the validation patients (in ``bags`` order), what the report draws from."""
+
+    summary: dict[str, Any]
+    bags: list[PatientBag]
+    preds: dict[str, np.ndarray]  # model name (and "oracle") -> risk of each patient
+    attention: dict[str, np.ndarray]  # patient id -> the federated model's tile scores
+    truth: dict[str, dict[str, Any]]  # patient id -> true risk, site, slides (mask, fraction)
+    event: np.ndarray
+    time: np.ndarray
+    site: np.ndarray
 
 
 def _truth(cohort_dir: Path, cohort: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -81,63 +102,79 @@ def score(
     }
 
 
-def _site_bags(split: dict[str, Any], fl_cfg: dict[str, Any]) -> dict[str, tuple[list, list]]:
-    """Each site's (train, validation) bags, split exactly as `pathfl fl simulate` did."""
-    from pathfl.fl.site import split_bags
-    from pathfl.survival.data import load_bags, load_clinical
-
-    out = {}
-    for name, s in sorted(split["sites"].items()):
-        d = Path(s["dir"])
-        bags = load_bags(d / "features", load_clinical(d / "clinical.csv", covariates=[]))
-        out[name] = split_bags(bags, val_folds=int(fl_cfg["val_folds"]), seed=int(fl_cfg["seed"]))
+def tile_fractions(
+    mask: np.ndarray, coords: np.ndarray, side_l0: float, mpp0: float, mask_um: float
+) -> np.ndarray:
+    """Fraction of each tile's area that is phenotype (mask value 255)."""
+    f = mpp0 / mask_um
+    out = np.zeros(len(coords))
+    for i, (x, y) in enumerate(coords):
+        x0, y0 = int(x * f), int(y * f)
+        x1, y1 = max(x0 + 1, int((x + side_l0) * f)), max(y0 + 1, int((y + side_l0) * f))
+        win = mask[y0:y1, x0:x1]
+        out[i] = float((win == 255).mean()) if win.size else 0.0
     return out
 
 
-def train_baselines(site_bags: dict[str, tuple[list, list]], fl_cfg: dict[str, Any]) -> dict:
-    """Pooled and local-only models trained with the default `pathfl train` recipe
-    (:func:`pathfl.survival.cv.fit_one`: own standardisation, own step budget), the model
-    configuration of the federation. Returns {name: (model, TrainConfig, scaler, time_bins)}."""
-    from pathfl.fl.site import train_config
-    from pathfl.survival.cv import fit_one
+def _sites(split: dict[str, Any], fl_cfg: dict[str, Any]) -> list[SiteData]:
+    """Each site's training and validation bags, split exactly as `pathfl fl simulate` did."""
+    from pathfl.fl.baselines import load_sites
+    from pathfl.fl.federation import SiteSpec
 
+    specs = [
+        SiteSpec(name, Path(s["dir"]) / "features", Path(s["dir"]) / "clinical.csv")
+        for name, s in sorted(split["sites"].items())
+    ]
+    return load_sites(specs, fl_cfg)
+
+
+def _models(fl_run: Path, sites: list[SiteData], fl_cfg: dict[str, Any]) -> dict[str, tuple]:
+    """{name: (model, TrainConfig, scaler, time_bins)}: the federated model (with the
+    federation's scaler), then the local-only and pooled baselines
+    (:func:`pathfl.fl.baselines.fit_baselines`: the default `pathfl train` recipe with the
+    federation's model configuration)."""
+    from pathfl.fl.baselines import fit_baselines
+    from pathfl.fl.site import train_config
+    from pathfl.survival.run import load_run
+
+    fed_model, fed_tcfg, extras = load_run(fl_run)
+    models = {"federated": (fed_model, fed_tcfg, extras["scaler"], extras.get("time_bins"))}
     tcfg = train_config(fl_cfg)
-    jobs = {f"local_{n}": tr for n, (tr, _) in site_bags.items()}
-    jobs["pooled"] = [b for tr, _ in site_bags.values() for b in tr]
-    models = {}
-    for name, bags in jobs.items():
-        fit = fit_one(bags, tcfg, seed=int(fl_cfg["seed"]))
+    for name, fit in fit_baselines(sites, fl_cfg).items():
         models[name] = (fit["model"], tcfg, fit["scaler"], fit["time_bins"])
-        log.info("trained %s baseline on %d patients (%d steps)", name, len(bags),
-                 int(fit["stats"]["steps"]))  # fmt: skip
     return models
+
+
+def _attention(models: dict[str, tuple], bags: list[PatientBag]) -> dict[str, np.ndarray]:
+    """The federated model's tile scores (attention) of each validation patient."""
+    import torch
+
+    fed_model, _, scaler, _ = models["federated"]
+    out: dict[str, np.ndarray] = {}
+    fed_model.eval()
+    with torch.no_grad():
+        for b in scaler.apply(bags):
+            res = fed_model(torch.as_tensor(np.asarray(b.features, np.float32)))
+            out[b.patient_id] = res.tile_scores.detach().cpu().numpy()
+    return out
 
 
 def evaluate_models(
     config: Any, split: dict[str, Any], fl_run: Path | None, cohort: dict[str, Any]
-) -> dict[str, Any]:
+) -> Evaluation:
     """Train the baselines, predict with every model on the validation patients, write
-    ``work/evaluation.json`` and ``work/val_predictions.csv``; return the summary (plus
-    in-memory predictions for the report)."""
+    ``work/evaluation.json`` and ``work/val_predictions.csv``; return the summary and the
+    per-patient arrays (for the report)."""
     import json
 
-    import torch
-
-    from pathfl.survival.run import load_run
     from pathfl.survival.train import predict
 
     if fl_run is None or not (Path(fl_run) / "model.pt").is_file():
         raise FileNotFoundError(f"{fl_run}: no federated model.pt")
     fl_cfg = json.loads((Path(fl_run) / "fl_config.json").read_text())["config"]
-    fed_model, fed_tcfg, extras = load_run(fl_run)
-    bins = extras.get("time_bins")
-    site_bags = _site_bags(split, fl_cfg)
-    bags = [b for _, va in site_bags.values() for b in va]
-    models = {
-        "federated": (fed_model, fed_tcfg, extras["scaler"], bins),  # the federation's scaler
-        **train_baselines(site_bags, fl_cfg),
-    }
-
+    sites = _sites(split, fl_cfg)
+    models = _models(Path(fl_run), sites, fl_cfg)
+    bags = [b for s in sites for b in s.val]
     truth = _truth(config.cohort_dir, cohort)
     pids = [b.patient_id for b in bags]
     event = np.array([b.event for b in bags], int)
@@ -146,25 +183,18 @@ def evaluate_models(
     preds: dict[str, np.ndarray] = {"oracle": np.array([truth[p]["risk"] for p in pids])}
     for name, (model, tcfg, scaler, tb) in models.items():
         preds[name] = np.asarray(predict(model, scaler.apply(bags), tcfg, time_bins=tb).risk, float)
-    fed_bags = extras["scaler"].apply(bags)
     scores = {k: score(v, event, time, site, seed=config.seed) for k, v in preds.items()}
     # each local model on its own site's patients only (the federation's "local-only" number)
     own = np.zeros(len(bags))
-    for n in site_bags:
-        own[site == n] = preds[f"local_{n}"][site == n]
+    for s in sites:
+        own[site == s.site] = preds[f"local_{s.site}"][site == s.site]
     own_score = score(own, event, time, site, seed=config.seed)
-    attention: dict[str, np.ndarray] = {}
-    fed_model.eval()
-    with torch.no_grad():
-        for b in fed_bags:
-            out = fed_model(torch.as_tensor(np.asarray(b.features, np.float32)))
-            attention[b.patient_id] = out.tile_scores.detach().cpu().numpy()
     fed_metrics = json.loads((Path(fl_run) / "metrics.json").read_text())
     locals_ = [scores[k]["c_index"] for k in scores if k.startswith("local_")]
     summary = {
         "n_val_patients": len(bags),
         "n_val_events": int(event.sum()),
-        "n_train_patients": sum(len(tr) for tr, _ in site_bags.values()),
+        "n_train_patients": sum(len(s.train) for s in sites),
         "fl_config": {
             k: fl_cfg[k] for k in ("rounds", "val_folds", "seed", "model", "loss") if k in fl_cfg
         }
@@ -176,16 +206,7 @@ def evaluate_models(
     }
     write_json_atomic(config.work_dir / "evaluation.json", summary)
     _write_predictions(config.work_dir / "val_predictions.csv", pids, site, event, time, preds)
-    summary.update(
-        _bags=bags,
-        _preds=preds,
-        _attention=attention,
-        _truth=truth,
-        _event=event,
-        _time=time,
-        _site=site,
-    )
-    return summary
+    return Evaluation(summary, bags, preds, _attention(models, bags), truth, event, time, site)
 
 
 def _write_predictions(

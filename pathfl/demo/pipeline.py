@@ -1,7 +1,8 @@
 """`pathfl demo`: generate the cohort → tile → extract → federate (real processes) → evaluate
 → report. Each stage calls the project's own command (``python -m pathfl <stage> ...``, the
-same code path a user runs) or public Python API; a stage that is not built yet is reported by
-name as *unavailable* and nothing after it is pretended."""
+same code path a user runs) or public Python API; a stage that cannot run here (it raises
+:class:`StageUnavailableError`, or a module it needs is missing) is reported by name as
+*unavailable* and nothing after it is pretended."""
 
 from __future__ import annotations
 
@@ -14,28 +15,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pathfl.io import sha256_json, write_json_atomic, write_text_atomic
 
+if TYPE_CHECKING:
+    from pathfl.demo.evaluate import Evaluation
+
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "unavailable", "failed", "not run")
 
-# Run config handed to `pathfl fl simulate --config`: the library defaults (FL_DEFAULTS of
-# pathfl.fl.fl_config and TrainConfig) — the demo tunes nothing. Only the evaluation split is
-# set, and the tiny (CI) demo syncs in fewer rounds: with the automatic local step budget the
-# total number of optimizer steps is the same (rounds × steps per round = pooled budget).
-FL_DEFAULTS: dict[str, Any] = {
+# The run config the demo hands to `pathfl fl simulate --config`: on top of the library
+# defaults (FL_DEFAULTS of pathfl.fl.fl_config and TrainConfig) — the demo tunes nothing —
+# only the evaluation split is set, and the tiny (CI) demo syncs in fewer rounds: with the
+# automatic local step budget the total number of optimizer steps is the same (rounds × steps
+# per round = pooled budget).
+DEMO_FL_CONFIG: dict[str, Any] = {
     "val_folds": 3,  # each site scores every model on 1/3 of its patients
 }
-FL_TINY: dict[str, Any] = {"rounds": 3, "val_folds": 2}
+DEMO_FL_CONFIG_TINY: dict[str, Any] = {"rounds": 3, "val_folds": 2}  # --tiny: on top of it
 
 
 class StageUnavailableError(RuntimeError):
-    """A stage of the pipeline is not implemented (yet) in this checkout."""
+    """A stage cannot run in this installation (reported as *unavailable*, not as failed)."""
 
 
 class StageFailedError(RuntimeError):
@@ -60,7 +65,7 @@ class DemoConfig:
     tiny: bool = False
     seed: int = 0
     workers: int = 2
-    rounds: int | None = None  # None: FL_DEFAULTS
+    rounds: int | None = None  # None: the library default
     local_epochs: int | None = None
     fl_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -82,7 +87,7 @@ class DemoState:
     cohort: dict[str, Any] = field(default_factory=dict)
     split: dict[str, Any] = field(default_factory=dict)
     fl_run: Path | None = None
-    evaluation: dict[str, Any] = field(default_factory=dict)
+    evaluation: Evaluation | None = None
     report_path: Path | None = None
 
     @property
@@ -91,21 +96,6 @@ class DemoState:
 
 
 # ----------------------------------------------------------------------------------------------
-def cli_has_command(*names: str) -> bool:
-    """Whether ``pathfl <names...>`` exists in this checkout (without running it)."""
-    import click
-    import typer
-
-    from pathfl.cli import app
-
-    cmd: click.Command = typer.main.get_command(app)
-    for name in names:
-        if not isinstance(cmd, click.Group) or name not in cmd.commands:
-            return False
-        cmd = cmd.commands[name]
-    return True
-
-
 def run_cli(args: list[str], *, log_path: Path, label: str) -> int:
     """Run ``python -m pathfl ARGS`` as a child process; its output goes to ``log_path`` and
     the last lines are logged when it fails. Returns the exit code."""
@@ -160,8 +150,6 @@ def stage_generate(state: DemoState) -> str:
 
 
 def stage_tile(state: DemoState) -> str:
-    if not cli_has_command("tile"):
-        raise StageUnavailableError("`pathfl tile` is not available in this checkout yet")
     c = state.config
     slide_dirs = [str(c.cohort_dir / s["dir"] / "slides") for s in state.cohort["sites"].values()]
     out = c.work_dir / "tiles"
@@ -174,8 +162,6 @@ def stage_tile(state: DemoState) -> str:
 
 
 def stage_extract(state: DemoState) -> str:
-    if not cli_has_command("extract"):
-        raise StageUnavailableError("`pathfl extract` is not available in this checkout yet")
     c = state.config
     out = c.work_dir / "features"
     rc = run_cli(
@@ -225,8 +211,6 @@ def stage_sites(state: DemoState) -> str:
 
 
 def stage_federate(state: DemoState) -> str:
-    if not cli_has_command("fl", "simulate"):
-        raise StageUnavailableError("`pathfl fl simulate` is not available in this checkout yet")
     c = state.config
     run = c.work_dir / "fl_run"
     fl_cfg = fl_run_config(c)
@@ -268,9 +252,9 @@ def stage_federate(state: DemoState) -> str:
 
 
 def fl_run_config(c: DemoConfig) -> dict[str, Any]:
-    cfg = dict(FL_DEFAULTS)
+    cfg = dict(DEMO_FL_CONFIG)
     if c.tiny:
-        cfg.update(FL_TINY)
+        cfg.update(DEMO_FL_CONFIG_TINY)
     cfg["seed"] = c.seed
     if c.rounds is not None:
         cfg["rounds"] = int(c.rounds)
@@ -284,7 +268,7 @@ def stage_evaluate(state: DemoState) -> str:
     from pathfl.demo.evaluate import evaluate_models
 
     state.evaluation = evaluate_models(state.config, state.split, state.fl_run, state.cohort)
-    ev = state.evaluation
+    ev = state.evaluation.summary
     fed = ev["models"]["federated"]
     return (
         f"{ev['n_val_patients']} validation patients; federated C {fed['c_index']:.3f}, "

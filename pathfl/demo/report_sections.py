@@ -8,12 +8,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pathfl.demo import figures
-from pathfl.demo.report import _fmt, _md_table, attention_auc, audit_summary, c_index_rows
+from pathfl.demo.evaluate import tile_fractions
+from pathfl.demo.tables import c_index_rows, fmt, md_table
+
+if TYPE_CHECKING:
+    from pathfl.demo.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ def pipeline_section(state: Any) -> str:
             )
     return (
         head
-        + _md_table(rows)
+        + md_table(rows)
         + f"\nTotal {total:.0f} s wall, {cpu:.0f} s CPU (user + sys, this process and the "
         f"stage commands it ran) on {os.cpu_count()} logical cores. *load* = 1-minute load "
         "average when the stage ended: well above the core count means the machine was "
@@ -70,8 +74,8 @@ def cohort_section(state: Any, fig_dir: Path) -> str:
                 "patients": s["n_patients"],
                 "slides": s["n_slides"],
                 "events": s["n_events"],
-                "mean phenotype fraction": _fmt(s["mean_phenotype_fraction"], 2),
-                "oracle C (site)": _fmt(s["oracle_c_index"]),
+                "mean phenotype fraction": fmt(s["mean_phenotype_fraction"], 2),
+                "oracle C (site)": fmt(s["oracle_c_index"]),
             }
         )
     hz = co["hazard"]
@@ -84,10 +88,10 @@ def cohort_section(state: Any, fig_dir: Path) -> str:
         f"{hz['baseline_median_months']} months, censoring uniform on "
         f"{hz['censoring_months'][0]}–{hz['censoring_months'][1]} months. Sites differ in "
         "stain, scanner resolution, file format, JPEG quality and case mix, not in biology.\n\n"
-        + _md_table(rows)
+        + md_table(rows)
         + f"\nOracle C-index (true risk, all {co['n_patients']} patients): "
-        f"{_fmt(co['oracle_c_index'])}; within-site pairs only: "
-        f"{_fmt(co['oracle_c_index_within_site'])}.\n"
+        f"{fmt(co['oracle_c_index'])}; within-site pairs only: "
+        f"{fmt(co['oracle_c_index_within_site'])}.\n"
     )
     examples = []
     for name, s in sorted(co["sites"].items()):
@@ -109,7 +113,7 @@ def cohort_section(state: Any, fig_dir: Path) -> str:
 
 
 def results_section(state: Any, fig_dir: Path) -> str:
-    ev = state.evaluation
+    ev = state.evaluation.summary
     rows = c_index_rows(ev)
     fed = ev["models"].get("federated", {})
     text = (
@@ -124,18 +128,19 @@ def results_section(state: Any, fig_dir: Path) -> str:
         "95% CI; *within-site* = only pairs of patients of the same hospital (what a "
         "federation can measure without pooling data); per-site columns use that site's "
         f"validation patients only ({fed.get('comparable_pairs', 0)} comparable pairs in all, "
-        f"{fed.get('comparable_pairs_within_site', 0)} within sites).\n\n" + _md_table(rows)
+        f"{fed.get('comparable_pairs_within_site', 0)} within sites).\n\n" + md_table(rows)
     )
     text += (
         "\n*local-only X*: trained on site X's patients only, scored on every site's "
         "validation patients; *local-only, own site*: each site's local model on its own "
         "validation patients (what `pathfl fl simulate` reports as local-only). `pathfl fl "
         "simulate` itself reported a federated within-site C of "
-        f"{_fmt(ev.get('simulate_reported_federated_c_index'))}.\n\n" + verdict(ev) + "\n"
+        f"{fmt(ev.get('simulate_reported_federated_c_index'))}.\n\n" + verdict(ev) + "\n"
     )
-    risks = {"federated model": ev["_preds"]["federated"], "oracle": ev["_preds"]["oracle"]}
+    arrays = state.evaluation
+    risks = {"federated model": arrays.preds["federated"], "oracle": arrays.preds["oracle"]}
     try:
-        p = figures.km_plot(fig_dir / "km.png", ev["_event"], ev["_time"], risks)
+        p = figures.km_plot(fig_dir / "km.png", arrays.event, arrays.time, risks)
         text += f"\n![Kaplan–Meier]({_rel(state, fig_dir / 'km.png')})\n"
         text += (
             "\nKaplan–Meier of validation patients split at the median risk; log-rank p: "
@@ -189,11 +194,9 @@ def phenotype_probe(state: Any) -> tuple[float, int, int]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from pathfl.demo.report import tile_fractions
-
     xs, ys = [], []
     features_dir = Path(state.split["features_dir"])
-    for p in state.evaluation["_truth"].values():
+    for p in state.evaluation.truth.values():
         for sid, info in p["slides"].items():
             path = features_dir / f"{sid}.h5"
             if not path.is_file():
@@ -210,19 +213,21 @@ def phenotype_probe(state: Any) -> tuple[float, int, int]:
     return float(roc_auc_score(y, score)), len(y), int(y.sum())
 
 
-def heatmap_section(state: Any, fig_dir: Path) -> str:
+def heatmap_section(state: Any, fig_dir: Path, *, attention_auc: dict[str, float]) -> str:
+    """The attention heatmap of one validation slide, the feature probe and ``attention_auc``
+    (:func:`pathfl.demo.report.attention_auc` of the validation slides)."""
     ev = state.evaluation
     features_dir = Path(state.split["features_dir"])
-    bags = ev["_bags"]
-    if not bags or not ev["_attention"]:
+    bags = ev.bags
+    if not bags or not ev.attention:
         return ""
     # the validation patient with the highest true risk; their largest slide
-    order = np.argsort(-ev["_preds"]["oracle"])
+    order = np.argsort(-ev.preds["oracle"])
     b = bags[int(order[0])]
     k = int(np.bincount(b.tile_slide_index, minlength=len(b.slide_ids)).argmax())
     sid = b.slide_ids[k]
     sel = b.tile_slide_index == k
-    truth = ev["_truth"][b.patient_id]["slides"][sid]
+    truth = ev.truth[b.patient_id]["slides"][sid]
     slide_path = next(state.config.cohort_dir.glob(f"site_*/slides/{sid}.*"))
     import h5py
 
@@ -230,7 +235,7 @@ def heatmap_section(state: Any, fig_dir: Path) -> str:
         side = float(f.attrs["patch_size_level0"])
     i = int(order[0])
     title = (
-        f"{sid} (validation, site {ev['_site'][i]}): phenotype fraction "
+        f"{sid} (validation, site {ev.site[i]}): phenotype fraction "
         f"{truth['fraction']:.2f}; federated risk rank {_rank(ev, i)} of {len(bags)}"
     )
     text = "## Where the federated model looks\n\n"
@@ -241,18 +246,17 @@ def heatmap_section(state: Any, fig_dir: Path) -> str:
             mask_path=truth["mask"],
             coords=b.coords[sel],
             tile_l0_px=side,
-            scores=ev["_attention"][b.patient_id][sel],
+            scores=ev.attention[b.patient_id][sel],
             title=title,
         )
         text += f"![attention heatmap]({_rel(state, p)})\n\n"
     except Exception as e:
         log.warning("heatmap failed: %s", e)
     text += probe_section(state) + "\n"
-    auc = attention_auc(ev, features_dir)
-    ev["attention_auc"] = auc
+    auc = attention_auc
     text += (
         f"Attention vs ground truth over all validation slides: within-slide AUC of the "
-        f"attention for tiles that are ≥ 50 % phenotype = {_fmt(auc['mean_auc'])} "
+        f"attention for tiles that are ≥ 50 % phenotype = {fmt(auc['mean_auc'])} "
         f"(mean of {auc['n_slides']} slides having both kinds of tile; 0.5 = attention "
         "ignores the phenotype, >0.5 = it looks at it, <0.5 = it looks away from it — "
         "an attention model may also score risk by attending to the *low-risk* tissue).\n"
@@ -260,8 +264,8 @@ def heatmap_section(state: Any, fig_dir: Path) -> str:
     return text
 
 
-def _rank(ev: dict[str, Any], i: int) -> int:
-    r = ev["_preds"]["federated"]
+def _rank(ev: Evaluation, i: int) -> int:
+    r = ev.preds["federated"]
     return int((r > r[i]).sum()) + 1
 
 
@@ -307,7 +311,7 @@ def federation_section(state: Any, fig_dir: Path) -> str:
     rows = audit_summary(state.config.work_dir)
     text += (
         "Audit logs (append-only, hash-chained; checked with `pathfl fl audit verify`):\n\n"
-        + _md_table(rows)
+        + md_table(rows)
     )
     return text
 
@@ -321,3 +325,34 @@ def reproduce_section(state: Any) -> str:
         f"`{_rel(state, c.work_dir / 'val_predictions.csv')}`; numbers in "
         f"`{_rel(state, c.work_dir / 'evaluation.json')}`. Python {sys.version.split()[0]}.\n"
     )
+
+
+def audit_summary(work_dir: Path) -> list[dict[str, str]]:
+    """Verify every audit log the federation wrote (server and sites)."""
+    rows = []
+    try:
+        from pathfl.fl.audit import verify
+    except ImportError:
+        return [{"log": "—", "status": "audit module not available in this checkout"}]
+    for p in sorted(work_dir.rglob("*audit*.jsonl")):
+        rep = verify(p)
+        events: dict[str, int] = {}
+        rounds = set()
+        for line in p.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            events[e.get("event", "?")] = events.get(e.get("event", "?"), 0) + 1
+            if e.get("round") is not None:
+                rounds.add(e["round"])
+        rows.append(
+            {
+                "log": str(p.relative_to(work_dir)),
+                "entries": str(rep.n_entries),
+                "chain": "verified" if rep.ok else "BROKEN: " + "; ".join(rep.errors[:2]),
+                "rounds": str(len(rounds)),
+                "events": ", ".join(f"{k}×{v}" for k, v in sorted(events.items())),
+            }
+        )
+    return rows

@@ -203,8 +203,33 @@ def render_tissue(
     shape = (round(size_um[1] / r_mpp), round(size_um[0] / r_mpp))
     tissue = (_upsample(tissue_f, shape) > 0) & (_upsample(holes_f, shape) <= 0)
     pheno = tissue & (_upsample(pheno_f, shape) > 0)
-    stroma = tissue & ~pheno
+    h_conc, e_conc, n_tumour = _stain_concentrations(tissue, pheno, r_mpp, rng, params)
+    has_pen = bool(rng.random() < params.pen_probability)
+    rgb8 = _to_rgb(h_conc, e_conc, stain, r_mpp, rng, params, has_pen=has_pen)
+    if r_mpp != mpp:
+        out_wh = (round(size_um[0] / mpp), round(size_um[1] / mpp))
+        rgb8 = cv2.resize(rgb8, out_wh, interpolation=cv2.INTER_CUBIC)
 
+    n_tissue = int(tissue.sum())
+    fraction = float(pheno.sum()) / n_tissue if n_tissue else 0.0
+    coarse_shape = tissue_f.shape
+    tissue_c = _downsample_mask(tissue, coarse_shape)
+    pheno_c = _downsample_mask(pheno, coarse_shape)
+    info = {"tissue_um2": n_tissue * r_mpp * r_mpp, "n_tumour_nuclei": float(n_tumour)}
+    return RenderedTissue(rgb8, tissue_c, pheno_c, fraction, has_pen, info)
+
+
+def _stain_concentrations(
+    tissue: np.ndarray,
+    pheno: np.ndarray,
+    r_mpp: float,
+    rng: np.random.Generator,
+    params: TissueParams,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Haematoxylin and eosin concentrations of stroma and phenotype, with their nuclei
+    drawn in; returns ``(h_conc, e_conc, number of tumour nuclei)``."""
+    shape = tissue.shape
+    stroma = tissue & ~pheno
     fine = smooth_noise(shape, 0.7 / r_mpp, rng)
     e_conc = np.zeros(shape, np.float32)
     e_conc[stroma] = 0.27 + 0.09 * _fibre_noise(shape, r_mpp, rng)[stroma]
@@ -242,9 +267,23 @@ def render_tissue(
     nuclei *= 1.0 + 0.22 * fine  # chromatin texture
     np.maximum(h_conc, nuclei, out=h_conc, where=tissue)
     e_conc[nuclei_on] *= 0.4
+    return h_conc, e_conc, n_tumour
 
+
+def _to_rgb(
+    h_conc: np.ndarray,
+    e_conc: np.ndarray,
+    stain: StainStyle,
+    r_mpp: float,
+    rng: np.random.Generator,
+    params: TissueParams,
+    *,
+    has_pen: bool,
+) -> np.ndarray:
+    """Beer–Lambert RGB (uint8) of the stain concentrations under ``stain``, with a pen
+    stroke when ``has_pen``, blur and scanner noise."""
+    shape = h_conc.shape
     ink = None
-    has_pen = bool(rng.random() < params.pen_probability)
     if has_pen:
         colour = "blue" if rng.random() < 0.5 else "green"
         ink = (_pen_mark(shape, r_mpp, rng), _unit(INK_VECTORS[colour]))
@@ -263,18 +302,7 @@ def render_tissue(
             ch = cv2.GaussianBlur(ch, (0, 0), params.blur_px)
         ch += noise
         channels.append(ch)
-    rgb8 = cv2.convertScaleAbs(cv2.merge(channels))  # saturating cast to uint8
-    if r_mpp != mpp:
-        out_wh = (round(size_um[0] / mpp), round(size_um[1] / mpp))
-        rgb8 = cv2.resize(rgb8, out_wh, interpolation=cv2.INTER_CUBIC)
-
-    n_tissue = int(tissue.sum())
-    fraction = float(pheno.sum()) / n_tissue if n_tissue else 0.0
-    coarse_shape = tissue_f.shape
-    tissue_c = _downsample_mask(tissue, coarse_shape)
-    pheno_c = _downsample_mask(pheno, coarse_shape)
-    info = {"tissue_um2": n_tissue * r_mpp * r_mpp, "n_tumour_nuclei": float(n_tumour)}
-    return RenderedTissue(rgb8, tissue_c, pheno_c, fraction, has_pen, info)
+    return cv2.convertScaleAbs(cv2.merge(channels))  # saturating cast to uint8
 
 
 def _downsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -36,15 +36,30 @@ def load_sites(specs: list[Any], cfg: dict[str, Any]) -> list[SiteData]:
     return out
 
 
-def _fit_eval(
-    train_bags: list[Any], sites: list[SiteData], cfg: dict[str, Any]
-) -> dict[str, dict[str, float]]:
-    """``pathfl train``'s recipe on ``train_bags``, scored on each site's validation part."""
+def fit_baselines(sites: list[SiteData], cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``pathfl train``'s recipe (:func:`pathfl.survival.cv.fit_one`, the run's model
+    configuration and seed) on each site's training part (``local_<site>``) and on the union
+    of them (``pooled``): {name: fit_one's result (model, scaler, time_bins, stats, ...)}."""
     from pathfl.survival.cv import fit_one
+
+    tcfg = train_config(cfg)
+    jobs = {f"local_{s.site}": s.train for s in sites}
+    jobs["pooled"] = [b for s in sites for b in s.train]
+    fits = {}
+    for name, bags in jobs.items():
+        fits[name] = fit_one(bags, tcfg, seed=int(cfg["seed"]))
+        logger.info("trained the %s baseline on %d patients (%d steps)", name, len(bags),
+                    int(fits[name]["stats"]["steps"]))  # fmt: skip
+    return fits
+
+
+def _scores(
+    fit: dict[str, Any], sites: list[SiteData], cfg: dict[str, Any]
+) -> dict[str, dict[str, float]]:
+    """A :func:`fit_baselines` model scored on each site's validation part."""
     from pathfl.survival.train import evaluate
 
     tcfg = train_config(cfg)
-    fit = fit_one(train_bags, tcfg, seed=int(cfg["seed"]))
     out = {}
     for s in sites:
         if s.val:
@@ -104,9 +119,10 @@ def run_baselines(specs: list[Any], cfg: dict[str, Any]) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same as each federated site's worker
     try:
+        fits = fit_baselines(sites, cfg)
         for s in sites:
-            local.update(_fit_eval(s.train, [s], cfg))
-        pooled = _fit_eval([b for s in sites for b in s.train], sites, cfg)
+            local.update(_scores(fits[f"local_{s.site}"], [s], cfg))
+        pooled = _scores(fits["pooled"], sites, cfg)
     finally:
         torch.set_num_threads(threads)
     return {

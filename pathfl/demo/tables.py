@@ -1,0 +1,69 @@
+"""Text of the demo's tables, shared by the report (:mod:`pathfl.demo.report`,
+:mod:`pathfl.demo.report_sections`) and the terminal (`pathfl demo`): number formatting,
+Markdown tables and the rows of the C-index table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+MODEL_LABELS = {"oracle": "oracle (true risk)"}
+
+
+def model_label(name: str) -> str:
+    """The table label of a model of the evaluation (``local_A`` → ``local-only A``)."""
+    if name.startswith("local_"):
+        return f"local-only {name[6:]}"
+    return MODEL_LABELS.get(name, name)
+
+
+def fmt(x: Any, nd: int = 3) -> str:
+    """``x`` with ``nd`` decimals; an em dash for a missing or non-finite number."""
+    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
+
+
+def c_index_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows of the C-index table of an evaluation summary (``work/evaluation.json``)."""
+    models = evaluation.get("models", {})
+    local = sorted(k for k in models if k.startswith("local_"))
+    rows = []
+    for name in ["oracle", "federated", "pooled", *local]:
+        if name not in models:
+            continue
+        m = models[name]
+        lo, hi = m["ci95"]
+        row = {
+            "model": model_label(name),
+            "C-index": fmt(m["c_index"]),
+            "95% CI": f"{fmt(lo)}–{fmt(hi)}",
+            "within-site C": fmt(m["c_index_within_site"]),
+        }
+        row.update({f"site {s}": fmt(v) for s, v in sorted(m["per_site"].items())})
+        rows.append(row)
+    if local:
+        within = float(np.mean([models[k]["c_index_within_site"] for k in local]))
+        rows.append(
+            {
+                "model": "local-only mean",
+                "C-index": fmt(evaluation["local_only_mean_c_index"]),
+                "within-site C": fmt(within),
+            }
+        )
+        rows.append(
+            {
+                "model": "local-only, own site",
+                "within-site C": fmt(evaluation["local_own_site_c_index_within_site"]),
+            }
+        )
+    return rows
+
+
+def md_table(rows: list[dict[str, str]], columns: list[str] | None = None) -> str:
+    """A Markdown table of ``rows`` (columns: ``columns`` or every key, in first-seen order)."""
+    if not rows:
+        return "_(nothing to show)_\n"
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
