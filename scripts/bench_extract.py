@@ -77,6 +77,7 @@ def make_tiles(work: Path, large_px: int, copies: int = 1) -> dict[str, Path]:
     sys.path.insert(0, str(REPO / "tests"))
     from slides import write_procedural_tiff
 
+    from pathfl.formats.coords_h5 import coords_file_path
     from pathfl.tiling import GridParams, SlideJob, TileConfig, run_batch
 
     out: dict[str, Path] = {}
@@ -88,7 +89,7 @@ def make_tiles(work: Path, large_px: int, copies: int = 1) -> dict[str, Path]:
     if not big.is_file():
         write_procedural_tiff(big, large_px, large_px, mpp=0.25, workers=os.cpu_count() or 1)
     run_batch([SlideJob("generated", big)], work / "tiles_big", config)
-    coords = work / "tiles_big" / "coords" / "generated.h5"
+    coords = coords_file_path(work / "tiles_big", "generated")
     for old in coords.parent.glob("generated_copy*.h5"):
         old.unlink()
     for i in range(1, copies):  # same slide under other ids (found via the slide_path attr)
@@ -118,25 +119,26 @@ def end_to_end(tiles: Path, out: Path, opts) -> tuple[float, int]:
 def read_only_rate(tiles: Path, *, batch_size: int, workers: int) -> float:
     """(r): tiles/s of the DataLoader alone (read + decode + resize), no encoder."""
     from pathfl.features.dataset import SlideJob, TileDataset
-    from pathfl.features.h5 import read_coords_file
     from pathfl.features.pipeline import make_loader
     from pathfl.features.plan import discover_coords
+    from pathfl.formats.coords_h5 import read_coords, tile_geometry
 
     jobs = []
     for cpath in discover_coords(tiles):
-        coords, attrs = read_coords_file(cpath)
+        coords, attrs = read_coords(cpath)
+        geo = tile_geometry(attrs)
         jobs.append(
             SlideJob(
                 cpath.stem,
-                Path(attrs["slide_path"]),
+                Path(attrs.get("slide_path", "")),
                 cpath,
                 cpath,
                 coords,
                 attrs,
-                int(attrs["patch_level"]),
-                int(attrs["read_size"]),
-                int(attrs["tile_size"]),
-                str(attrs["backend"]),
+                geo.patch_level,
+                geo.read_size,
+                geo.tile_size,
+                str(attrs.get("backend", "auto")),
             )
         )
     ds = TileDataset(jobs)

@@ -53,8 +53,9 @@ def run_one(slide: Path, backend: str, read_tiles: int) -> dict:
     """Measure one (slide, backend) in this process; returns the figures."""
     import numpy as np
 
+    from pathfl.formats.coords_h5 import coords_file_path, read_coords, tile_geometry
     from pathfl.slide import open_slide
-    from pathfl.tiling import SlideJob, TileConfig, read_coords, read_tile, tile_slide
+    from pathfl.tiling import SlideJob, TileConfig, read_tile, tile_slide
 
     with tempfile.TemporaryDirectory(prefix="bench_tile_") as out:
         t0 = time.perf_counter()
@@ -64,7 +65,7 @@ def run_one(slide: Path, backend: str, read_tiles: int) -> dict:
         tile_s = time.perf_counter() - t0
         if r.status != "ok":
             return {"error": r.error}
-        coords, attrs = read_coords(Path(out) / "coords" / f"{slide.stem}.h5")
+        coords, attrs = read_coords(coords_file_path(out, slide.stem))
     idx = np.linspace(0, len(coords) - 1, min(read_tiles, len(coords))).astype(int)
     with open_slide(slide, backend=backend) as s:
         dims, levels = s.dimensions, s.level_count
@@ -80,8 +81,8 @@ def run_one(slide: Path, backend: str, read_tiles: int) -> dict:
         "tiles_per_s": len(coords) / tile_s,
         "read_n": len(idx),
         "read_per_s": len(idx) / read_s if read_s > 0 else float("nan"),
-        "patch_level": attrs["patch_level"],
-        "read_size": attrs["read_size"],
+        "patch_level": tile_geometry(attrs).patch_level,
+        "read_size": tile_geometry(attrs).read_size,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 

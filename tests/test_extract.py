@@ -16,12 +16,12 @@ from slides import synthetic_tissue, write_tiled_tiff
 
 from pathfl.config import ConfigError
 from pathfl.features.encoders import create_encoder
-from pathfl.features.h5 import read_features
 from pathfl.features.inference import InferenceRunner
 from pathfl.features.pipeline import ExtractOptions, extract, manifest_path
+from pathfl.formats.coords_h5 import REQUIRED_ATTRS, write_coords
+from pathfl.formats.features_h5 import read_features
 from pathfl.io import Manifest
 from pathfl.slide import open_slide
-from pathfl.tiling.coords_io import REQUIRED_ATTRS
 
 TILE = 64  # small tiles keep the CPU tests fast; the CMU test uses the real 224
 
@@ -72,11 +72,7 @@ def write_coords_file(
         "slide_path": str(slide),
     }
     assert set(REQUIRED_ATTRS) <= set(attrs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("coords", data=np.asarray(coords, dtype=np.int64))
-        for k, v in attrs.items():
-            f.attrs[k] = v
+    write_coords(path, coords, attrs)
     return attrs
 
 
@@ -213,8 +209,7 @@ def test_float16_storage_halves_the_file_and_is_its_own_fingerprint(cohort, base
     """--dtype float16: the features dataset is float16, equal to the float32 run up to
     float16 rounding, the training loader reads it, and a float32 file of the same slide is a
     fingerprint mismatch (not mixed silently). Out-of-range values fail that slide."""
-    from pathfl.features.h5 import FeaturesWriter
-    from pathfl.survival.data import read_features_h5
+    from pathfl.formats.features_h5 import FeaturesWriter
 
     out = tmp_path / "out16"
     assert run(cohort, out, dtype="float16") == {"slide0": "ok", "slide1": "ok"}
@@ -230,7 +225,7 @@ def test_float16_storage_halves_the_file_and_is_its_own_fingerprint(cohort, base
         full, coords, attrs = read_features(baseline / "features" / f"{sid}.h5")
         np.testing.assert_allclose(half, full, rtol=1e-3, atol=1e-4)
         assert fp16_fingerprint != attrs["fingerprint"]
-        feats, coords16, _ = read_features_h5(out / "features" / f"{sid}.h5")
+        feats, coords16, _ = read_features(out / "features" / f"{sid}.h5")
         assert feats.dtype == np.float16 and np.array_equal(coords16, coords)
     # same output folder, other dtype: refused without --overwrite, untouched
     assert run(cohort, out) == {"slide0": "failed", "slide1": "failed"}
@@ -328,8 +323,8 @@ def test_cmu_slide_one_row_per_tile(cmu_slide, tmp_path) -> None:
 
 def test_parse_shard_and_bad_files(tmp_path) -> None:
     from pathfl.config import ConfigError
-    from pathfl.features.h5 import FeaturesFileError
     from pathfl.features.plan import parse_shard, select_shard
+    from pathfl.formats.features_h5 import FeaturesFileError
 
     assert parse_shard("0/4") == (0, 4) and parse_shard(None) is None
     for bad in ("4/4", "-1/2", "1", "a/b", "1/0"):
@@ -353,7 +348,7 @@ def test_tiles_far_from_the_encoders_input_size_warn(tmp_path, caplog) -> None:
     """64-px tiles fed to MobileNetV2 (native 224 px): the slide is encoded (a warning, not an
     error), the log and the manifest row say so; sizes within 2x of 224 px say nothing."""
     from pathfl.features.encoders import EncoderSpec
-    from pathfl.features.pipeline import tile_size_note
+    from pathfl.features.transform import tile_size_note
 
     tiles = make_cohort(tmp_path, n_slides=1, n_side=2)
     with caplog.at_level("WARNING", logger="pathfl.features.pipeline"):

@@ -13,7 +13,7 @@ import h5py
 import pytest
 from test_extract import grid, make_cohort, write_coords_file
 
-from pathfl.features.h5 import read_features
+from pathfl.formats.features_h5 import read_features
 from pathfl.io import Manifest
 
 REPO = Path(__file__).resolve().parents[1]

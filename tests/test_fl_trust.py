@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -16,6 +15,7 @@ from pathfl.fl.audit import AuditLog, code_hash, hash_arrays, head_path, verify
 from pathfl.fl.compat import CompatibilityError, check_compatibility, site_fingerprint
 from pathfl.fl.policy import SitePolicy
 from pathfl.fl.validation import reference_from_arrays, validate_updates
+from pathfl.formats.features_h5 import write_features
 
 ATTRS = {
     "encoder": "mobilenetv2",
@@ -28,11 +28,8 @@ ATTRS = {
 
 def _write_features(path: Path, *, dim: int = 8, n: int = 5, **overrides) -> None:
     attrs = {**ATTRS, "feature_dim": dim, **overrides}
-    with h5py.File(path, "w") as f:
-        f.create_dataset("features", data=np.random.default_rng(0).random((n, dim), np.float32))
-        f.create_dataset("coords", data=np.zeros((n, 2), np.int64))
-        for k, v in attrs.items():
-            f.attrs[k] = v
+    feats = np.random.default_rng(0).random((n, dim), np.float32)
+    write_features(path, feats, np.zeros((n, 2), np.int64), attrs)
 
 
 def _site(tmp_path: Path, name: str, n_slides: int = 2, **overrides) -> Path:

@@ -12,7 +12,7 @@ from slides import synthetic_tissue, write_tiled_tiff
 from typer.testing import CliRunner
 
 from pathfl.cli import app
-from pathfl.tiling import read_coords
+from pathfl.formats.coords_h5 import read_coords
 from pathfl.tiling.pipeline import output_paths
 
 runner = CliRunner()

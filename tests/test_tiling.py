@@ -12,9 +12,9 @@ from PIL import Image
 from shapely.geometry import shape
 from slides import downsample2, synthetic_tissue, write_blank_tiff, write_svs, write_tiled_tiff
 
+from pathfl.formats.coords_h5 import REQUIRED_ATTRS, read_coords
 from pathfl.slide import Slide, SlideError, open_slide
 from pathfl.tiling import (
-    REQUIRED_ATTRS,
     GridParams,
     SlideJob,
     TileConfig,
@@ -22,7 +22,6 @@ from pathfl.tiling import (
     TissueParams,
     detect_tissue,
     plan_read,
-    read_coords,
     read_tile,
     tile_slide,
 )
@@ -37,11 +36,16 @@ class FakeSlide(Slide):
     backend = "fake"
 
     def __init__(self, dims: tuple[int, int], mpp: float, n_levels: int = 3) -> None:
-        super().__init__("fake.svs")
-        w, h = dims
-        self.level_dimensions = tuple((w // 2**i, h // 2**i) for i in range(n_levels))
-        self.level_downsamples = tuple(float(2**i) for i in range(n_levels))
-        self.mpp = mpp
+        self._dims, self._n_levels = dims, n_levels
+        super().__init__("fake.svs", mpp_override=mpp)
+
+    def _open(self):
+        (w, h), n = self._dims, self._n_levels
+        return (
+            tuple((w // 2**i, h // 2**i) for i in range(n)),
+            tuple(float(2**i) for i in range(n)),
+            {},
+        )
 
     def read_region(self, l0_xy, level, size_px):  # pragma: no cover - unused
         return Image.new("RGB", size_px, (255, 255, 255))

@@ -27,7 +27,9 @@ def attention_auc(evaluation: Evaluation, features_dir: Path) -> dict[str, float
     (≥ 50 %) high-risk phenotype in the ground-truth mask; mean over test slides having both
     kinds of tile. 0.5 = attention ignores the phenotype."""
     import cv2
-    import h5py
+
+    from pathfl.formats.coords_h5 import level0_scale
+    from pathfl.formats.features_h5 import read_attrs
 
     aucs = []
     for b in evaluation.bags:
@@ -38,9 +40,7 @@ def attention_auc(evaluation: Evaluation, features_dir: Path) -> dict[str, float
             sel = b.tile_slide_index == k
             info = evaluation.truth[b.patient_id]["slides"][sid]
             mask = cv2.imread(str(info["mask"]), cv2.IMREAD_GRAYSCALE)
-            with h5py.File(features_dir / f"{sid}.h5", "r") as f:
-                mpp0 = float(f.attrs["mpp_level0"])
-                side_l0 = float(f.attrs["patch_size_level0"])
+            mpp0, side_l0 = level0_scale(read_attrs(features_dir / f"{sid}.h5"))
             f_tiles = tile_fractions(mask, b.coords[sel], side_l0, mpp0, info["mask_um_per_px"])
             pos = f_tiles >= 0.5
             if 0 < pos.sum() < len(pos):

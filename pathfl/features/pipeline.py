@@ -32,17 +32,14 @@ from pathfl.features.dataset import (
     worker_init,
 )
 from pathfl.features.encoders import Encoder, EncoderSpec, create_encoder
-from pathfl.features.h5 import FEATURE_DTYPES, FeaturesWriter
 from pathfl.features.inference import InferenceRunner, PendingFeatures
 from pathfl.features.plan import Plan, make_plan
+from pathfl.features.transform import tile_size_note, transform_for, warn_tile_sizes
+from pathfl.formats.features_h5 import FEATURE_DTYPES, FeaturesWriter
 from pathfl.interrupts import signals_blocked
 from pathfl.io import Manifest, ManifestRow, remove_stale_temps
 
 logger = logging.getLogger(__name__)
-
-INTERPOLATION = "bilinear"
-#: tiles more than this factor smaller or larger than the encoder's native input draw a warning
-TILE_SIZE_FACTOR = 2.0
 
 
 @dataclass
@@ -80,50 +77,6 @@ class ExtractCallbacks:
     on_start: Callable[[Plan], None] | None = None
     on_tiles: Callable[[str, int], None] | None = None
     on_slide: Callable[[ManifestRow], None] | None = None
-
-
-def transform_for(spec: EncoderSpec) -> Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]:
-    """Pixel transform for a slide: tiles are resized to the coords file's ``tile_size`` (or to
-    the encoder's fixed input size), then normalised with the encoder's mean/std."""
-
-    def fn(attrs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        out_px = spec.input_px if spec.fixed_input_px else int(attrs["tile_size"])
-        return out_px, {
-            "resize": out_px,
-            "interpolation": INTERPOLATION,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-        }
-
-    return fn
-
-
-def tile_size_note(spec: EncoderSpec, tile_px: Any) -> str:
-    """A warning when ``tile_px`` is far (over :data:`TILE_SIZE_FACTOR` either way) from the
-    encoder's native input size (``input_px`` of its registry entry); "" otherwise."""
-    try:
-        tile_px = int(tile_px)
-    except (TypeError, ValueError):
-        return ""
-    native = int(spec.input_px or 0)
-    if native <= 0 or tile_px <= 0 or 1 / TILE_SIZE_FACTOR <= tile_px / native <= TILE_SIZE_FACTOR:
-        return ""
-    how = f"resized to {native} px for" if spec.fixed_input_px else "fed as they are to"
-    return (
-        f"warning: {tile_px}-px tiles {how} encoder {spec.name}, whose native input is "
-        f"{native} px: features may be poor (re-tile with --tile-size {native} or use an "
-        "encoder made for this size)"
-    )
-
-
-def _warn_tile_sizes(jobs: list[SlideJob], spec: EncoderSpec) -> None:
-    by_note: dict[str, int] = {}
-    for job in jobs:
-        note = tile_size_note(spec, job.attrs.get("tile_size"))
-        if note:
-            by_note[note] = by_note.get(note, 0) + 1
-    for note, n in by_note.items():
-        logger.warning("%d slide(s): %s", n, note)
 
 
 def manifest_path(out_dir: Path, shard: tuple[int, int] | None) -> Path:
@@ -214,6 +167,95 @@ def _finish(
     return row
 
 
+class _Extraction:
+    """One pass over the loader's batches: the slide whose rows are being written, and the
+    batch whose features are still being computed (submitted, not yet written)."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        runner: InferenceRunner,
+        manifest: Manifest,
+        *,
+        dtype: str,
+        callbacks: ExtractCallbacks,
+    ) -> None:
+        self.encoder, self.runner, self.manifest = encoder, runner, manifest
+        self.dtype, self.callbacks = dtype, callbacks
+        self.rows: list[ManifestRow] = []
+        self.run: _SlideRun | None = None
+        self.pending: tuple[_SlideRun, PendingFeatures, np.ndarray] | None = None
+
+    def start(self, job: SlideJob) -> _SlideRun:
+        return _SlideRun(job, self.encoder.spec, self.dtype)
+
+    def finish(self, run: _SlideRun) -> None:
+        """Commit (or fail) ``run``'s file and record its manifest row."""
+        row = _finish(run, self.encoder, self.runner, self.manifest)
+        self.rows.append(row)
+        if self.callbacks.on_slide:
+            self.callbacks.on_slide(row)
+
+    def drain(self) -> None:
+        """Write the pending batch's features (waiting for them) to their slide's file."""
+        if self.pending is None:
+            return
+        prun, feats, coords = self.pending
+        self.pending = None
+        if not prun.failed:
+            try:
+                prun.writer.append(feats.numpy(), coords)
+            except OverflowError as e:  # float16 storage of out-of-range features
+                prun.fail(str(e))
+
+    def batch(
+        self,
+        job: SlideJob,
+        imgs: torch.Tensor,
+        tile_idx: torch.Tensor,
+        status: torch.Tensor,
+        errors: list[str],
+    ) -> None:
+        """Take one batch of ``job``'s tiles: finish the previous slide when this one is new,
+        record undecodable tiles, submit the good ones to the encoder."""
+        if self.run is None or self.run.job is not job:
+            self.drain()
+            if self.run is not None:
+                self.finish(self.run)
+            self.run = self.start(job)
+        run = self.run
+        if self.callbacks.on_tiles:
+            self.callbacks.on_tiles(job.slide_id, len(tile_idx))
+        if run.failed:
+            return
+        if bool((status == SLIDE_FAILED).any()):
+            self.drain()
+            run.fail(errors[int((status == SLIDE_FAILED).nonzero()[0, 0])])
+            return
+        ok = status == TILE_OK
+        if not bool(ok.all()):
+            bad = (~ok).nonzero().flatten().tolist()
+            run.writer.add_failed(job.coords[tile_idx[bad].numpy()])
+            run.first_tile_error = run.first_tile_error or errors[bad[0]]
+        if bool(ok.any()):
+            sel = tile_idx[ok].numpy()
+            submitted = self.runner.submit(imgs if bool(ok.all()) else imgs[ok])
+            self.drain()
+            self.pending = (run, submitted, job.coords[sel])
+
+    def end(self) -> None:
+        """All batches seen: write the last features and finish the last slide."""
+        self.drain()
+        if self.run is not None:
+            self.finish(self.run)
+            self.run = None
+
+    def abort(self) -> None:
+        """Interrupted or crashed mid-slide: leave no partial file."""
+        if self.run is not None:
+            self.run.writer.abort()
+
+
 def run_jobs(
     jobs: list[SlideJob],
     encoder: Encoder,
@@ -226,77 +268,29 @@ def run_jobs(
     callbacks: ExtractCallbacks | None = None,
 ) -> list[ManifestRow]:
     """Encode every job; returns one manifest row per job (also written to ``manifest``)."""
-    cb = callbacks or ExtractCallbacks()
-    rows: list[ManifestRow] = []
-
-    def finish(run: _SlideRun) -> None:
-        row = _finish(run, encoder, runner, manifest)
-        rows.append(row)
-        if cb.on_slide:
-            cb.on_slide(row)
-
+    state = _Extraction(
+        encoder, runner, manifest, dtype=dtype, callbacks=callbacks or ExtractCallbacks()
+    )
     for job in (j for j in jobs if j.n_tiles == 0):  # nothing to read: an empty, valid file
-        finish(_SlideRun(job, encoder.spec, dtype))
+        state.finish(state.start(job))
     jobs = [j for j in jobs if j.n_tiles > 0]
     if not jobs:
-        return rows
+        return state.rows
     dataset = TileDataset(jobs)
     loader = make_loader(
         dataset, batch_size=batch_size, workers=workers, pin=runner.device.type == "cuda"
     )
-    run: _SlideRun | None = None
-    pending: tuple[_SlideRun, PendingFeatures, np.ndarray] | None = None
     with signals_blocked():  # the workers start here; they unblock after ignoring SIGINT
         batches = iter(loader)
-
-    def drain() -> None:
-        nonlocal pending
-        if pending is not None:
-            prun, feats, coords = pending
-            pending = None
-            if not prun.failed:
-                try:
-                    prun.writer.append(feats.numpy(), coords)
-                except OverflowError as e:  # float16 storage of out-of-range features
-                    prun.fail(str(e))
-
     try:
         for imgs, job_idx, tile_idx, status, errors in batches:
-            j = int(job_idx[0])
-            if run is None or run.job is not jobs[j]:
-                drain()
-                if run is not None:
-                    finish(run)
-                run = _SlideRun(jobs[j], encoder.spec, dtype)
-            if cb.on_tiles:
-                cb.on_tiles(run.job.slide_id, len(tile_idx))
-            if run.failed:
-                continue
-            if bool((status == SLIDE_FAILED).any()):
-                drain()
-                run.fail(errors[int((status == SLIDE_FAILED).nonzero()[0, 0])])
-                continue
-            ok = status == TILE_OK
-            if not bool(ok.all()):
-                bad = (~ok).nonzero().flatten().tolist()
-                run.writer.add_failed(run.job.coords[tile_idx[bad].numpy()])
-                run.first_tile_error = run.first_tile_error or errors[bad[0]]
-            if bool(ok.any()):
-                sel = tile_idx[ok].numpy()
-                batch = imgs[ok] if not bool(ok.all()) else imgs
-                submitted = runner.submit(batch)
-                drain()
-                pending = (run, submitted, run.job.coords[sel])
-        drain()
-        if run is not None:
-            finish(run)
-            run = None
+            state.batch(jobs[int(job_idx[0])], imgs, tile_idx, status, errors)
+        state.end()
     finally:
-        if run is not None:  # interrupted or crashed mid-slide: leave no partial file
-            run.writer.abort()
+        state.abort()
         _stop_loader(batches)
         dataset.close()
-    return rows
+    return state.rows
 
 
 def _stop_loader(batches: Iterator[Any]) -> None:
@@ -348,7 +342,7 @@ def extract(
         manifest.update(row)
         if callbacks and callbacks.on_slide:
             callbacks.on_slide(row)
-    _warn_tile_sizes(plan.jobs, encoder.spec)
+    warn_tile_sizes(plan.jobs, encoder.spec)
     if callbacks and callbacks.on_start:
         callbacks.on_start(plan)
     logger.info(

@@ -12,17 +12,19 @@ from typing import Any
 
 from pathfl.config import ConfigError
 from pathfl.features.dataset import SlideJob
-from pathfl.features.h5 import (
-    FeaturesFileError,
-    features_fingerprint,
-    read_attrs,
-    read_coords_file,
-)
-from pathfl.io import ManifestRow
+from pathfl.formats import FormatFileError
+from pathfl.formats.coords_h5 import COORDS_DIR, read_coords, tile_geometry
+from pathfl.formats.features_h5 import FeaturesFileError, read_attrs
+from pathfl.io import ManifestRow, sha256_json
 
 logger = logging.getLogger(__name__)
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms")
+
+
+class SlideRefusedError(Exception):
+    """A slide this run cannot extract (its source slide is missing, or its features file was
+    made differently and ``--overwrite`` was not given); it becomes a ``failed`` row."""
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -39,12 +41,37 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
+def features_fingerprint(
+    *,
+    tiling_fingerprint: str,
+    encoder: str,
+    weights_sha256: str,
+    transform: dict[str, Any],
+    precision: str,
+    dtype: str = "float32",
+) -> str:
+    """DESIGN: tiling fingerprint + encoder + weights, plus the pixel transform and the compute
+    precision (bf16 features differ from fp32 ones by several per cent). A float16 storage
+    dtype is part of it too; float32, the default, adds nothing (fingerprints of files written
+    before the option existed stay valid)."""
+    what = {
+        "tiling": tiling_fingerprint,
+        "encoder": encoder,
+        "weights_sha256": weights_sha256,
+        "transform": transform,
+        "precision": precision,
+    }
+    if dtype != "float32":
+        what["dtype"] = dtype
+    return sha256_json(what)
+
+
 def discover_coords(tiles_dir: Path) -> list[Path]:
     """Coords files of a tile-stage output folder (``DIR/coords/*.h5``, or ``DIR/*.h5``),
     sorted by slide id."""
     if not tiles_dir.is_dir():
         raise ConfigError(f"--tiles {tiles_dir}: not a directory")
-    sub = tiles_dir / "coords"
+    sub = tiles_dir / COORDS_DIR
     found = sorted((sub if sub.is_dir() else tiles_dir).glob("*.h5"), key=lambda p: p.stem)
     if not found:
         raise ConfigError(f"--tiles {tiles_dir}: no coords files (expected {sub}/<slide_id>.h5)")
@@ -82,7 +109,7 @@ def locate_slide(
     for cand in (manifest_paths.get(slide_id, ""), str(attrs.get("slide_path", "") or "")):
         if cand and Path(cand).is_file():
             return Path(cand)
-    raise FeaturesFileError(
+    raise SlideRefusedError(
         f"{slide_id}: source slide not found (not in the tiles manifest.csv nor a slide_path "
         "attr, or moved); pass --slide-dir DIR"
     )
@@ -119,7 +146,7 @@ def make_plan(
         slide_id = coords_path.stem
         out_path = out_dir / "features" / f"{slide_id}.h5"
         try:
-            coords, attrs = read_coords_file(coords_path)
+            coords, attrs = read_coords(coords_path)
             out_px, transform = transform_for(attrs)
             fingerprint = features_fingerprint(
                 tiling_fingerprint=str(attrs.get("fingerprint", "")),
@@ -135,17 +162,18 @@ def make_plan(
                     plan.done.append(_skipped_row(slide_id, out_path, attrs))
                     continue
                 if not overwrite:
-                    raise FeaturesFileError(
+                    raise SlideRefusedError(
                         f"{out_path} exists but was made differently (fingerprint "
                         f"{existing[:12] or 'unreadable'} ≠ {fingerprint[:12]}: other tiles, "
                         "encoder, weights, precision or dtype); rerun with --overwrite to "
                         "recompute it"
                     )
             slide_path = locate_slide(slide_id, attrs, manifest_paths, slide_dir)
-        except (FeaturesFileError, ConfigError) as e:
+        except (FormatFileError, SlideRefusedError, ConfigError) as e:
             plan.done.append(ManifestRow(slide_id, os.fspath(out_path), "failed", error=str(e)))
             continue
         mpp = attrs.get("mpp_level0")
+        geometry = tile_geometry(attrs)
         plan.jobs.append(
             SlideJob(
                 slide_id=slide_id,
@@ -159,8 +187,8 @@ def make_plan(
                     "tiling_fingerprint": attrs.get("fingerprint", ""),
                     "transform": transform,
                 },
-                patch_level=int(attrs["patch_level"]),
-                read_size=int(attrs["read_size"]),
+                patch_level=geometry.patch_level,
+                read_size=geometry.read_size,
                 out_px=int(out_px),
                 backend=str(attrs.get("backend") or "auto"),
                 mpp_override=float(mpp) if mpp not in (None, "", 0) else None,

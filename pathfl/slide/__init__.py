@@ -1,26 +1,23 @@
 """Whole-slide image access: one :class:`Slide` interface, several backends.
 
 ``open_slide(path)`` opens a slide with the default backend (OpenSlide, falling back to
-tiffslide when OpenSlide cannot read the file) and resolves its microns per pixel
-(override → vendor metadata → TIFF resolution tags → :class:`SlideError`)."""
+tiffslide when OpenSlide cannot read the file). Every backend resolves the slide's microns per
+pixel as it opens it (:class:`~pathfl.slide.base.Slide`: override → vendor metadata → TIFF
+resolution tags → :class:`SlideMetadataError`)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pathfl.registry import Registry
-from pathfl.slide.base import Slide, SlideError
+from pathfl.slide.base import Slide
+from pathfl.slide.errors import SlideError, SlideMetadataError
 from pathfl.slide.integrity import check_tiff_integrity
-from pathfl.slide.metadata import (
-    check_mpp_objective,
-    objective_power,
-    resolve_mpp,
-    vendor,
-)
 
-__all__ = ["READERS", "Slide", "SlideError", "list_readers", "open_slide"]
+__all__ = ["READERS", "Slide", "SlideError", "SlideMetadataError", "list_readers", "open_slide"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,17 +25,21 @@ READERS: Registry[Slide] = Registry("slide reader")
 
 
 @READERS.register("openslide", formats="svs, tif(f), ndpi, vms, vmu, scn, mrxs, bif, svslide, dcm")
-def _openslide(path: str | Path, *, slide_id: str | None = None) -> Slide:
+def _openslide(
+    path: str | Path, *, slide_id: str | None = None, mpp_override: float | None = None
+) -> Slide:
     from pathfl.slide.openslide_backend import OpenSlideSlide
 
-    return OpenSlideSlide(path, slide_id=slide_id)
+    return OpenSlideSlide(path, slide_id=slide_id, mpp_override=mpp_override)
 
 
 @READERS.register("tiffslide", formats="svs, tif(f), ndpi, scn, bif, philips tiff")
-def _tiffslide(path: str | Path, *, slide_id: str | None = None) -> Slide:
+def _tiffslide(
+    path: str | Path, *, slide_id: str | None = None, mpp_override: float | None = None
+) -> Slide:
     from pathfl.slide.tiffslide_backend import TiffSlideSlide
 
-    return TiffSlideSlide(path, slide_id=slide_id)
+    return TiffSlideSlide(path, slide_id=slide_id, mpp_override=mpp_override)
 
 
 #: backends tried, in order, by ``backend="auto"``
@@ -50,24 +51,28 @@ def list_readers() -> list[str]:
     return READERS.list()
 
 
-def _open_raw(path: Path, backend: str, slide_id: str | None) -> Slide:
+def _open_raw(path: Path, backend: str, **kwargs: Any) -> Slide:
+    """Open with ``backend``, or with "auto" the first backend of :data:`AUTO_ORDER` that can
+    read the file; metadata problems (:class:`SlideMetadataError`) are not retried."""
     if backend != "auto":
         factory: Callable[..., Slide] = READERS.get(backend)
-        return factory(path, slide_id=slide_id)
+        return factory(path, **kwargs)
     errors = []
     for name in AUTO_ORDER:
         try:
-            slide = READERS.get(name)(path, slide_id=slide_id)
+            slide = READERS.get(name)(path, **kwargs)
+        except SlideMetadataError:
+            raise
         except SlideError as e:
             errors.append(str(e))
             logger.debug("%s", e)
             continue
-        return _prefer_pyramid(slide, path, slide_id)
+        return _prefer_pyramid(slide, path, **kwargs)
     # both failed: report the first (default backend) reason plus the fallback's
     raise SlideError("; ".join(errors))
 
 
-def _prefer_pyramid(slide: Slide, path: Path, slide_id: str | None) -> Slide:
+def _prefer_pyramid(slide: Slide, path: Path, **kwargs: Any) -> Slide:
     """OpenSlide reads only the main IFD chain of a generic TIFF, so an OME-TIFF whose
     pyramid lives in SubIFDs looks like one huge level to it (every thumbnail and tissue mask
     would be read at full resolution). When OpenSlide sees a single level and tiffslide sees
@@ -75,7 +80,7 @@ def _prefer_pyramid(slide: Slide, path: Path, slide_id: str | None) -> Slide:
     if slide.backend != "openslide" or slide.level_count > 1:
         return slide
     try:
-        other = READERS.get("tiffslide")(path, slide_id=slide_id)
+        other = READERS.get("tiffslide")(path, **kwargs)
     except SlideError:
         return slide
     if other.level_count > 1 and other.dimensions == slide.dimensions:
@@ -113,19 +118,6 @@ def open_slide(
     if path.is_dir():
         raise SlideError(f"{path}: is a directory, not a slide file")
     check_tiff_integrity(path)
-    slide = _open_raw(path, backend, slide_id)
-    try:
-        if not slide.level_dimensions or min(slide.dimensions) <= 0:
-            raise SlideError(f"{path}: slide has no image levels")
-        props = slide.properties
-        slide.mpp, slide.mpp_source = resolve_mpp(props, override=mpp_override, where=str(path))
-        slide.objective_power = objective_power(props)
-        slide.vendor = vendor(props)
-        msg = check_mpp_objective(slide.mpp, slide.objective_power, str(path))
-        if msg:
-            slide.warnings.append(msg)
-    except BaseException:
-        slide.close()
-        raise
+    slide = _open_raw(path, backend, slide_id=slide_id, mpp_override=mpp_override)
     logger.debug("opened %r (mpp from %s)", slide, slide.mpp_source)
     return slide

@@ -12,6 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pathfl.slide.errors import SlideError, SlideMetadataError
+from pathfl.slide.metadata import check_mpp_objective, objective_power, resolve_mpp, vendor
+
+__all__ = ["Slide", "SlideError", "SlideMetadataError", "slide_id_from_path"]
+
 
 def slide_id_from_path(path: str | Path) -> str:
     """The default slide id: the file name without its extension (``a.svs`` → ``a``), without
@@ -24,20 +29,21 @@ def slide_id_from_path(path: str | Path) -> str:
     return stem[: -len(".ome")] if stem.lower().endswith(".ome") and len(stem) > 4 else stem
 
 
-class SlideError(Exception):
-    """A slide cannot be opened or used; the message names the file and what is wrong."""
-
-
 class Slide(abc.ABC):
     """A whole-slide image opened read-only by one backend.
 
-    Attributes every backend sets:
+    The constructor opens the file (the backend's :meth:`_open`), then resolves its metadata
+    from the backend's properties: microns per pixel (``mpp_override`` → vendor metadata →
+    TIFF resolution tags → :class:`SlideMetadataError`), objective power and vendor.
+
+    Attributes:
         path: the file.
         slide_id: file stem (or the id given by a slides CSV).
         backend: registry name of the reader ("openslide" | "tiffslide").
         level_dimensions: (width, height) per level, level 0 first.
         level_downsamples: downsample of each level relative to level 0.
-        mpp: micrometres per pixel at level 0 (x), after overrides; None if unknown.
+        mpp: micrometres per pixel at level 0 (x), after overrides (a subclass that skips
+            :meth:`_resolve_metadata` may leave it None).
         mpp_source: where ``mpp`` came from ("override", "vendor", "tiff-resolution", ...).
         objective_power: nominal magnification, None if unknown.
         vendor: scanner vendor string, "" if unknown.
@@ -47,17 +53,45 @@ class Slide(abc.ABC):
 
     backend: str = ""
 
-    def __init__(self, path: str | Path, *, slide_id: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        slide_id: str | None = None,
+        mpp_override: float | None = None,
+    ) -> None:
         self.path = Path(path)
         self.slide_id = slide_id or slide_id_from_path(self.path)
-        self.level_dimensions: tuple[tuple[int, int], ...] = ()
-        self.level_downsamples: tuple[float, ...] = ()
-        self.mpp: float | None = None
-        self.mpp_source: str = ""
-        self.objective_power: float | None = None
-        self.vendor: str = ""
-        self.properties: dict[str, str] = {}
         self.warnings: list[str] = []
+        self.level_dimensions, self.level_downsamples, self.properties = self._open()
+        self.objective_power: float | None = None
+        self.vendor = ""
+        try:
+            self.mpp: float | None
+            self.mpp, self.mpp_source = self._resolve_metadata(mpp_override)
+        except BaseException:
+            self.close()
+            raise
+
+    def _resolve_metadata(self, mpp_override: float | None) -> tuple[float, str]:
+        """Check the levels, set objective power and vendor; return ``(mpp, mpp_source)``."""
+        where = str(self.path)
+        if not self.level_dimensions or min(self.dimensions) <= 0:
+            raise SlideMetadataError(f"{where}: slide has no image levels")
+        mpp, source = resolve_mpp(self.properties, override=mpp_override, where=where)
+        self.objective_power = objective_power(self.properties)
+        self.vendor = vendor(self.properties)
+        msg = check_mpp_objective(mpp, self.objective_power, where)
+        if msg:
+            self.warnings.append(msg)
+        return mpp, source
+
+    @abc.abstractmethod
+    def _open(
+        self,
+    ) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...], dict[str, str]]:
+        """Open :attr:`path`; return ``(level_dimensions, level_downsamples, properties)``.
+        Raises :class:`SlideError` when this backend cannot read the file."""
 
     # --- pixel access -------------------------------------------------------------------
     @abc.abstractmethod

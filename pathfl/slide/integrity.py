@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathfl.slide.base import SlideError
+from pathfl.slide.errors import SlideError
 
 logger = logging.getLogger(__name__)
 

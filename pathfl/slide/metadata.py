@@ -15,7 +15,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
-from pathfl.slide.base import SlideError
+from pathfl.slide.errors import SlideMetadataError
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,9 @@ def resolve_mpp(
     if override is not None:
         mpp = _float(override)
         if mpp is None:
-            raise SlideError(f"{where}: mpp override must be a positive number, got {override!r}")
+            raise SlideMetadataError(
+                f"{where}: mpp override must be a positive number, got {override!r}"
+            )
         return mpp, "override"
     mpp, source = mpp_from_vendor(props)
     mpp = _plausible(mpp, f"{source} metadata", where)
@@ -124,7 +126,7 @@ def resolve_mpp(
     mpp = _plausible(mpp_from_tiff_resolution(props), "TIFF resolution tags", where)
     if mpp is not None:
         return mpp, "tiff-resolution"
-    raise SlideError(
+    raise SlideMetadataError(
         f"{where}: microns per pixel unknown (no vendor mpp, no usable TIFF resolution tags); "
         f"{MPP_HELP}"
     )

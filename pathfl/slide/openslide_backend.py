@@ -3,8 +3,6 @@ Ventana, DICOM and generic tiled TIFF via the openslide-bin library."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
@@ -14,8 +12,7 @@ from pathfl.slide.base import Slide, SlideError
 class OpenSlideSlide(Slide):
     backend = "openslide"
 
-    def __init__(self, path: str | Path, *, slide_id: str | None = None) -> None:
-        super().__init__(path, slide_id=slide_id)
+    def _open(self) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...], dict[str, str]]:
         import openslide
 
         self._errors: tuple[type[BaseException], ...] = (openslide.OpenSlideError, OSError)
@@ -25,9 +22,11 @@ class OpenSlideSlide(Slide):
             raise SlideError(f"{self.path}: not a slide format OpenSlide can read") from e
         except (openslide.OpenSlideError, OSError, ValueError) as e:
             raise SlideError(f"{self.path}: OpenSlide cannot open it: {e}") from e
-        self.level_dimensions = tuple(tuple(map(int, d)) for d in self._osr.level_dimensions)
-        self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
-        self.properties = {str(k): str(v) for k, v in self._osr.properties.items()}
+        return (
+            tuple((int(w), int(h)) for w, h in self._osr.level_dimensions),
+            tuple(float(d) for d in self._osr.level_downsamples),
+            {str(k): str(v) for k, v in self._osr.properties.items()},
+        )
 
     def read_region(
         self, l0_xy: tuple[int, int], level: int, size_px: tuple[int, int]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -16,8 +15,7 @@ from pathfl.slide.base import Slide, SlideError
 class TiffSlideSlide(Slide):
     backend = "tiffslide"
 
-    def __init__(self, path: str | Path, *, slide_id: str | None = None) -> None:
-        super().__init__(path, slide_id=slide_id)
+    def _open(self) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...], dict[str, str]]:
         import tiffslide
 
         if not self.path.is_file():
@@ -26,11 +24,11 @@ class TiffSlideSlide(Slide):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._ts = tiffslide.TiffSlide(str(self.path))
-            self.level_dimensions = tuple(tuple(map(int, d)) for d in self._ts.level_dimensions)
-            self.level_downsamples = tuple(float(d) for d in self._ts.level_downsamples)
-            self.properties = {
-                str(k): str(v) for k, v in self._ts.properties.items() if v is not None
-            }
+            return (
+                tuple((int(w), int(h)) for w, h in self._ts.level_dimensions),
+                tuple(float(d) for d in self._ts.level_downsamples),
+                {str(k): str(v) for k, v in self._ts.properties.items() if v is not None},
+            )
         except Exception as e:  # tifffile raises many kinds on non-TIFF / corrupt input
             raise SlideError(f"{self.path}: tiffslide cannot open it: {e}") from e
 

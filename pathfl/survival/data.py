@@ -2,9 +2,10 @@
 
 The clinical table is parsed and validated by :mod:`pathfl.survival.clinical` (re-exported
 here). A patient's bag is the union of the tiles of all their slides' features files
-(``<features_dir>/<slide_id>.h5``, datasets ``features`` and ``coords``). Every features file
-of a cohort must have been made alike (:mod:`pathfl.survival.fingerprint`); :func:`load_cohort`
-reports the problems of the table and of its features files together, each with its CSV line.
+(``<features_dir>/<slide_id>.h5``, read by :mod:`pathfl.formats.features_h5`). Every features
+file of a cohort must have been made alike (:mod:`pathfl.survival.fingerprint`);
+:func:`load_cohort` reports the problems of the table and of its features files together, each
+with its CSV line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pathfl.formats.features_h5 import FeaturesFile, FeaturesFileError, read_features
 from pathfl.survival.clinical import (
     REQUIRED_COLUMNS,
     RESERVED_COLUMNS,
@@ -44,7 +46,6 @@ __all__ = [
     "load_clinical",
     "load_cohort",
     "make_folds",
-    "read_features_h5",
     "survival_array",
     "targets",
 ]
@@ -82,42 +83,24 @@ class PatientBag:
 # features files
 
 
-def read_features_h5(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read a DESIGN features file: ``(features (N, D), coords int64 (N, 2), attrs)``.
-    float16 features stay float16 (converted per forward pass)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if "features" not in f or "coords" not in f:
-            raise ValueError(f"{path}: features file lacks the 'features' and/or 'coords' dataset")
-        feats = f["features"][()]
-        coords = f["coords"][()].astype(np.int64)
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    if feats.dtype not in (np.float32, np.float16):
-        feats = feats.astype(np.float32)
-    if feats.ndim != 2 or coords.shape != (feats.shape[0], 2):
-        raise ValueError(
-            f"{path}: features {feats.shape} and coords {coords.shape} do not match (N,D)/(N,2)"
-        )
-    return feats, coords, attrs
-
-
 def _read_slides(
     features_dir: Path, refs: Sequence[SlideRef]
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]], list[Problem]]:
+) -> tuple[dict[str, FeaturesFile], list[Problem]]:
     """Read the features file of every referenced slide; a missing, unreadable or empty file,
     or files made differently, are problems naming the CSV line(s)."""
     problems: list[Problem] = []
-    loaded: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
+    loaded: dict[str, FeaturesFile] = {}
     for ref in refs:
         p = features_dir / f"{ref.slide_id}.h5"
         if not p.is_file():
             problems.append(Problem(ref.line, ref.where, f"no features file {p}"))
             continue
         try:
-            loaded[ref.slide_id] = read_features_h5(p)
-        except (OSError, ValueError, KeyError) as e:
-            problems.append(Problem(ref.line, ref.where, f"unreadable features file {p}: {e}"))
+            loaded[ref.slide_id] = read_features(p)
+        except FeaturesFileError as e:
+            problems.append(
+                Problem(ref.line, ref.where, f"unreadable features file {p}: {e.problem}")
+            )
             continue
         if loaded[ref.slide_id][0].shape[0] == 0:
             problems.append(Problem(ref.line, ref.where, f"features file {p} has 0 tiles"))
@@ -129,7 +112,7 @@ def _read_slides(
 
 def _bag(
     rows: list[ClinicalRow],
-    loaded: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]],
+    loaded: dict[str, FeaturesFile],
     cov_cols: list[str],
 ) -> PatientBag:
     feats = [loaded[r.slide_id][0] for r in rows]

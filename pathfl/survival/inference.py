@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from pathfl.formats.features_h5 import read_features
 from pathfl.survival.data import (
     ClinicalError,
     ClinicalRow,
     ClinicalTable,
     PatientBag,
     load_clinical,
-    read_features_h5,
 )
 from pathfl.survival.fingerprint import check_run_fingerprint, file_fingerprint
 from pathfl.survival.run import load_run
@@ -82,7 +82,7 @@ def slide_tile_scores(
     (covariates, if the model uses them, set to the training mean, i.e. 0 after scaling).
     Returns ``(coords, scores, features attrs, slide risk)``."""
     model, cfg, extras = load_run(run_dir)
-    feats, coords, attrs = read_features_h5(features_h5)
+    feats, coords, attrs = read_features(features_h5)
     check_run_fingerprint(
         extras.get("fingerprint"),
         file_fingerprint(attrs, feats),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pathfl.formats.coords_h5 import level0_attrs
+
 
 @dataclass
 class SyntheticCohort:
@@ -35,32 +37,19 @@ def write_features_h5(
     tile_px: int = 224,
     fingerprint: str = "synthetic-v1",
 ) -> None:
-    """Write one features file in the DESIGN schema (temp file + rename)."""
-    import h5py
+    """Write one features file of ``features`` on a level-0 grid of ``tile_px`` tiles at
+    0.5 µm/px, as if made by ``encoder`` (:func:`pathfl.formats.features_h5.write_features`)."""
+    from pathfl.formats.features_h5 import write_features
 
-    from pathfl.io import atomic_path
-
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("features", data=features)
-        f.create_dataset("coords", data=coords.astype(np.int64))
-        f.attrs.update(
-            {
-                "encoder": encoder,
-                "weights_sha256": "none",
-                "feature_dim": int(features.shape[1]),
-                "transform": json.dumps({"resize": tile_px, "mean": [0, 0, 0], "std": [1, 1, 1]}),
-                "patch_size": tile_px,
-                "patch_level": 0,
-                "downsample": [1.0, 1.0],
-                "patch_size_level0": tile_px,
-                "tile_size": tile_px,
-                "read_size": tile_px,
-                "target_mpp": 0.5,
-                "mpp_level0": 0.5,
-                "name": slide_id,
-                "fingerprint": fingerprint,
-            }
-        )
+    attrs = {
+        **level0_attrs(name=slide_id, tile_px=tile_px, mpp=0.5),
+        "encoder": encoder,
+        "weights_sha256": "none",
+        "feature_dim": int(features.shape[1]),
+        "transform": json.dumps({"resize": tile_px, "mean": [0, 0, 0], "std": [1, 1, 1]}),
+        "fingerprint": fingerprint,
+    }
+    write_features(path, features, np.asarray(coords, dtype=np.int64), attrs)
 
 
 def make_cohort(

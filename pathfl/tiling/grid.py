@@ -143,16 +143,3 @@ def tissue_fractions(coords: np.ndarray, size_l0: int, tissue: TissueMask) -> np
     y1 = (coords[:, 1] + size_l0) / tissue.scale_y
     area = area_to(x1, y1) - area_to(x0, y1) - area_to(x1, y0) + area_to(x0, y0)
     return np.clip(area / ((x1 - x0) * (y1 - y0)), 0.0, 1.0)
-
-
-def tissue_tiles(
-    slide: Slide, tissue: TissueMask, params: GridParams
-) -> tuple[np.ndarray, ReadPlan]:
-    """Level-0 coords of tiles with tissue fraction ≥ ``params.min_tissue_fraction``."""
-    plan = plan_read(slide, params)
-    coords = grid_coords(slide, plan)
-    frac = tissue_fractions(coords, plan.size_l0, tissue)
-    keep = frac >= params.min_tissue_fraction
-    if params.min_tissue_fraction == 0:
-        keep &= frac > 0
-    return coords[keep], plan

@@ -29,10 +29,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pathfl.formats.coords_h5 import (
+    COORDS_DIR,
+    coords_file_path,
+    read_coords,
+    read_fingerprint,
+    write_coords,
+)
 from pathfl.interrupts import WorkerPool
 from pathfl.io import Manifest, ManifestRow, atomic_path, sha256_json
 from pathfl.slide import Slide, SlideError, open_slide
-from pathfl.tiling.coords_io import build_attrs, read_coords, read_fingerprint, write_coords
+from pathfl.tiling.coords import build_attrs
 from pathfl.tiling.grid import GridParams, grid_coords, plan_read, tissue_fractions
 from pathfl.tiling.qc import draw_qc, tissue_geojson, write_geojson, write_png
 from pathfl.tiling.tissue import TissueParams, detect_tissue, read_overview
@@ -41,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 #: bump when the tiling algorithm changes so old outputs are recomputed
 TILING_VERSION = 1
-OUTPUT_DIRS = ("coords", "thumbnails", "geojson")
+OUTPUT_DIRS = (COORDS_DIR, "thumbnails", "geojson")
 #: seconds the slides being tiled get to finish after Ctrl-C / SIGTERM before their worker
 #: processes are terminated
 INTERRUPT_GRACE_S = 2.0
@@ -88,10 +95,6 @@ class SlideResult:
         )
 
 
-def coords_path(out_dir: Path, slide_id: str) -> Path:
-    return Path(out_dir) / "coords" / f"{slide_id}.h5"
-
-
 def quick_file_hash(path: Path, chunk_bytes: int = 1 << 20) -> str:
     """Identity of a slide file without reading all of it: size + first and last MiB."""
     size = path.stat().st_size
@@ -122,7 +125,7 @@ def output_paths(out_dir: Path, slide_id: str) -> tuple[Path, Path, Path]:
     """A slide's coords file, QC thumbnail and GeoJSON."""
     out_dir = Path(out_dir)
     return (
-        coords_path(out_dir, slide_id),
+        coords_file_path(out_dir, slide_id),
         out_dir / "thumbnails" / f"{slide_id}.png",
         out_dir / "geojson" / f"{slide_id}.geojson",
     )
@@ -133,7 +136,7 @@ def tile_slide(job: SlideJob, out_dir: str | os.PathLike[str], config: TileConfi
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     result = SlideResult(slide_id=job.slide_id, path=str(job.path), status="failed")
-    cpath = coords_path(out_dir, job.slide_id)
+    cpath = coords_file_path(out_dir, job.slide_id)
     try:
         if not job.path.is_file():
             raise SlideError(f"{job.path}: no such file")
