@@ -9,6 +9,15 @@ from typing import Any
 
 import typer
 
+from pathfl.cli.options import (
+    field_options,
+    listing_command,
+    registry_names,
+    split_list,
+    with_options,
+)
+from pathfl.survival.config import FIELD_HELP, TrainConfig
+
 logger = logging.getLogger(__name__)
 
 TRAIN_HELP = (
@@ -23,13 +32,6 @@ TRAIN_HELP = (
 )
 
 
-def _h(field: str, text: str) -> str:
-    """Help text with the library default of TrainConfig ``field``."""
-    from pathfl.survival.config import default
-
-    return f"{text} (default: {default(field)})".strip()
-
-
 def _set_threads(threads: int | None) -> None:
     import torch
 
@@ -42,68 +44,42 @@ def _fail(msg: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+# CLI option -> TrainConfig field, where the names differ
+_RENAMED = {"early_stopping": "early_stopping_patience"}
+_NOT_TRAIN = {"features", "clinical", "out", "threads", "overwrite", "covariates"}
+
+_TRAIN_OPTIONS = field_options(
+    TrainConfig,
+    help=FIELD_HELP,
+    rename={field: option for option, field in _RENAMED.items()},
+    skip=("covariates",),  # a comma-separated string on the command line
+    choices=("model", "loss"),
+)
+
+
+_TRAIN_CHOICES = {
+    "model": registry_names("pathfl.survival.models", "list_models"),
+    "loss": registry_names("pathfl.survival.heads", "list_heads"),
+}
+
+
+@with_options(_TRAIN_OPTIONS)
 def train(
     ctx: typer.Context,
     features: Path = typer.Option(None, "--features", "-f", help="Folder of <slide_id>.h5."),
     clinical: Path = typer.Option(None, "--clinical", help="Clinical CSV (one row per slide)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory to write."),
-    model: str = typer.Option(
-        None, "--model", help=_h("model", "abmil | chowder | transmil | meanpool.")
-    ),
-    loss: str = typer.Option(
-        None, "--loss", help=_h("loss", "cox (Breslow ties) | nll (discrete time).")
-    ),
-    folds: int = typer.Option(
-        None, "--folds", help=_h("folds", "Cross-validation folds (1 = no CV).")
-    ),
-    epochs: int = typer.Option(
-        None, "--epochs", help=_h("epochs", "Passes over the training bags.")
-    ),
-    min_steps: int = typer.Option(
-        None, "--min-steps", help=_h("min_steps", "At least this many optimizer steps.")
-    ),
-    seed: int = typer.Option(None, "--seed", help=_h("seed", "")),
-    lr: float = typer.Option(None, "--lr", help=_h("lr", "Peak learning rate (warm-up + cosine).")),
-    weight_decay: float = typer.Option(None, "--weight-decay", help=_h("weight_decay", "AdamW.")),
-    dropout: float = typer.Option(None, "--dropout", help=_h("dropout", "")),
-    max_tiles: int = typer.Option(
-        None, "--max-tiles", help=_h("max_tiles", "Tiles sampled per bag in training.")
-    ),
-    bags_per_batch: int = typer.Option(None, "--bags-per-batch", help=_h("bags_per_batch", "")),
-    n_bins: int = typer.Option(None, "--n-bins", help=_h("n_bins", "Time bins of the nll loss.")),
-    alpha: float = typer.Option(
-        None, "--alpha", help=_h("alpha", "nll: extra weight of uncensored terms.")
-    ),
-    hidden_dim: int = typer.Option(None, "--hidden-dim", help=_h("hidden_dim", "")),
-    attn_dim: int = typer.Option(None, "--attn-dim", help=_h("attn_dim", "abmil attention.")),
     covariates: str = typer.Option(
         "", "--covariates", help="Comma-separated clinical columns fused with the bag embedding."
-    ),
-    early_stopping: int = typer.Option(
-        None,
-        "--early-stopping",
-        help=_h("early_stopping_patience", "Patience in passes on an inner split (0 = off)."),
-    ),
-    standardize: bool = typer.Option(
-        None,
-        "--standardize/--no-standardize",
-        help=_h("standardize", "Standardise tile features with training statistics."),
-    ),
-    linear_cox_alpha: float = typer.Option(
-        None,
-        "--linear-cox-alpha",
-        help=_h("linear_cox_alpha", "Ridge penalty per patient of the linear-cox baseline."),
-    ),
-    n_boot: int = typer.Option(
-        None, "--n-boot", help=_h("n_boot", "Bootstrap replicates for CIs.")
     ),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0 = torch default)."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing run directory (as a whole, at the end)."
     ),
     config: Path = typer.Option(None, "--config", "-c", help="YAML of these options."),
+    **train_options: Any,
 ) -> None:
-    """Cross-validated survival MIL training."""
+    """Cross-validated survival MIL training (every TrainConfig field is an option)."""
     from pathfl.config import ConfigError
 
     try:
@@ -112,22 +88,14 @@ def train(
         raise _fail(str(e)) from None
 
 
-# CLI option -> TrainConfig field, where the names differ
-_RENAMED = {"early_stopping": "early_stopping_patience"}
-_NOT_TRAIN = {"features", "clinical", "out", "threads", "overwrite", "covariates"}
-
-
 def _train_config(v: dict[str, Any]) -> Any:
     """TrainConfig from the merged options: unset (None) options keep the TrainConfig
     default, so the CLI, YAML files and the library share one set of defaults."""
     from pathfl.config import ConfigError
-    from pathfl.survival.train import TrainConfig
 
-    cov = v["covariates"]
-    cov_list = [c.strip() for c in cov.split(",") if c.strip()] if isinstance(cov, str) else cov
     kw = {_RENAMED.get(k, k): x for k, x in v.items() if k not in _NOT_TRAIN and x is not None}
     try:
-        return TrainConfig.from_dict({**kw, "covariates": list(cov_list or [])})
+        return TrainConfig.from_dict({**kw, "covariates": split_list(v["covariates"])})
     except (TypeError, ValueError) as e:  # includes unknown model/loss names
         raise ConfigError(str(e)) from e
 
@@ -150,12 +118,10 @@ def _check_out(out: Path, *, overwrite: bool) -> None:
 
 
 def _train(ctx: typer.Context, config: Path | None) -> None:
-    from pathfl.config import ConfigError, merge_cli_and_yaml
+    from pathfl.config import merge_cli_and_yaml, require
 
-    v = merge_cli_and_yaml(ctx, {k: x for k, x in ctx.params.items() if k != "config"}, config)
-    for req in ("features", "clinical", "out"):
-        if v[req] is None:
-            raise ConfigError(f"--{req} is required (or `{req}:` in the --config file)")
+    v = merge_cli_and_yaml(ctx, config)
+    require(v, "features", "clinical", "out")
     out = Path(v["out"])
     _check_out(out, overwrite=bool(v["overwrite"]))
     cfg = _train_config(v)
@@ -325,6 +291,6 @@ def heatmap(
 
 def register(app: typer.Typer) -> None:
     """Add `train`, `predict` and `heatmap` to the root app."""
-    app.command("train", help=TRAIN_HELP)(train)
+    app.command("train", help=TRAIN_HELP, cls=listing_command(_TRAIN_CHOICES))(train)
     app.command("predict")(predict)
     app.command("heatmap")(heatmap)
