@@ -68,7 +68,7 @@ def field_options(
         decl = flags.get(name, "--" + name.replace("_", "-"))
         if hint is bool and "/" not in decl:
             decl = f"{decl}/--no-{decl[2:]}"
-        text = help[f.name] + (f" {CHOICES}" if f.name in set(choices) else "")
+        text = help[f.name] + (f": {CHOICES}" if f.name in set(choices) else "")
         option = typer.Option(None, decl, help=f"{text} (default: {field_default(f)})")
         params.append(
             inspect.Parameter(
@@ -110,7 +110,7 @@ def listing_command(choices: Mapping[str, Callable[[], Iterable[str]]]) -> type[
                 text = getattr(p, "help", None)
                 if p.name in choices and text and CHOICES in text:
                     names = " | ".join(choices[str(p.name)]())
-                    p.help = text.replace(CHOICES, f"— one of: {names}")  # type: ignore[attr-defined]
+                    p.help = text.replace(CHOICES, names)  # type: ignore[attr-defined]
             super().format_help(ctx, formatter)
 
     return ListingCommand
@@ -132,3 +132,9 @@ def split_list(value: str | list[str] | None) -> list[str]:
         return []
     items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
     return [s.strip() for s in items if s.strip()]
+
+
+def usage_error(msg: str) -> typer.Exit:
+    """Print ``error: msg`` in red on stderr; the returned exit (code 2) is to be raised."""
+    typer.secho(f"error: {msg}", err=True, fg="red")
+    return typer.Exit(2)

@@ -9,6 +9,10 @@ from typing import Any
 
 import typer
 
+from pathfl.cli.options import listing_command, registry_names
+
+READERS = {"backend": registry_names("pathfl.slide", "list_readers")}
+
 HELP = (
     "Find the tissue tiles of whole-slide images at one physical resolution.\n\n"
     "Writes OUT/coords/<slide_id>.h5 (level-0 tile coordinates, CLAM/TRIDENT-compatible "
@@ -38,7 +42,7 @@ def tile(
     backend: str = typer.Option(
         "auto",
         "--backend",
-        help="Slide reader: auto (openslide, then tiffslide) | openslide | tiffslide.",
+        help="Slide reader: auto (the first that opens the slide) | {choices}.",
     ),
     mpp_override: float = typer.Option(
         None, "--mpp-override", help="µm/px at level 0 for every slide (ignores metadata)."
@@ -69,14 +73,12 @@ def tile(
         None, "--config", "-c", help="YAML file of these options (command line wins)."
     ),
 ) -> None:
-    from pathfl.config import ConfigError, merge_cli_and_yaml
+    from pathfl.config import ConfigError, merge_cli_and_yaml, require
     from pathfl.registry import UnknownNameError
 
-    values = {k: v for k, v in ctx.params.items() if k != "config"}
     try:
-        v = merge_cli_and_yaml(ctx, values, config)
-        if v["out"] is None:
-            raise ConfigError("--out is required (or `out:` in the --config file)")
+        v = merge_cli_and_yaml(ctx, config)
+        require(v, "out")
         code = _run(v)
     except (ConfigError, UnknownNameError) as e:
         typer.secho(f"error: {e}", err=True, fg="red")
@@ -177,4 +179,4 @@ def _run(v: dict[str, Any]) -> int:
 
 def register(app: typer.Typer) -> None:
     """Add ``pathfl tile`` to the root app."""
-    app.command("tile", help=HELP)(tile)
+    app.command("tile", help=HELP, cls=listing_command(READERS))(tile)

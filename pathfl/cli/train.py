@@ -1,4 +1,4 @@
-"""`pathfl train`, `pathfl predict`, `pathfl heatmap`. Owned by the train stage.
+"""`pathfl train` (`predict` and `heatmap` are in :mod:`pathfl.cli.predict`).
 Heavy imports (torch, scikit-survival, openslide) happen inside the commands."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathfl.cli.options import (
     listing_command,
     registry_names,
     split_list,
+    usage_error,
     with_options,
 )
 from pathfl.survival.config import FIELD_HELP, TrainConfig
@@ -37,11 +38,6 @@ def _set_threads(threads: int | None) -> None:
 
     if threads:
         torch.set_num_threads(threads)
-
-
-def _fail(msg: str) -> typer.Exit:
-    typer.secho(f"error: {msg}", err=True, fg="red")
-    return typer.Exit(2)
 
 
 # CLI option -> TrainConfig field, where the names differ
@@ -85,7 +81,7 @@ def train(
     try:
         _train(ctx, config)
     except ConfigError as e:
-        raise _fail(str(e)) from None
+        raise usage_error(str(e)) from None
 
 
 def _train_config(v: dict[str, Any]) -> Any:
@@ -133,7 +129,7 @@ def _train(ctx: typer.Context, config: Path | None) -> None:
     try:
         _, bags = load_cohort(v["features"], v["clinical"], covariates=cfg.covariates)
     except (ClinicalError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+        raise usage_error(str(e)) from None
     with atomic_dir(out) as tmp:
         metrics = _cross_validate(bags, cfg, tmp)
         metrics = rebase_run_paths(tmp, final=out.absolute()) or metrics
@@ -162,7 +158,7 @@ def _cross_validate(bags: list[Any], cfg: Any, run_dir: Path) -> dict[str, Any]:
         try:
             return cross_validate(bags, cfg, run_dir, progress=progress)
         except ValueError as e:
-            raise _fail(str(e)) from None
+            raise usage_error(str(e)) from None
 
 
 def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
@@ -194,103 +190,6 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     con.print(f"model (trained on all patients): {run_dir / 'model.pt'}")
 
 
-def predict(
-    run: Path = typer.Option(..., "--run", help="Run directory from `pathfl train`."),
-    features: Path = typer.Option(..., "--features", "-f", help="Folder of <slide_id>.h5."),
-    clinical: Path = typer.Option(
-        None, "--clinical", help="Clinical CSV (patient_id, slide_id, time, event...)."
-    ),
-    slides: str = typer.Option(
-        "", "--slides", help="Without --clinical: comma-separated slide ids (one patient each)."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="CSV of patient_id, risk[, time, event]."),
-) -> None:
-    """Risk scores of new patients with a trained run (every tile used)."""
-    from pathfl.survival.data import ClinicalError, load_bags
-    from pathfl.survival.fingerprint import FingerprintMismatchError
-    from pathfl.survival.inference import (
-        check_bags_for_run,
-        clinical_for_slides,
-        load_predict_table,
-    )
-    from pathfl.survival.run import RunError, load_run, write_predictions
-    from pathfl.survival.train import predict as predict_fn
-
-    try:
-        model, cfg, extras = load_run(run)
-        if clinical is not None:
-            table, has_outcome = load_predict_table(clinical, cfg.covariates)
-        else:
-            ids = [s.strip() for s in slides.split(",") if s.strip()] or sorted(
-                p.stem for p in Path(features).glob("*.h5")
-            )
-            table, has_outcome = clinical_for_slides(ids), False
-        bags = extras["scaler"].apply(load_bags(features, table, covariates=cfg.covariates))
-        check_bags_for_run(bags, extras, source=f"{features} ({len(bags)} patient(s))", run=run)
-    except (ClinicalError, RunError, FileNotFoundError, FingerprintMismatchError) as e:
-        raise _fail(str(e)) from None
-    if bags and bags[0].feature_dim != extras["feature_dim"]:
-        raise _fail(
-            f"features are {bags[0].feature_dim}-d, the model wants {extras['feature_dim']}"
-        )
-    p = predict_fn(model, bags, cfg, time_bins=extras["time_bins"], baseline=extras["baseline"])
-    rows = [
-        {
-            "patient_id": pid,
-            "risk": float(r),
-            "time": float(t) if has_outcome else "",
-            "event": int(e) if has_outcome else "",
-            "fold": "",
-        }
-        for pid, r, t, e in zip(p.patient_ids, p.risk, p.time, p.event, strict=True)
-    ]
-    write_predictions(out, rows)
-    typer.echo(f"wrote {len(rows)} risks to {out}")
-    if has_outcome and len(rows) > 1:
-        from pathfl.survival.metrics import harrell_c
-
-        typer.echo(f"Harrell C-index on these patients: {harrell_c(p.event, p.time, p.risk):.3f}")
-
-
-def heatmap(
-    run: Path = typer.Option(..., "--run", help="Run directory from `pathfl train`."),
-    features: Path = typer.Option(..., "--features", "-f", help="Folder of <slide_id>.h5."),
-    slide: Path = typer.Option(..., "--slide", help="The whole-slide image."),
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="PNG to write (montage: <out>_top_tiles.png)."
-    ),
-    slide_id: str = typer.Option(
-        None, "--slide-id", help="Features file stem (default: file stem)."
-    ),
-    backend: str = typer.Option("auto", "--backend", help="Slide reader."),
-    mpp_override: float = typer.Option(None, "--mpp-override", help="µm/px at level 0."),
-    thumb_px: int = typer.Option(1024, "--thumb-px", help="Longer side of the thumbnail."),
-    n_top: int = typer.Option(16, "--n-top", help="Tiles in the top-score montage."),
-) -> None:
-    """Per-tile scores over the slide thumbnail + a montage of the top-scoring tiles."""
-    from pathfl.survival.inference import slide_heatmap
-    from pathfl.survival.run import RunError
-
-    try:
-        paths = slide_heatmap(
-            run,
-            features,
-            slide,
-            out,
-            slide_id=slide_id,
-            backend=backend,
-            mpp_override=mpp_override,
-            thumb_px=thumb_px,
-            n_top=n_top,
-        )
-    except (RunError, FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
-    for p in paths:
-        typer.echo(f"wrote {p}")
-
-
 def register(app: typer.Typer) -> None:
-    """Add `train`, `predict` and `heatmap` to the root app."""
+    """Add `train` to the root app."""
     app.command("train", help=TRAIN_HELP, cls=listing_command(_TRAIN_CHOICES))(train)
-    app.command("predict")(predict)
-    app.command("heatmap")(heatmap)
