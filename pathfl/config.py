@@ -6,6 +6,8 @@ file and lists the valid keys (exit code 2 under the CLI)."""
 from __future__ import annotations
 
 import os
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -88,3 +90,26 @@ def require(values: Mapping[str, Any], *names: str) -> None:
             raise ConfigError(
                 f"--{name.replace('_', '-')} is required (or `{name}:` in the --config file)"
             )
+
+
+def _cast(hint: Any, value: Any) -> Any:
+    """``value`` as the type ``hint`` of a dataclass field (``X | None`` keeps a None)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(hint)):
+            return None
+        hint = args[0] if len(args) == 1 else hint
+    return hint(value) if hint in (int, float, str, bool, Path) else value
+
+
+def dataclass_from(
+    cls: type, values: Mapping[str, Any], *, fields: Mapping[str, str], what: str = ""
+) -> Any:
+    """``cls`` built from the merged options ``values``: ``fields`` maps option → field of
+    ``cls``; each value is converted to the field's type (YAML may give ``1`` for ``1.0``).
+    A bad value is a :class:`ConfigError` "invalid ``what``: ..."."""
+    hints = typing.get_type_hints(cls)
+    try:
+        return cls(**{f: _cast(hints[f], values[option]) for option, f in fields.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid {what or cls.__name__}: {e}") from e

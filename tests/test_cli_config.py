@@ -168,3 +168,23 @@ def test_fl_config_merge_is_the_same(tmp_path: Path) -> None:
     path.write_text("roundz: 4\n")
     with pytest.raises(ConfigError, match=rf"{path}: unknown option\(s\) roundz; valid: .*rounds"):
         merge_config(path, given={}, valid=valid_keys())
+
+
+def test_tile_options_cover_the_tiling_dataclasses_with_their_defaults() -> None:
+    """`pathfl tile` declares its options by hand (the tiling dataclasses live in modules that
+    import cv2 and h5py, too slow for every CLI start): they must name every field and state
+    the same defaults."""
+    import inspect
+
+    from pathfl.cli.options import field_default
+    from pathfl.cli.tile import GRID_OPTIONS, TISSUE_OPTIONS, tile
+    from pathfl.tiling import GridParams, TileConfig, TissueParams
+
+    declared = inspect.signature(tile).parameters
+    tile_fields = {"backend": "backend", "thumbnail_px": "thumbnail_px", "overwrite": "overwrite"}
+    for cls, mapping in ((GridParams, GRID_OPTIONS), (TissueParams, TISSUE_OPTIONS),
+                         (TileConfig, tile_fields)):  # fmt: skip
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("grid", "tissue")}
+        assert set(mapping.values()) == set(fields), cls
+        for option, name in mapping.items():
+            assert declared[option].default.default == field_default(fields[name]), option
