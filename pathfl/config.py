@@ -108,8 +108,14 @@ def dataclass_from(
     """``cls`` built from the merged options ``values``: ``fields`` maps option → field of
     ``cls``; each value is converted to the field's type (YAML may give ``1`` for ``1.0``).
     A bad value is a :class:`ConfigError` "invalid ``what``: ..."."""
-    hints = typing.get_type_hints(cls)
+    hints, what = typing.get_type_hints(cls), what or cls.__name__
+    kwargs = {}
+    for option, f in fields.items():
+        try:
+            kwargs[f] = _cast(hints[f], values[option])
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"invalid {what}: {option}={values[option]!r} ({e})") from e
     try:
-        return cls(**{f: _cast(hints[f], values[option]) for option, f in fields.items()})
+        return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"invalid {what or cls.__name__}: {e}") from e
+        raise ConfigError(f"invalid {what}: {e}") from e

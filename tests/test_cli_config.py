@@ -188,3 +188,20 @@ def test_tile_options_cover_the_tiling_dataclasses_with_their_defaults() -> None
         assert set(mapping.values()) == set(fields), cls
         for option, name in mapping.items():
             assert declared[option].default.default == field_default(fields[name]), option
+
+
+def test_tile_yaml_values_are_converted_or_named_when_wrong(tmp_path: Path) -> None:
+    from pathfl.cli.tile import GRID_OPTIONS, TISSUE_OPTIONS
+    from pathfl.config import dataclass_from
+    from pathfl.tiling import GridParams, TissueParams
+
+    path = tmp_path / "tile.yaml"
+    path.write_text(f"out: {tmp_path / 'o'}\ntile_px: abc\n")
+    r = RUNNER.invoke(app, ["tile", str(tmp_path / "none.svs"), "--config", str(path)])
+    assert r.exit_code == 2 and "invalid tiling parameter: tile_px='abc'" in r.output, r.output
+    values = {"mpp": "1", "tile_px": 64.0, "overlap": 0, "mpp_tolerance": 0.05, "min_tissue": 1}
+    grid = dataclass_from(GridParams, values, fields=GRID_OPTIONS)
+    assert grid == GridParams(target_mpp=1.0, tile_px=64, min_tissue_fraction=1.0)
+    tissue_values = {o: None if o == "tissue_threshold" else 1 for o in TISSUE_OPTIONS}
+    tissue = dataclass_from(TissueParams, tissue_values, fields=TISSUE_OPTIONS)
+    assert tissue.saturation_threshold is None and tissue.remove_pen is True
