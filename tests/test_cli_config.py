@@ -205,3 +205,22 @@ def test_tile_yaml_values_are_converted_or_named_when_wrong(tmp_path: Path) -> N
     tissue_values = {o: None if o == "tissue_threshold" else 1 for o in TISSUE_OPTIONS}
     tissue = dataclass_from(TissueParams, tissue_values, fields=TISSUE_OPTIONS)
     assert tissue.saturation_threshold is None and tissue.remove_pen is True
+
+
+def test_extract_options_state_the_extract_options_defaults() -> None:
+    """`pathfl extract` declares its options by hand (ExtractOptions lives beside torch): the
+    ones with the same meaning must state ExtractOptions' defaults; the others are the CLI's
+    spelling of them (-1 = auto workers, 0 = torch's threads, KEY=VALUE encoder options)."""
+    import inspect
+
+    from pathfl.cli.extract import extract_cmd
+    from pathfl.cli.options import field_default
+    from pathfl.features.pipeline import ExtractOptions
+
+    declared = inspect.signature(extract_cmd).parameters
+    fields = {f.name: f for f in dataclasses.fields(ExtractOptions)}
+    spelled = {"encoder_options": "encoder_option", "workers": "workers", "threads": "threads"}
+    assert set(fields) - set(spelled) <= set(declared)
+    for name in set(fields) - set(spelled):
+        assert declared[name].default.default == field_default(fields[name]), name
+    assert set(spelled.values()) <= set(declared)

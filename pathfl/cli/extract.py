@@ -41,9 +41,9 @@ def extract_cmd(
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Tiles per forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16."),
+    precision: str = typer.Option("fp32", "--precision", help="Autocast precision: {choices}."),
     dtype: str = typer.Option(
-        "float32", "--dtype", help="Stored features: float32 | float16 (half the disk)."
+        "float32", "--dtype", help="Stored features: {choices} (float16: half the disk)."
     ),
     workers: int = typer.Option(-1, "--workers", help="Tile-reading processes (-1 = auto)."),
     threads: int = typer.Option(
@@ -76,6 +76,21 @@ def _encoder_names() -> list[str]:
     from pathfl.features.encoders import list_encoders
 
     return [r["name"] for r in list_encoders()]
+
+
+def _precisions() -> list[str]:
+    from pathfl.features.inference import PRECISIONS
+
+    return list(PRECISIONS)
+
+
+def _dtypes() -> list[str]:
+    from pathfl.features.h5 import FEATURE_DTYPES
+
+    return list(FEATURE_DTYPES)
+
+
+_CHOICES = {"encoder": _encoder_names, "precision": _precisions, "dtype": _dtypes}
 
 
 def _extract_options(params: dict[str, Any]) -> Any:
@@ -198,5 +213,5 @@ def encoders_cmd() -> None:
 
 def register(app: typer.Typer) -> None:
     """Add `extract` and `encoders` to the root app."""
-    app.command("extract", cls=listing_command({"encoder": _encoder_names}))(extract_cmd)
+    app.command("extract", cls=listing_command(_CHOICES))(extract_cmd)
     app.command("encoders")(encoders_cmd)
