@@ -37,9 +37,8 @@ def demo(
 ) -> None:
     from pathfl.config import ConfigError, merge_cli_and_yaml
 
-    values = {k: v for k, v in ctx.params.items() if k != "config"}
     try:
-        v = merge_cli_and_yaml(ctx, values, config)
+        v = merge_cli_and_yaml(ctx, config)
         if int(v["workers"]) < 1:
             raise ConfigError("--workers must be ≥ 1")
     except ConfigError as e:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from pathfl.cli.options import listing_command
 from pathfl.config import ConfigError, merge_cli_and_yaml
 
 if TYPE_CHECKING:
@@ -29,10 +30,10 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
 
 def extract_cmd(
     ctx: typer.Context,
-    tiles: Path = typer.Option(..., "--tiles", help="Output folder of `pathfl tile` (coords/)."),
-    out: Path = typer.Option(..., "--out", help="Writes OUT/features/<slide_id>.h5 + manifest."),
+    tiles: Path = typer.Option(None, "--tiles", help="Output folder of `pathfl tile` (coords/)."),
+    out: Path = typer.Option(None, "--out", help="Writes OUT/features/<slide_id>.h5 + manifest."),
     encoder: str = typer.Option(
-        "mobilenet-v2", "--encoder", help="Encoder name (`pathfl encoders`) or timm:<model>."
+        "mobilenet-v2", "--encoder", help="Encoder: {choices} (see `pathfl encoders`)."
     ),
     weights: Path | None = typer.Option(None, "--weights", help="Local weights file."),
     encoder_option: list[str] = typer.Option(
@@ -40,9 +41,9 @@ def extract_cmd(
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Tiles per forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16."),
+    precision: str = typer.Option("fp32", "--precision", help="Autocast precision: {choices}."),
     dtype: str = typer.Option(
-        "float32", "--dtype", help="Stored features: float32 | float16 (half the disk)."
+        "float32", "--dtype", help="Stored features: {choices} (float16: half the disk)."
     ),
     workers: int = typer.Option(-1, "--workers", help="Tile-reading processes (-1 = auto)."),
     threads: int = typer.Option(
@@ -58,45 +59,51 @@ def extract_cmd(
     config: Path | None = typer.Option(None, "--config", help="YAML file with these options."),
 ) -> None:
     """Encode the tiles of every slide into a features file (resumable; see docs/extract.md)."""
-    params = merge_cli_and_yaml(
-        ctx,
-        {
-            "tiles": tiles,
-            "out": out,
-            "encoder": encoder,
-            "weights": weights,
-            "encoder_option": encoder_option,
-            "batch_size": batch_size,
-            "device": device,
-            "precision": precision,
-            "dtype": dtype,
-            "workers": workers,
-            "threads": threads,
-            "shard": shard,
-            "overwrite": overwrite,
-            "slide_dir": slide_dir,
-            "config": config,
-        },
-        config,
-    )
-    from pathfl.features.pipeline import (
-        ExtractCallbacks,
-        ExtractOptions,
-        default_workers,
-        extract,
-        manifest_path,
-    )
+    from pathfl.config import require
+    from pathfl.features.pipeline import ExtractCallbacks, extract, manifest_path
+
+    params = merge_cli_and_yaml(ctx, config)
+    require(params, "tiles", "out")
+    opts = _extract_options(params)
+    out_dir = Path(params["out"])
+    rows = _run_with_progress(Path(params["tiles"]), out_dir, opts, ExtractCallbacks, extract)
+    _summary(rows, manifest_path(out_dir, opts.shard))
+    if any(r.status == "failed" for r in rows):
+        raise typer.Exit(1)
+
+
+def _encoder_names() -> list[str]:
+    from pathfl.features.encoders import list_encoders
+
+    return [r["name"] for r in list_encoders()]
+
+
+def _precisions() -> list[str]:
+    from pathfl.features.inference import PRECISIONS
+
+    return list(PRECISIONS)
+
+
+def _dtypes() -> list[str]:
+    from pathfl.features.h5 import FEATURE_DTYPES
+
+    return list(FEATURE_DTYPES)
+
+
+_CHOICES = {"encoder": _encoder_names, "precision": _precisions, "dtype": _dtypes}
+
+
+def _extract_options(params: dict[str, Any]) -> Any:
+    """:class:`~pathfl.features.pipeline.ExtractOptions` from the merged options."""
+    from pathfl.features.pipeline import ExtractOptions, default_workers
     from pathfl.features.plan import parse_shard
 
-    raw_options = params["encoder_option"]
-    options = (
-        dict(raw_options) if isinstance(raw_options, dict) else _parse_options(list(raw_options))
-    )
+    raw = params["encoder_option"]
     n_workers = int(params["workers"])
-    opts = ExtractOptions(
+    return ExtractOptions(
         encoder=str(params["encoder"]),
         weights=Path(params["weights"]) if params["weights"] else None,
-        encoder_options=options,
+        encoder_options=dict(raw) if isinstance(raw, dict) else _parse_options(list(raw)),
         batch_size=int(params["batch_size"]),
         device=str(params["device"]),
         precision=str(params["precision"]),
@@ -107,11 +114,6 @@ def extract_cmd(
         slide_dir=Path(params["slide_dir"]) if params["slide_dir"] else None,
         threads=int(params["threads"]) or None,
     )
-    out_dir = Path(params["out"])
-    rows = _run_with_progress(Path(params["tiles"]), out_dir, opts, ExtractCallbacks, extract)
-    _summary(rows, manifest_path(out_dir, opts.shard))
-    if any(r.status == "failed" for r in rows):
-        raise typer.Exit(1)
 
 
 def _run_with_progress(
@@ -211,5 +213,5 @@ def encoders_cmd() -> None:
 
 def register(app: typer.Typer) -> None:
     """Add `extract` and `encoders` to the root app."""
-    app.command("extract")(extract_cmd)
+    app.command("extract", cls=listing_command(_CHOICES))(extract_cmd)
     app.command("encoders")(encoders_cmd)

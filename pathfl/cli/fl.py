@@ -31,11 +31,11 @@ _TUNING = {
 
 
 def _load_user_config(config: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    from pathfl.config import load_yaml
+    from pathfl.config import merge_config
+    from pathfl.fl.fl_config import valid_keys
 
-    user = load_yaml(config) if config is not None else {}
-    user.update({k: v for k, v in overrides.items() if v is not None})
-    return user
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return merge_config(config, given=given, valid=valid_keys())
 
 
 def _split(csv_text: str) -> list[str]:

@@ -9,6 +9,29 @@ from typing import Any
 
 import typer
 
+from pathfl.cli.options import listing_command, registry_names
+
+READERS = {"backend": registry_names("pathfl.slide", "list_readers")}
+#: option -> field of pathfl.tiling.GridParams / TissueParams (tests keep the defaults equal)
+GRID_OPTIONS = {
+    "mpp": "target_mpp",
+    "tile_px": "tile_px",
+    "overlap": "overlap_px",
+    "mpp_tolerance": "mpp_tolerance",
+    "min_tissue": "min_tissue_fraction",
+}
+TISSUE_OPTIONS = {
+    "tissue_mask_mpp": "mask_mpp",
+    "tissue_threshold": "saturation_threshold",
+    "tissue_min_saturation": "min_saturation",
+    "tissue_max_saturation": "max_saturation",
+    "tissue_blur_um": "blur_um",
+    "tissue_close_um": "close_um",
+    "tissue_min_object_um2": "min_object_um2",
+    "tissue_max_hole_um2": "max_hole_um2",
+    "remove_pen": "remove_pen",
+}
+
 HELP = (
     "Find the tissue tiles of whole-slide images at one physical resolution.\n\n"
     "Writes OUT/coords/<slide_id>.h5 (level-0 tile coordinates, CLAM/TRIDENT-compatible "
@@ -38,7 +61,7 @@ def tile(
     backend: str = typer.Option(
         "auto",
         "--backend",
-        help="Slide reader: auto (openslide, then tiffslide) | openslide | tiffslide.",
+        help="Slide reader: auto (the first that opens the slide) | {choices}.",
     ),
     mpp_override: float = typer.Option(
         None, "--mpp-override", help="µm/px at level 0 for every slide (ignores metadata)."
@@ -69,14 +92,12 @@ def tile(
         None, "--config", "-c", help="YAML file of these options (command line wins)."
     ),
 ) -> None:
-    from pathfl.config import ConfigError, merge_cli_and_yaml
+    from pathfl.config import ConfigError, merge_cli_and_yaml, require
     from pathfl.registry import UnknownNameError
 
-    values = {k: v for k, v in ctx.params.items() if k != "config"}
     try:
-        v = merge_cli_and_yaml(ctx, values, config)
-        if v["out"] is None:
-            raise ConfigError("--out is required (or `out:` in the --config file)")
+        v = merge_cli_and_yaml(ctx, config)
+        require(v, "out")
         code = _run(v)
     except (ConfigError, UnknownNameError) as e:
         typer.secho(f"error: {e}", err=True, fg="red")
@@ -85,7 +106,7 @@ def tile(
 
 
 def _build_config(v: dict[str, Any]) -> Any:
-    from pathfl.config import ConfigError
+    from pathfl.config import ConfigError, dataclass_from
     from pathfl.slide import list_readers
     from pathfl.tiling import GridParams, TileConfig, TissueParams
 
@@ -95,28 +116,8 @@ def _build_config(v: dict[str, Any]) -> Any:
         )
     if int(v["workers"]) < 1:
         raise ConfigError("--workers must be ≥ 1")
-    try:
-        grid = GridParams(
-            target_mpp=float(v["mpp"]),
-            tile_px=int(v["tile_px"]),
-            overlap_px=int(v["overlap"]),
-            mpp_tolerance=float(v["mpp_tolerance"]),
-            min_tissue_fraction=float(v["min_tissue"]),
-        )
-        thr = v["tissue_threshold"]
-        tissue = TissueParams(
-            mask_mpp=float(v["tissue_mask_mpp"]),
-            saturation_threshold=None if thr is None else float(thr),
-            min_saturation=float(v["tissue_min_saturation"]),
-            max_saturation=float(v["tissue_max_saturation"]),
-            blur_um=float(v["tissue_blur_um"]),
-            close_um=float(v["tissue_close_um"]),
-            min_object_um2=float(v["tissue_min_object_um2"]),
-            max_hole_um2=float(v["tissue_max_hole_um2"]),
-            remove_pen=bool(v["remove_pen"]),
-        )
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"invalid tiling parameter: {e}") from e
+    grid = dataclass_from(GridParams, v, fields=GRID_OPTIONS, what="tiling parameter")
+    tissue = dataclass_from(TissueParams, v, fields=TISSUE_OPTIONS, what="tiling parameter")
     return TileConfig(
         grid=grid,
         tissue=tissue,
@@ -177,4 +178,4 @@ def _run(v: dict[str, Any]) -> int:
 
 def register(app: typer.Typer) -> None:
     """Add ``pathfl tile`` to the root app."""
-    app.command("tile", help=HELP)(tile)
+    app.command("tile", help=HELP, cls=listing_command(READERS))(tile)

@@ -1,4 +1,4 @@
-"""`pathfl train`, `pathfl predict`, `pathfl heatmap`. Owned by the train stage.
+"""`pathfl train` (`predict` and `heatmap` are in :mod:`pathfl.cli.predict`).
 Heavy imports (torch, scikit-survival, openslide) happen inside the commands."""
 
 from __future__ import annotations
@@ -8,6 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from pathfl.cli.options import (
+    field_options,
+    listing_command,
+    registry_names,
+    split_list,
+    usage_error,
+    with_options,
+)
+from pathfl.survival.config import FIELD_HELP, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -23,13 +33,6 @@ TRAIN_HELP = (
 )
 
 
-def _h(field: str, text: str) -> str:
-    """Help text with the library default of TrainConfig ``field``."""
-    from pathfl.survival.config import default
-
-    return f"{text} (default: {default(field)})".strip()
-
-
 def _set_threads(threads: int | None) -> None:
     import torch
 
@@ -37,97 +40,58 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _fail(msg: str) -> typer.Exit:
-    typer.secho(f"error: {msg}", err=True, fg="red")
-    return typer.Exit(2)
+# CLI option -> TrainConfig field, where the names differ
+_RENAMED = {"early_stopping": "early_stopping_patience"}
+_NOT_TRAIN = {"features", "clinical", "out", "threads", "overwrite", "covariates"}
+
+_TRAIN_OPTIONS = field_options(
+    TrainConfig,
+    help=FIELD_HELP,
+    rename={field: option for option, field in _RENAMED.items()},
+    skip=("covariates",),  # a comma-separated string on the command line
+    choices=("model", "loss"),
+)
 
 
+_TRAIN_CHOICES = {
+    "model": registry_names("pathfl.survival.models", "list_models"),
+    "loss": registry_names("pathfl.survival.heads", "list_heads"),
+}
+
+
+@with_options(_TRAIN_OPTIONS)
 def train(
     ctx: typer.Context,
     features: Path = typer.Option(None, "--features", "-f", help="Folder of <slide_id>.h5."),
     clinical: Path = typer.Option(None, "--clinical", help="Clinical CSV (one row per slide)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run directory to write."),
-    model: str = typer.Option(
-        None, "--model", help=_h("model", "abmil | chowder | transmil | meanpool.")
-    ),
-    loss: str = typer.Option(
-        None, "--loss", help=_h("loss", "cox (Breslow ties) | nll (discrete time).")
-    ),
-    folds: int = typer.Option(
-        None, "--folds", help=_h("folds", "Cross-validation folds (1 = no CV).")
-    ),
-    epochs: int = typer.Option(
-        None, "--epochs", help=_h("epochs", "Passes over the training bags.")
-    ),
-    min_steps: int = typer.Option(
-        None, "--min-steps", help=_h("min_steps", "At least this many optimizer steps.")
-    ),
-    seed: int = typer.Option(None, "--seed", help=_h("seed", "")),
-    lr: float = typer.Option(None, "--lr", help=_h("lr", "Peak learning rate (warm-up + cosine).")),
-    weight_decay: float = typer.Option(None, "--weight-decay", help=_h("weight_decay", "AdamW.")),
-    dropout: float = typer.Option(None, "--dropout", help=_h("dropout", "")),
-    max_tiles: int = typer.Option(
-        None, "--max-tiles", help=_h("max_tiles", "Tiles sampled per bag in training.")
-    ),
-    bags_per_batch: int = typer.Option(None, "--bags-per-batch", help=_h("bags_per_batch", "")),
-    n_bins: int = typer.Option(None, "--n-bins", help=_h("n_bins", "Time bins of the nll loss.")),
-    alpha: float = typer.Option(
-        None, "--alpha", help=_h("alpha", "nll: extra weight of uncensored terms.")
-    ),
-    hidden_dim: int = typer.Option(None, "--hidden-dim", help=_h("hidden_dim", "")),
-    attn_dim: int = typer.Option(None, "--attn-dim", help=_h("attn_dim", "abmil attention.")),
     covariates: str = typer.Option(
         "", "--covariates", help="Comma-separated clinical columns fused with the bag embedding."
-    ),
-    early_stopping: int = typer.Option(
-        None,
-        "--early-stopping",
-        help=_h("early_stopping_patience", "Patience in passes on an inner split (0 = off)."),
-    ),
-    standardize: bool = typer.Option(
-        None,
-        "--standardize/--no-standardize",
-        help=_h("standardize", "Standardise tile features with training statistics."),
-    ),
-    linear_cox_alpha: float = typer.Option(
-        None,
-        "--linear-cox-alpha",
-        help=_h("linear_cox_alpha", "Ridge penalty per patient of the linear-cox baseline."),
-    ),
-    n_boot: int = typer.Option(
-        None, "--n-boot", help=_h("n_boot", "Bootstrap replicates for CIs.")
     ),
     threads: int = typer.Option(0, "--threads", help="Torch CPU threads (0 = torch default)."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing run directory (as a whole, at the end)."
     ),
     config: Path = typer.Option(None, "--config", "-c", help="YAML of these options."),
+    **train_options: Any,
 ) -> None:
-    """Cross-validated survival MIL training."""
+    """Cross-validated survival MIL training (every TrainConfig field is an option)."""
     from pathfl.config import ConfigError
 
     try:
         _train(ctx, config)
     except ConfigError as e:
-        raise _fail(str(e)) from None
-
-
-# CLI option -> TrainConfig field, where the names differ
-_RENAMED = {"early_stopping": "early_stopping_patience"}
-_NOT_TRAIN = {"features", "clinical", "out", "threads", "overwrite", "covariates"}
+        raise usage_error(str(e)) from None
 
 
 def _train_config(v: dict[str, Any]) -> Any:
     """TrainConfig from the merged options: unset (None) options keep the TrainConfig
     default, so the CLI, YAML files and the library share one set of defaults."""
     from pathfl.config import ConfigError
-    from pathfl.survival.train import TrainConfig
 
-    cov = v["covariates"]
-    cov_list = [c.strip() for c in cov.split(",") if c.strip()] if isinstance(cov, str) else cov
     kw = {_RENAMED.get(k, k): x for k, x in v.items() if k not in _NOT_TRAIN and x is not None}
     try:
-        return TrainConfig.from_dict({**kw, "covariates": list(cov_list or [])})
+        return TrainConfig.from_dict({**kw, "covariates": split_list(v["covariates"])})
     except (TypeError, ValueError) as e:  # includes unknown model/loss names
         raise ConfigError(str(e)) from e
 
@@ -150,12 +114,10 @@ def _check_out(out: Path, *, overwrite: bool) -> None:
 
 
 def _train(ctx: typer.Context, config: Path | None) -> None:
-    from pathfl.config import ConfigError, merge_cli_and_yaml
+    from pathfl.config import merge_cli_and_yaml, require
 
-    v = merge_cli_and_yaml(ctx, {k: x for k, x in ctx.params.items() if k != "config"}, config)
-    for req in ("features", "clinical", "out"):
-        if v[req] is None:
-            raise ConfigError(f"--{req} is required (or `{req}:` in the --config file)")
+    v = merge_cli_and_yaml(ctx, config)
+    require(v, "features", "clinical", "out")
     out = Path(v["out"])
     _check_out(out, overwrite=bool(v["overwrite"]))
     cfg = _train_config(v)
@@ -167,7 +129,7 @@ def _train(ctx: typer.Context, config: Path | None) -> None:
     try:
         _, bags = load_cohort(v["features"], v["clinical"], covariates=cfg.covariates)
     except (ClinicalError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+        raise usage_error(str(e)) from None
     with atomic_dir(out) as tmp:
         metrics = _cross_validate(bags, cfg, tmp)
         metrics = rebase_run_paths(tmp, final=out.absolute()) or metrics
@@ -196,7 +158,7 @@ def _cross_validate(bags: list[Any], cfg: Any, run_dir: Path) -> dict[str, Any]:
         try:
             return cross_validate(bags, cfg, run_dir, progress=progress)
         except ValueError as e:
-            raise _fail(str(e)) from None
+            raise usage_error(str(e)) from None
 
 
 def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
@@ -228,103 +190,6 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     con.print(f"model (trained on all patients): {run_dir / 'model.pt'}")
 
 
-def predict(
-    run: Path = typer.Option(..., "--run", help="Run directory from `pathfl train`."),
-    features: Path = typer.Option(..., "--features", "-f", help="Folder of <slide_id>.h5."),
-    clinical: Path = typer.Option(
-        None, "--clinical", help="Clinical CSV (patient_id, slide_id, time, event...)."
-    ),
-    slides: str = typer.Option(
-        "", "--slides", help="Without --clinical: comma-separated slide ids (one patient each)."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="CSV of patient_id, risk[, time, event]."),
-) -> None:
-    """Risk scores of new patients with a trained run (every tile used)."""
-    from pathfl.survival.data import ClinicalError, load_bags
-    from pathfl.survival.fingerprint import FingerprintMismatchError
-    from pathfl.survival.inference import (
-        check_bags_for_run,
-        clinical_for_slides,
-        load_predict_table,
-    )
-    from pathfl.survival.run import RunError, load_run, write_predictions
-    from pathfl.survival.train import predict as predict_fn
-
-    try:
-        model, cfg, extras = load_run(run)
-        if clinical is not None:
-            table, has_outcome = load_predict_table(clinical, cfg.covariates)
-        else:
-            ids = [s.strip() for s in slides.split(",") if s.strip()] or sorted(
-                p.stem for p in Path(features).glob("*.h5")
-            )
-            table, has_outcome = clinical_for_slides(ids), False
-        bags = extras["scaler"].apply(load_bags(features, table, covariates=cfg.covariates))
-        check_bags_for_run(bags, extras, source=f"{features} ({len(bags)} patient(s))", run=run)
-    except (ClinicalError, RunError, FileNotFoundError, FingerprintMismatchError) as e:
-        raise _fail(str(e)) from None
-    if bags and bags[0].feature_dim != extras["feature_dim"]:
-        raise _fail(
-            f"features are {bags[0].feature_dim}-d, the model wants {extras['feature_dim']}"
-        )
-    p = predict_fn(model, bags, cfg, time_bins=extras["time_bins"], baseline=extras["baseline"])
-    rows = [
-        {
-            "patient_id": pid,
-            "risk": float(r),
-            "time": float(t) if has_outcome else "",
-            "event": int(e) if has_outcome else "",
-            "fold": "",
-        }
-        for pid, r, t, e in zip(p.patient_ids, p.risk, p.time, p.event, strict=True)
-    ]
-    write_predictions(out, rows)
-    typer.echo(f"wrote {len(rows)} risks to {out}")
-    if has_outcome and len(rows) > 1:
-        from pathfl.survival.metrics import harrell_c
-
-        typer.echo(f"Harrell C-index on these patients: {harrell_c(p.event, p.time, p.risk):.3f}")
-
-
-def heatmap(
-    run: Path = typer.Option(..., "--run", help="Run directory from `pathfl train`."),
-    features: Path = typer.Option(..., "--features", "-f", help="Folder of <slide_id>.h5."),
-    slide: Path = typer.Option(..., "--slide", help="The whole-slide image."),
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="PNG to write (montage: <out>_top_tiles.png)."
-    ),
-    slide_id: str = typer.Option(
-        None, "--slide-id", help="Features file stem (default: file stem)."
-    ),
-    backend: str = typer.Option("auto", "--backend", help="Slide reader."),
-    mpp_override: float = typer.Option(None, "--mpp-override", help="µm/px at level 0."),
-    thumb_px: int = typer.Option(1024, "--thumb-px", help="Longer side of the thumbnail."),
-    n_top: int = typer.Option(16, "--n-top", help="Tiles in the top-score montage."),
-) -> None:
-    """Per-tile scores over the slide thumbnail + a montage of the top-scoring tiles."""
-    from pathfl.survival.inference import slide_heatmap
-    from pathfl.survival.run import RunError
-
-    try:
-        paths = slide_heatmap(
-            run,
-            features,
-            slide,
-            out,
-            slide_id=slide_id,
-            backend=backend,
-            mpp_override=mpp_override,
-            thumb_px=thumb_px,
-            n_top=n_top,
-        )
-    except (RunError, FileNotFoundError, ValueError) as e:
-        raise _fail(str(e)) from None
-    for p in paths:
-        typer.echo(f"wrote {p}")
-
-
 def register(app: typer.Typer) -> None:
-    """Add `train`, `predict` and `heatmap` to the root app."""
-    app.command("train", help=TRAIN_HELP)(train)
-    app.command("predict")(predict)
-    app.command("heatmap")(heatmap)
+    """Add `train` to the root app."""
+    app.command("train", help=TRAIN_HELP, cls=listing_command(_TRAIN_CHOICES))(train)

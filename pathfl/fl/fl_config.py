@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from pathfl.config import ConfigError
+from pathfl.config import ConfigError, check_keys, normalize_keys
 from pathfl.fl.aggregate import create_aggregator
 
 FL_DEFAULTS: dict[str, Any] = {
@@ -67,18 +67,19 @@ def train_keys() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+def valid_keys() -> set[str]:
+    """The keys a federated run config may hold: the federation keys and TrainConfig's."""
+    return set(FL_DEFAULTS) | train_keys()
+
+
 def effective_config(user: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults + ``user`` (YAML keys with '-' or '_'), validated; adds ``train`` (the
     TrainConfig dict the sites build their model from) and ``user_keys``."""
     from pathfl.survival.train import TrainConfig
 
-    user = {str(k).replace("-", "_"): v for k, v in user.items() if v is not None}
+    user = {k: v for k, v in normalize_keys(user).items() if v is not None}
     tkeys = train_keys()
-    unknown = sorted(set(user) - set(FL_DEFAULTS) - tkeys)
-    if unknown:
-        raise ConfigError(
-            f"unknown federated config key(s) {unknown}; valid: {sorted(set(FL_DEFAULTS) | tkeys)}"
-        )
+    check_keys(user, valid_keys(), source="federated config")
     cfg = {**FL_DEFAULTS, **{k: v for k, v in user.items() if k in FL_DEFAULTS}}
     tdict = {k: v for k, v in user.items() if k in tkeys}
     tdict["seed"] = int(cfg["seed"])

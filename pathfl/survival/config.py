@@ -95,6 +95,40 @@ class TrainConfig:
         return cls(**dict(d))
 
 
+#: one line of help per TrainConfig field (the CLI options of `pathfl train` are built from
+#: the fields and this mapping; tests keep the two in step)
+FIELD_HELP: dict[str, str] = {
+    "model": "MIL model",
+    "loss": "Survival head / loss (cox: Breslow ties, nll: discrete time)",
+    "epochs": "Passes over the training bags.",
+    "min_steps": "At least this many optimizer steps.",
+    "lr": "Peak learning rate (warm-up + schedule).",
+    "lr_schedule": f"Learning-rate decay after warm-up: {' | '.join(SCHEDULE_NAMES)}.",
+    "warmup_fraction": "Fraction of the steps with a linear warm-up.",
+    "min_lr_fraction": "Cosine decay ends at lr times this.",
+    "weight_decay": "AdamW weight decay.",
+    "dropout": "Dropout of the model.",
+    "max_tiles": "Tiles sampled per bag in training (evaluation uses every tile).",
+    "bags_per_batch": "Bags (patients) per optimizer step.",
+    "n_bins": "Time bins of the nll loss.",
+    "alpha": "nll: extra weight of uncensored terms.",
+    "seed": "Seed of the folds, sampling and initialisation.",
+    "hidden_dim": "Width of the bag embedding.",
+    "attn_dim": "abmil: width of the attention network.",
+    "chowder_k": "chowder: top and bottom tiles kept.",
+    "transmil_heads": "transmil: attention heads.",
+    "transmil_landmarks": "transmil: Nyström landmarks.",
+    "grad_clip": "Gradient-norm clip (0 = off).",
+    "early_stopping_patience": "Patience in passes on an inner split (0 = off).",
+    "val_fraction": "Inner validation split used by early stopping.",
+    "standardize": "Standardise tile features with training statistics.",
+    "folds": "Cross-validation folds (1 = no CV).",
+    "covariates": "Clinical columns fused with the bag embedding.",
+    "n_boot": "Bootstrap replicates for CIs.",
+    "linear_cox_alpha": "Ridge penalty per patient of the linear-cox baseline.",
+}
+
+
 def default(name: str) -> Any:
     """The default value of TrainConfig field ``name``."""
     f = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]

@@ -1,0 +1,226 @@
+"""The CLI's one config merge and the options derived from TrainConfig: every TrainConfig field
+can be set on the command line and in YAML, the command line beats the YAML file which beats
+the library default, and an unknown YAML key is one clear error (exit 2) naming the file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from pathfl.cli import app
+from pathfl.cli.train import _RENAMED, _train_config
+from pathfl.config import ConfigError, merge_cli_and_yaml, merge_config
+from pathfl.survival.config import FIELD_HELP, TrainConfig, default
+from pathfl.survival.synthetic import make_cohort
+
+RUNNER = CliRunner()
+OPTION_OF = {field: option for option, field in _RENAMED.items()}
+FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _other_value(name: str) -> Any:
+    """A valid value of TrainConfig field ``name`` that differs from its default."""
+    special = {"model": "chowder", "loss": "nll", "lr_schedule": "constant", "covariates": ["age"]}
+    if name in special:
+        return special[name]
+    d = default(name)
+    if isinstance(d, bool):
+        return not d
+    if isinstance(d, int):
+        return d + 1
+    assert isinstance(d, float), name
+    return round(d + 0.05, 6)
+
+
+def _cli_args(name: str, value: Any) -> list[str]:
+    option = "--" + OPTION_OF.get(name, name).replace("_", "-")
+    if isinstance(value, bool):
+        return [option if value else option.replace("--", "--no-", 1)]
+    if isinstance(value, list):
+        return [option, ",".join(value)]
+    return [option, str(value)]
+
+
+def _parse(*args: str) -> TrainConfig:
+    """The TrainConfig `pathfl train ARGS` would train with (real click parsing + merge)."""
+    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    with command.make_context("train", [str(a) for a in args]) as ctx:
+        return _train_config(merge_cli_and_yaml(ctx, ctx.params["config"]))
+
+
+def test_every_field_has_help_and_an_option() -> None:
+    import inspect
+
+    from pathfl.cli.train import train
+
+    assert set(FIELD_HELP) == set(FIELDS)
+    options = set(inspect.signature(train).parameters)
+    assert {OPTION_OF.get(f, f) for f in FIELDS} <= options
+
+
+@pytest.mark.parametrize("name", FIELDS)
+def test_every_field_settable_on_the_command_line(name: str) -> None:
+    value = _other_value(name)
+    assert value != default(name)
+    cfg = _parse(*_cli_args(name, value))
+    assert getattr(cfg, name) == value
+    others = {f: getattr(cfg, f) for f in FIELDS if f != name}
+    assert others == {f: default(f) for f in FIELDS if f != name}  # nothing else moved
+
+
+def test_every_field_settable_in_yaml(tmp_path: Path) -> None:
+    values = {name: _other_value(name) for name in FIELDS}
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({OPTION_OF.get(k, k): v for k, v in values.items()}))
+    cfg = _parse("--config", str(path))
+    assert {f: getattr(cfg, f) for f in FIELDS} == values
+
+
+def test_command_line_beats_yaml_beats_default(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("epochs: 7\nattn-dim: 8\nchowder_k: 2\n")
+    cfg = _parse("--config", str(path), "--epochs", "3", "--chowder-k", "9")
+    assert cfg.epochs == 3 and cfg.chowder_k == 9  # command line
+    assert cfg.attn_dim == 8  # YAML file
+    assert cfg.transmil_heads == default("transmil_heads")  # library default
+    assert _parse("--epochs", "3").attn_dim == default("attn_dim")
+
+
+def test_unknown_yaml_key_names_the_file_and_lists_valid_keys(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("epochz: 3\nlr: 0.01\n")
+    r = RUNNER.invoke(
+        app,
+        ["train", "--features", str(tmp_path), "--clinical", str(path), "--out",
+         str(tmp_path / "run"), "--config", str(path)],
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    message = " ".join(r.output.split())
+    assert f"{path}: unknown option(s) epochz; valid:" in message
+    for option in ("attn_dim", "chowder_k", "transmil_landmarks", "early_stopping", "threads"):
+        assert option in message
+    assert "Traceback" not in r.output and not (tmp_path / "run").exists()
+
+
+def test_train_run_records_model_options_set_on_the_command_line(tmp_path: Path) -> None:
+    c = make_cohort(tmp_path, n_patients=12, feature_dim=8, tiles=(6, 10), grid_cols=4, seed=3)
+    path = tmp_path / "train.yaml"
+    path.write_text("chowder_k: 2\nepochs: 5\n")
+    r = RUNNER.invoke(
+        app,
+        ["train", "-f", str(c.features_dir), "--clinical", str(c.clinical_csv), "--out",
+         str(tmp_path / "run"), "--folds", "1", "--epochs", "1", "--min-steps", "2",
+         "--n-boot", "5", "--model", "chowder", "--hidden-dim", "8", "--grad-clip", "1.5",
+         "--threads", "1", "--config", str(path)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    used = json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]
+    assert used["model"] == "chowder" and used["chowder_k"] == 2 and used["grad_clip"] == 1.5
+    assert used["epochs"] == 1 and used["min_steps"] == 2  # command line over YAML
+
+
+def test_help_lists_the_registries() -> None:
+    from pathfl.slide import list_readers
+    from pathfl.survival.heads import list_heads
+    from pathfl.survival.models import list_models
+
+    def help_text(command: str) -> str:
+        r = RUNNER.invoke(app, [command, "--help"])
+        assert r.exit_code == 0, r.output
+        return " ".join(r.output.replace("│", " ").split())  # rich's boxes, wrapped lines
+
+    text = help_text("train")
+    assert "MIL model: " + " | ".join(list_models()) in text
+    assert " | ".join(list_heads()) in text and "(default: abmil)" in text
+    for command in ("tile", "heatmap"):
+        assert " | ".join(list_readers()) in help_text(command)
+
+
+def test_predict_and_heatmap_read_config(tmp_path: Path) -> None:
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    path = tmp_path / "predict.yaml"
+    path.write_text(f"run: {empty}\nfeatures: {tmp_path}\nout: {tmp_path / 'r.csv'}\n")
+    r = RUNNER.invoke(app, ["predict", "--config", str(path)])
+    assert r.exit_code == 2 and "not a pathfl run directory" in r.output, r.output
+    r = RUNNER.invoke(app, ["predict", "--features", str(tmp_path)])
+    assert r.exit_code == 2 and "--run is required" in r.output
+    path.write_text("slide_idz: a\n")
+    r = RUNNER.invoke(app, ["heatmap", "--config", str(path)])
+    assert r.exit_code == 2 and f"{path}: unknown option(s) slide_idz" in r.output
+
+
+def test_fl_config_merge_is_the_same(tmp_path: Path) -> None:
+    from pathfl.fl.fl_config import effective_config, valid_keys
+
+    path = tmp_path / "fl.yaml"
+    path.write_text("rounds: 4\nlocal-epochs: 2\nattn_dim: 8\n")
+    user = merge_config(path, given={"rounds": 6}, valid=valid_keys())
+    cfg = effective_config(user)
+    assert cfg["rounds"] == 6 and cfg["local_epochs"] == 2 and cfg["train"]["attn_dim"] == 8
+    path.write_text("roundz: 4\n")
+    with pytest.raises(ConfigError, match=rf"{path}: unknown option\(s\) roundz; valid: .*rounds"):
+        merge_config(path, given={}, valid=valid_keys())
+
+
+def test_tile_options_cover_the_tiling_dataclasses_with_their_defaults() -> None:
+    """`pathfl tile` declares its options by hand (the tiling dataclasses live in modules that
+    import cv2 and h5py, too slow for every CLI start): they must name every field and state
+    the same defaults."""
+    import inspect
+
+    from pathfl.cli.options import field_default
+    from pathfl.cli.tile import GRID_OPTIONS, TISSUE_OPTIONS, tile
+    from pathfl.tiling import GridParams, TileConfig, TissueParams
+
+    declared = inspect.signature(tile).parameters
+    tile_fields = {"backend": "backend", "thumbnail_px": "thumbnail_px", "overwrite": "overwrite"}
+    for cls, mapping in ((GridParams, GRID_OPTIONS), (TissueParams, TISSUE_OPTIONS),
+                         (TileConfig, tile_fields)):  # fmt: skip
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("grid", "tissue")}
+        assert set(mapping.values()) == set(fields), cls
+        for option, name in mapping.items():
+            assert declared[option].default.default == field_default(fields[name]), option
+
+
+def test_tile_yaml_values_are_converted_or_named_when_wrong(tmp_path: Path) -> None:
+    from pathfl.cli.tile import GRID_OPTIONS, TISSUE_OPTIONS
+    from pathfl.config import dataclass_from
+    from pathfl.tiling import GridParams, TissueParams
+
+    path = tmp_path / "tile.yaml"
+    path.write_text(f"out: {tmp_path / 'o'}\ntile_px: abc\n")
+    r = RUNNER.invoke(app, ["tile", str(tmp_path / "none.svs"), "--config", str(path)])
+    assert r.exit_code == 2 and "invalid tiling parameter: tile_px='abc'" in r.output, r.output
+    values = {"mpp": "1", "tile_px": 64.0, "overlap": 0, "mpp_tolerance": 0.05, "min_tissue": 1}
+    grid = dataclass_from(GridParams, values, fields=GRID_OPTIONS)
+    assert grid == GridParams(target_mpp=1.0, tile_px=64, min_tissue_fraction=1.0)
+    tissue_values = {o: None if o == "tissue_threshold" else 1 for o in TISSUE_OPTIONS}
+    tissue = dataclass_from(TissueParams, tissue_values, fields=TISSUE_OPTIONS)
+    assert tissue.saturation_threshold is None and tissue.remove_pen is True
+
+
+def test_extract_options_state_the_extract_options_defaults() -> None:
+    """`pathfl extract` declares its options by hand (ExtractOptions lives beside torch): the
+    ones with the same meaning must state ExtractOptions' defaults; the others are the CLI's
+    spelling of them (-1 = auto workers, 0 = torch's threads, KEY=VALUE encoder options)."""
+    import inspect
+
+    from pathfl.cli.extract import extract_cmd
+    from pathfl.cli.options import field_default
+    from pathfl.features.pipeline import ExtractOptions
+
+    declared = inspect.signature(extract_cmd).parameters
+    fields = {f.name: f for f in dataclasses.fields(ExtractOptions)}
+    spelled = {"encoder_options": "encoder_option", "workers": "workers", "threads": "threads"}
+    assert set(fields) - set(spelled) <= set(declared)
+    for name in set(fields) - set(spelled):
+        assert declared[name].default.default == field_default(fields[name]), name
+    assert set(spelled.values()) <= set(declared)
