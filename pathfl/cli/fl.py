@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from pathfl.fl.lifetime import STOP_REQUESTS, stop_on_signals
+from pathfl.fl.flower.lifetime import STOP_REQUESTS, stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def certs_cmd(
 ) -> None:
     """Create a CA, the aggregator's TLS certificate and one auth key pair per site."""
     from pathfl.config import ConfigError
-    from pathfl.fl.certs import make_certs
+    from pathfl.fl.trust.certs import make_certs
 
     host_list = list(dict.fromkeys([*_split(hosts), "127.0.0.1", "localhost"]))
     try:
@@ -100,8 +100,8 @@ def server_cmd(
     """Run the aggregator's SuperLink (TLS, site authentication, state database) and register
     every site key found in CERTS/sites/*.pub."""
     from pathfl.config import ConfigError
-    from pathfl.fl import flower_cli
-    from pathfl.fl import processes as procs
+    from pathfl.fl.flower import flower_cli
+    from pathfl.fl.flower import processes as procs
 
     if not insecure and (certs is None or not (certs / "server.crt").is_file()):
         raise ConfigError("--certs DIR (from `pathfl fl certs`) is required unless --insecure")
@@ -154,7 +154,9 @@ def site_cmd(
     state_dir: Path = typer.Option(Path("pathfl-site"), "--state-dir", help="Logs, Flower home."),
     insecure: bool = typer.Option(False, "--insecure", help="No TLS, no auth (testing only)."),
     flower_poll: bool = typer.Option(
-        False, "--flower-poll", help="Keep Flower's 3 s idle poll (no pathfl.fl.fast_supernode)."
+        False,
+        "--flower-poll",
+        help="Keep Flower's 3 s idle poll (no pathfl.fl.flower.fast_supernode).",
     ),
     no_worker: bool = typer.Option(
         False, "--no-worker", help="No long-running worker: each message loads torch + data."
@@ -162,8 +164,8 @@ def site_cmd(
 ) -> None:
     """Run this site's SuperNode: connects out to the aggregator and trains on local data."""
     from pathfl.config import ConfigError
-    from pathfl.fl import processes as procs
-    from pathfl.fl.certs import validate_site_name
+    from pathfl.fl.flower import processes as procs
+    from pathfl.fl.trust.certs import validate_site_name
 
     validate_site_name(name)
     needed = [features, clinical] + ([] if insecure else [key, root_cert])
@@ -227,9 +229,9 @@ def run_cmd(
     import tempfile
 
     from pathfl.config import ConfigError
-    from pathfl.fl import flower_cli
-    from pathfl.fl.federation import follow_run
     from pathfl.fl.fl_config import effective_config
+    from pathfl.fl.flower import flower_cli
+    from pathfl.fl.flower.federation import follow_run
     from pathfl.io import write_json_atomic
 
     if resume is not None:
@@ -322,7 +324,7 @@ def simulate_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add `pathfl fl ...` to the root app."""
-    from pathfl.fl.audit_cli import register_audit
+    from pathfl.cli.audit import register_audit
 
     register_audit(fl_app)
     app.add_typer(fl_app, name="fl")

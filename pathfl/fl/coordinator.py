@@ -1,9 +1,9 @@
 """The aggregator's run: site check-in, compatibility, federation-wide time bins, rounds of
 FedAvg/FedProx with deadlines, update validation, checkpoints, audit, final model.
 
-Called by the Flower ServerApp (:mod:`pathfl.fl.server_app`) with a Flower ``Grid``; the
+Called by the Flower ServerApp (:mod:`pathfl.fl.flower.server_app`) with a Flower ``Grid``; the
 numerical work is delegated to pure functions (:mod:`pathfl.fl.aggregate`,
-:mod:`pathfl.fl.validation`, :mod:`pathfl.fl.compat`).
+:mod:`pathfl.fl.trust.validation`, :mod:`pathfl.fl.trust.compat`).
 """
 
 from __future__ import annotations
@@ -14,16 +14,22 @@ from typing import Any
 
 import numpy as np
 
-from pathfl.fl import aggregate, records
+from pathfl.fl import aggregate
+from pathfl.fl.flower.server_loop import (
+    Collected,
+    FederationError,
+    send_and_collect,
+    wait_for_nodes,
+)
 from pathfl.fl.rundir import RunDir
-from pathfl.fl.server_loop import Collected, FederationError, send_and_collect, wait_for_nodes
+from pathfl.fl.trust import records
 
 logger = logging.getLogger(__name__)
 
 
 class FederatedRun:
     def __init__(self, grid: Any, cfg: dict[str, Any], run_dir: RunDir, *, run_id: str) -> None:
-        from pathfl.fl.audit import AuditLog
+        from pathfl.fl.trust.audit import AuditLog
 
         self.grid, self.cfg, self.dir, self.run_id = grid, cfg, run_dir, run_id
         self.audit = AuditLog(run_dir.audit, run_id=run_id)
@@ -90,7 +96,7 @@ class FederatedRun:
     # ------------------------------------------------------------------ setup
     def check_in(self) -> None:
         """Query every connected site, check fingerprints, fix the time bins."""
-        from pathfl.fl.compat import check_compatibility
+        from pathfl.fl.trust.compat import check_compatibility
 
         min_sites = int(self.cfg["min_sites"])
         want = max(int(self.cfg["num_sites"]), min_sites)
@@ -236,15 +242,15 @@ class FederatedRun:
         }
 
     def init_model(self) -> None:
-        from pathfl.fl.records import state_to_arrays
+        from pathfl.fl.trust.records import state_to_arrays
 
         model = self.build_model()
         self.names, self.arrays = state_to_arrays(model.state_dict())
 
     # ------------------------------------------------------------------ rounds
     def run_round(self, round_no: int) -> dict[str, Any]:
-        from pathfl.fl.audit import hash_arrays
-        from pathfl.fl.validation import reference_from_arrays, validate_updates
+        from pathfl.fl.trust.audit import hash_arrays
+        from pathfl.fl.trust.validation import reference_from_arrays, validate_updates
 
         t0 = time.monotonic()
         nodes = sorted(self.sites, key=self._name)

@@ -23,7 +23,7 @@ from pathfl.survival.scaling import BagScaler, Moments, Standardizer, add_moment
 logger = logging.getLogger(__name__)
 
 #: moment groups a site may send: tile features, covariates, linear-cox rows (the array
-#: names are whitelisted in :data:`pathfl.fl.records.MOMENT_KEYS`)
+#: names are whitelisted in :data:`pathfl.fl.trust.records.MOMENT_KEYS`)
 MOMENT_GROUPS = ("tile", "cov", "row")
 
 
@@ -38,7 +38,7 @@ def standardizes(cfg: Mapping[str, Any]) -> bool:
 
 def linear_cox_skip_reason(cfg: Mapping[str, Any]) -> str:
     """Why the federated linear-cox baseline is not fitted in this run ('' = it is)."""
-    from pathfl.fl.privacy import DPConfig
+    from pathfl.fl.trust.privacy import DPConfig
 
     if not cfg.get("linear_cox", True):
         return "linear_cox: false in the run config"

@@ -41,7 +41,7 @@ FL_DEFAULTS: dict[str, Any] = {
     "reject_norm_factor": 5.0,  # update-norm outlier test (robust z), 0 = off
     "reject_norm_ratio": 0.0,  # reject norm > ratio * median, 0 = off
     "linear_cox": True,  # fit the federated linear-cox baseline (Newton) after the rounds
-    # client-side DP-SGD (pathfl.fl.privacy), off by default
+    # client-side DP-SGD (pathfl.fl.trust.privacy), off by default
     "dp": False,
     "dp_noise_multiplier": None,
     "dp_max_grad_norm": 1.0,

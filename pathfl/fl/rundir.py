@@ -9,7 +9,7 @@ Layout (``model.pt``/``config.json``/``metrics.json`` as written by
     RUN/rounds.jsonl            one line per round: per-site metrics, federated C-index, timing
     RUN/rounds/global_NNN.npz   global model after round NNN
     RUN/checkpoint/state.json   last completed round, its global model file, time bins, sites
-    RUN/audit.jsonl             server audit log (hash chain, see pathfl.fl.audit)
+    RUN/audit.jsonl             server audit log (hash chain, see pathfl.fl.trust.audit)
     RUN/model.pt config.json metrics.json   final model (after the last round)
 """
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pathfl.config import ConfigError
-from pathfl.fl.federation import LocalFederation, SiteSpec, follow_run
-from pathfl.fl.preflight import (
+from pathfl.fl.flower.federation import LocalFederation, SiteSpec, follow_run
+from pathfl.fl.trust.preflight import (
     FederatedRunError,
     check_site_compat,
     check_site_data,

@@ -1,6 +1,6 @@
 """How the features of a local run were made, and checks that they were all made alike.
 
-The same fields as the federation's site check (:data:`pathfl.fl.compat.FINGERPRINT_FIELDS`:
+The same fields as the federation's site check (:data:`pathfl.fl.trust.compat.FINGERPRINT_FIELDS`:
 encoder, weights hash, target mpp, tile size, pathfl version, feature dim), plus the storage
 dtype. ``pathfl train`` refuses a cohort whose features files differ on any of them, records
 them in the run's ``config.json`` (``fingerprint``), and ``pathfl predict``/``heatmap`` refuse
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pathfl.fl.compat import FINGERPRINT_FIELDS, fingerprint_from_attrs, values_equal
+from pathfl.fl.trust.compat import FINGERPRINT_FIELDS, fingerprint_from_attrs, values_equal
 
 logger = logging.getLogger(__name__)
 

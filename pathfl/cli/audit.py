@@ -37,7 +37,7 @@ def register_audit(fl_app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     ) -> None:
         """Verify the hash chain and head of LOG; exit 0 if intact, 1 if tampered/truncated."""
-        from pathfl.fl.audit import key_from_env, verify
+        from pathfl.fl.trust.audit import key_from_env, verify
 
         if not log.is_file():
             typer.secho(f"error: {log}: no such audit log", err=True, fg="red")
@@ -72,7 +72,7 @@ def register_audit(fl_app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from pathfl.fl.audit import AuditLog
+        from pathfl.fl.trust.audit import AuditLog
 
         if not log.is_file():
             typer.secho(f"error: {log}: no such audit log", err=True, fg="red")
@@ -115,7 +115,7 @@ def register_audit(fl_app: typer.Typer) -> None:
         """Check the server log against site logs (models received, updates aggregated).
 
         Exit 0 if consistent, 1 on a mismatch."""
-        from pathfl.fl.audit import cross_check
+        from pathfl.fl.trust.audit import cross_check
 
         pairs: dict[str, str] = {}
         for item in site_logs:
