@@ -132,6 +132,17 @@ def _validate(cfg: dict[str, Any]) -> None:
             )
 
 
+def strategy_name(cfg: Mapping[str, Any]) -> str:
+    """The run's strategy as recorded in ``metrics.json``: the server aggregation (``fedavg``,
+    ``median``, ``trimmed-mean``), with ``fedprox`` for a local objective with ``proximal_mu
+    > 0`` (``fedprox`` alone when the aggregation is the weighted mean, else
+    ``fedprox+median`` / ``fedprox+trimmed-mean``)."""
+    aggregation = str(cfg["aggregation"])
+    if float(cfg["proximal_mu"]) <= 0:
+        return aggregation
+    return "fedprox" if aggregation == "fedavg" else f"fedprox+{aggregation}"
+
+
 def policy_view(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The part of the configuration a site policy is checked against: the keys the
     researcher set plus those always checked (TrainConfig keys read from ``cfg["train"]``)."""

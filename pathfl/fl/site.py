@@ -92,7 +92,7 @@ def load_site(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> SiteDat
     bags = load_bags(paths[NODE_FEATURES], clinical, covariates=covariates)
     if not bags:
         raise ValueError(f"site {paths[NODE_SITE]}: no patient bags in {paths[NODE_FEATURES]}")
-    train, val = split_bags(bags, val_folds=int(cfg.get("val_folds", 4)), seed=int(cfg["seed"]))
+    train, val = split_bags(bags, val_folds=int(cfg["val_folds"]), seed=int(cfg["seed"]))
     return SiteData(
         site=paths[NODE_SITE],
         features_dir=Path(paths[NODE_FEATURES]),
@@ -185,7 +185,7 @@ def train_round(
         "steps": site_steps(cfg, len(train)),
         "schedule_span": round_span(cfg, round_no),
         "time_bins": np.asarray(cfg["time_bins"]),
-        "proximal_mu": float(cfg.get("proximal_mu", 0.0)),
+        "proximal_mu": float(cfg["proximal_mu"]),
         "seed": site_seed(int(cfg["seed"]), round_no, data.site),
     }
     dp = _dp_config(cfg)
@@ -234,7 +234,7 @@ class SiteCache:
         key = (
             paths[NODE_FEATURES],
             paths[NODE_CLINICAL],
-            int(cfg.get("val_folds", 4)),
+            int(cfg["val_folds"]),
             int(cfg["seed"]),
             tuple(covariates_of(cfg)),
         )

@@ -132,6 +132,7 @@ def _save_final(
     *,
     seconds: float,
 ) -> None:
+    from pathfl.fl.fl_config import strategy_name
     from pathfl.fl.site import train_config
     from pathfl.fl.trust.records import arrays_to_state
     from pathfl.survival.run import save_run
@@ -150,8 +151,8 @@ def _save_final(
     ]
     metrics = {
         "mode": "federated",
-        "strategy": "fedprox" if float(cfg["proximal_mu"]) > 0 else "fedavg",
-        "aggregation": cfg.get("aggregation", "fedavg"),
+        "strategy": strategy_name(cfg),
+        "aggregation": cfg["aggregation"],
         "federated_c_index": final["federated_c_index"],
         "final_per_site": final["per_site"],
         "rounds": history,
