@@ -190,7 +190,8 @@ def train_round(
     }
     dp = _dp_config(cfg)
     if dp is not None:
-        from pathfl.fl.trust.privacy import PrivacyLedger, dp_train_local, ledger_path
+        from pathfl.fl.trust.accountant import PrivacyLedger, ledger_path
+        from pathfl.fl.trust.privacy import dp_train_local
 
         # site-local accountant history, keyed so that a resumed run keeps spending it
         path = ledger_path(data.state_dir, cfg)

@@ -186,6 +186,37 @@ SCHEDULES: dict[str, Callable[[float, TrainConfig], float]] = {  # keys: SCHEDUL
 }
 
 
+def proximal_anchor(
+    params: Sequence[torch.Tensor], global_params: Sequence[Any] | None
+) -> list[torch.Tensor]:
+    """FedProx's ``w_global`` as float tensors in ``params`` order (default: ``params`` now)."""
+    src = global_params if global_params is not None else [p.detach() for p in params]
+    anchor = [torch.as_tensor(g).detach().clone().float() for g in src]
+    if len(anchor) != len(params):
+        raise ValueError(f"global_params has {len(anchor)} tensors, model {len(params)}")
+    return anchor
+
+
+def make_optimizer(params: Sequence[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+    """The local optimizer (AdamW at ``config.lr``, ``config.weight_decay``)."""
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def set_lr(
+    opt: torch.optim.Optimizer,
+    config: TrainConfig,
+    *,
+    step: int,
+    total: int,
+    span: tuple[float, float] = (0.0, 1.0),
+) -> None:
+    """The learning rate of ``step`` of ``total``, steps covering the share ``span`` of the
+    whole schedule (:func:`lr_factor`)."""
+    p0, p1 = span
+    for g in opt.param_groups:
+        g["lr"] = config.lr * lr_factor(p0 + (p1 - p0) * step / max(total, 1), config)
+
+
 def _prox_term(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor]) -> torch.Tensor:
     return sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))  # type: ignore[return-value]
 
@@ -220,17 +251,11 @@ def train_local(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    anchor: list[torch.Tensor] = []
-    if proximal_mu > 0:
-        src = global_params if global_params is not None else [p.detach() for p in params]
-        anchor = [torch.as_tensor(g).detach().clone().float() for g in src]
-        if len(anchor) != len(params):
-            raise ValueError(f"global_params has {len(anchor)} tensors, model {len(params)}")
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    anchor = proximal_anchor(params, global_params) if proximal_mu > 0 else []
+    opt = make_optimizer(params, config)
     patience = config.early_stopping_patience if val_bags else 0
     passes = 10**9 if steps is not None else passes_per_budget(len(bags), config, epochs=epochs)
     total = steps if steps is not None else passes * steps_per_pass(len(bags), config)
-    p0, p1 = schedule_span
     best: tuple[float, int, Any] = (math.inf, -1, None)
     stats: dict[str, float] = {"loss": float("nan"), "n_samples": float(len(bags))}
     step, epoch = 0, -1
@@ -243,8 +268,7 @@ def train_local(
         for batch in make_batches(bags, config, rng):
             if step >= total:
                 break
-            for g in opt.param_groups:
-                g["lr"] = config.lr * lr_factor(p0 + (p1 - p0) * step / max(total, 1), config)
+            set_lr(opt, config, step=step, total=total, span=schedule_span)
             bb = [bags[i] for i in batch]
             logits = bags_logits(model, bb, rng, config.max_tiles)
             loss = batch_loss(config, logits, bb, time_bins)
