@@ -143,6 +143,13 @@ def strategy_name(cfg: Mapping[str, Any]) -> str:
     return "fedprox" if aggregation == "fedavg" else f"fedprox+{aggregation}"
 
 
+def run_timeout_s(cfg: Mapping[str, Any]) -> float:
+    """How long a run may take before its caller gives up: the connect timeout plus a round
+    deadline for each round, the check-in and the final evaluation."""
+    rounds, per_round = int(cfg["rounds"]), float(cfg["round_timeout_s"])
+    return float(cfg["connect_timeout_s"]) + (rounds + 2) * per_round
+
+
 def policy_view(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The part of the configuration a site policy is checked against: the keys the
     researcher set plus those always checked (TrainConfig keys read from ``cfg["train"]``)."""
