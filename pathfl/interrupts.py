@@ -13,7 +13,7 @@ whole process group; the parent decides what a Ctrl-C does), keep the default SI
 parent stops them with it) and, on Linux, get SIGKILL when their parent dies, so nothing
 survives even a SIGKILL of the parent. :class:`WorkerPool` wraps the
 process pools; commands that start whole pathfl/Flower processes use
-:mod:`pathfl.fl.lifetime` (own session, parent-death signal, signal forwarding)."""
+:mod:`pathfl.fl.flower.lifetime` (own session, parent-death signal, signal forwarding)."""
 
 from __future__ import annotations
 

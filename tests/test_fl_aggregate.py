@@ -216,3 +216,48 @@ def test_rundir_checkpoint_roundtrip(tmp_path) -> None:
     rd.append_round({"round": 2, "x": 2})
     rd.append_round({"round": 2, "x": 3})  # a resumed run repeats round 2: replaced, not doubled
     assert [r["x"] for r in rd.read_rounds()] == [1, 3]
+
+
+def test_strategy_names_the_aggregation_and_fedprox() -> None:
+    from pathfl.fl.fl_config import strategy_name
+
+    def name(aggregation: str, mu: float) -> str:
+        cfg = {"aggregation": aggregation, "proximal_mu": mu, "time_grid_max": 10.0}
+        return strategy_name(effective_config(cfg))
+
+    assert name("fedavg", 0.0) == "fedavg"
+    assert name("median", 0.0) == "median"
+    assert name("trimmed-mean", 0.0) == "trimmed-mean"
+    assert name("fedavg", 0.1) == "fedprox"
+    assert name("median", 0.1) == "fedprox+median"
+
+
+def test_run_timeout_counts_check_in_rounds_and_final_evaluation() -> None:
+    from pathfl.fl.fl_config import run_timeout_s
+
+    cfg = effective_config(
+        {"rounds": 3, "connect_timeout_s": 10, "round_timeout_s": 7, "time_grid_max": 1.0}
+    )
+    assert run_timeout_s(cfg) == 10 + 5 * 7
+
+
+def test_resume_takes_saved_settings_unless_given(tmp_path) -> None:
+    from pathfl.config import ConfigError
+    from pathfl.fl.rundir import Submission, resume_submission
+
+    with pytest.raises(ConfigError, match=r"fl_config\.json"):
+        resume_submission(tmp_path / "nowhere")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    cfg = effective_config({"time_grid_max": 1.0})
+    Submission(cfg, server="10.0.0.5:9093", root_cert=ca).save(tmp_path)
+    saved = resume_submission(tmp_path)
+    assert saved.config == cfg and saved.server == "10.0.0.5:9093"
+    assert saved.root_cert == ca.resolve() and not saved.insecure
+    saved.check()
+    other = resume_submission(tmp_path, server="127.0.0.1:1", insecure=True)
+    assert other.server == "127.0.0.1:1" and other.insecure
+    with pytest.raises(ConfigError, match="--server"):
+        Submission(cfg).check()
+    with pytest.raises(ConfigError, match="--root-cert"):
+        Submission(cfg, server="h:1", root_cert=tmp_path / "missing.crt").check()

@@ -79,7 +79,7 @@ def site_dirs(tmp_path_factory) -> list[Path]:
 
 
 def test_documented_deployment_commands(site_dirs, tmp_path) -> None:
-    from pathfl.fl.processes import free_port, group_running
+    from pathfl.fl.flower.processes import free_port, group_running
 
     certs = tmp_path / "fl_certs"
     res = _pathfl("fl", "certs", "--out", certs, "--sites", ",".join(SITES), "--hosts", "127.0.0.1")

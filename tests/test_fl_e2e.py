@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def _group_gone(pgid: int) -> bool:
     """No process of the group runs (zombies have exited; tests/test_fl_processes.py checks
     group_running itself against ps)."""
-    from pathfl.fl.processes import group_running
+    from pathfl.fl.flower.processes import group_running
 
     return not group_running(pgid)
 
@@ -63,10 +63,10 @@ FL_CFG = {
 
 
 def test_three_sites_three_rounds_tls_auth(three_sites, tmp_path) -> None:
-    from pathfl.fl.audit import verify
-    from pathfl.fl.records import REPLY_WHITELIST
     from pathfl.fl.rundir import RunDir
     from pathfl.fl.simulate import simulate, site_specs
+    from pathfl.fl.trust.audit import verify
+    from pathfl.fl.trust.records import REPLY_WHITELIST
     from pathfl.survival.run import load_run
 
     out = tmp_path / "run"
@@ -111,9 +111,9 @@ def test_three_sites_three_rounds_tls_auth(three_sites, tmp_path) -> None:
 
 
 def test_unregistered_site_is_refused(three_sites, tmp_path) -> None:
-    from pathfl.fl import flower_cli
-    from pathfl.fl.certs import make_site_keys
-    from pathfl.fl.federation import LocalFederation, SiteSpec
+    from pathfl.fl.flower import flower_cli
+    from pathfl.fl.flower.federation import LocalFederation, SiteSpec
+    from pathfl.fl.trust.certs import make_site_keys
 
     spec = SiteSpec("rogue", three_sites[0] / "features", three_sites[0] / "clinical.csv")
     with LocalFederation(tmp_path / "fed", tls=True, auth=True) as fed:

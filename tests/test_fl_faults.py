@@ -51,7 +51,7 @@ def _cfg(**overrides):
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    from pathfl.fl.federation import LocalFederation, SiteSpec
+    from pathfl.fl.flower.federation import LocalFederation, SiteSpec
     from pathfl.survival.synthetic import make_cohort
 
     work = tmp_path_factory.mktemp("faults")
@@ -84,7 +84,7 @@ def _wait_round(run_dir: Path, round_no: int, *, timeout_s: float) -> None:
 
 
 def _follow(fed, rid, run_dir, timeout_s=900.0):
-    from pathfl.fl.federation import follow_run
+    from pathfl.fl.flower.federation import follow_run
 
     return follow_run(
         fed.home, rid, run_dir, timeout_s=timeout_s, superlink_log=fed.work / "logs/superlink.log"
@@ -99,7 +99,7 @@ def _final_arrays(run_dir: Path) -> list[np.ndarray]:
 
 
 def _site_audit(fed, name: str) -> list[dict]:
-    from pathfl.fl.audit import AuditLog, verify
+    from pathfl.fl.trust.audit import AuditLog, verify
 
     path = fed.site_dir(name) / "audit.jsonl"
     assert verify(path).ok, verify(path).errors
@@ -109,7 +109,7 @@ def _site_audit(fed, name: str) -> list[dict]:
 def _assert_logs_agree(fed, run_dir: Path) -> None:
     """The server's audit log and the sites' own logs tell the same story (models received,
     updates aggregated) — `pathfl fl audit cross-check`."""
-    from pathfl.fl.audit import cross_check
+    from pathfl.fl.trust.audit import cross_check
 
     logs = {s: fed.site_dir(s) / "audit.jsonl" for s in "abc"}
     assert cross_check(run_dir / "audit.jsonl", logs) == []
@@ -148,8 +148,8 @@ def test_aggregator_killed_then_resume_matches_uninterrupted(federation, refused
     """SIGKILL the SuperLink's process group (SuperLink + ServerApp) once round 1 is
     checkpointed, bring a SuperLink back on the same address and state database, resume:
     the final model equals the uninterrupted run's (the policy run, same config)."""
-    from pathfl.fl import processes
-    from pathfl.fl.audit import AuditLog, verify
+    from pathfl.fl.flower import processes
+    from pathfl.fl.trust.audit import AuditLog, verify
 
     ref_dir, ref_res = refused_run
     assert ref_res.get("state") == "completed", ref_res
@@ -201,7 +201,7 @@ def test_site_killed_mid_run_completes_with_two(federation, tmp_path):
         eps = [r["sites"][site]["train_dp_epsilon"] for r in rounds]
         assert 0 < eps[0] < eps[1] < float("inf"), eps
         assert rounds[1]["sites"][site]["train_dp_delta"] == pytest.approx(1e-5)
-    from pathfl.fl.audit import AuditLog, verify
+    from pathfl.fl.trust.audit import AuditLog, verify
 
     assert verify(run_dir / "audit.jsonl").ok
     last = [e for e in AuditLog(run_dir / "audit.jsonl").entries() if e["event"] == "round"][-1]
@@ -218,7 +218,7 @@ def test_too_few_sites_stops_with_a_clear_message(federation, tmp_path):
     res = _follow(federation, federation.submit(cfg, run_dir), run_dir, timeout_s=600)
     assert res.get("state") == "failed", res
     assert "min_sites=3" in res.get("message", ""), res
-    from pathfl.fl.audit import AuditLog, verify
+    from pathfl.fl.trust.audit import AuditLog, verify
 
     assert verify(run_dir / "audit.jsonl").ok
     assert AuditLog(run_dir / "audit.jsonl").entries()[-1]["event"] == "failed"

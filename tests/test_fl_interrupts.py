@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pathfl.fl.lifetime import ENV_PARENT_PID, descendants, still_running
+from pathfl.fl.flower.lifetime import ENV_PARENT_PID, descendants, still_running
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def _interrupt_and_check(
     names = " ".join(_cmdlines(snapshot))
     # the whole federation was running: SuperLink (+ SuperExec, ServerApp), 2 SuperNodes
     # (+ SuperExec each), 2 workers
-    for part in ("flower-superlink", "flwr-serverapp", "fast_supernode", "pathfl.fl.worker"):
+    for part in ("flower-superlink", "flwr-serverapp", "fast_supernode", "pathfl.fl.flower.worker"):
         assert part in names, (part, names)
     assert len(snapshot) >= 8, names
     try:
@@ -210,8 +210,8 @@ def test_fl_run_sigterm_stops_the_run_and_resume_finishes_it(two_sites, tmp_path
     """`pathfl fl run` SIGTERMed after round 1: exit 143, the run is stopped on the SuperLink
     (its ServerApp ends: no headless run), status.json says interrupted; `fl run --resume`
     then continues from the checkpoint to the last round."""
-    from pathfl.fl import flower_cli
-    from pathfl.fl.federation import LocalFederation
+    from pathfl.fl.flower import flower_cli
+    from pathfl.fl.flower.federation import LocalFederation
     from pathfl.fl.rundir import RunDir
     from pathfl.fl.simulate import site_specs
 
@@ -261,7 +261,7 @@ DEMO_LIKE = """
 import sys
 from pathlib import Path
 from pathfl.demo.pipeline import run_cli
-from pathfl.fl.lifetime import stop_on_signals
+from pathfl.fl.flower.lifetime import stop_on_signals
 with stop_on_signals():
     sys.exit(run_cli(sys.argv[2:], log_path=Path(sys.argv[1]), label="fl simulate"))
 """

@@ -1,4 +1,4 @@
-"""pathfl.fl.lifetime on real processes (a few seconds in all): exit codes of an interrupted
+"""pathfl.fl.flower.lifetime on real processes (a few seconds in all): exit codes of an interrupted
 command, children that die with their parent even when it is SIGKILLed, a second Ctrl-C
 that cuts a slow stop short, and Python children that ignore a ``./pathfl`` decoy in the
 caller's working directory."""
@@ -44,7 +44,7 @@ def _ready(proc: subprocess.Popen) -> list[int]:
 
 def _gone(pid: int, within_s: float) -> float | None:
     """Seconds until ``pid`` no longer runs (zombies count as gone), None if it still does."""
-    from pathfl.fl.lifetime import _start_time, still_running
+    from pathfl.fl.flower.lifetime import _start_time, still_running
 
     t0, start = time.monotonic(), _start_time(pid)
     while time.monotonic() - t0 < within_s:
@@ -56,7 +56,7 @@ def _gone(pid: int, within_s: float) -> float | None:
 
 STOP_ON_SIGNALS = """
     import sys, time
-    from pathfl.fl.lifetime import stop_on_signals
+    from pathfl.fl.flower.lifetime import stop_on_signals
     with stop_on_signals(service={service}):
         try:
             print("READY", flush=True)
@@ -90,12 +90,12 @@ def test_children_die_with_a_sigkilled_parent(tmp_path) -> None:
     proc = _python(
         """
         import os, subprocess, sys
-        from pathfl.fl import lifetime
+        from pathfl.fl.flower import lifetime
         env = lifetime.child_env(dict(os.environ))
         plain = subprocess.Popen(["sleep", "60"], preexec_fn=lifetime.die_with_parent())
         watched = subprocess.Popen(
             [sys.executable, "-P", "-c",
-             "import time; from pathfl.fl.lifetime import watch_parent; "
+             "import time; from pathfl.fl.flower.lifetime import watch_parent; "
              "watch_parent(interval_s=0.1); print('watching', flush=True); time.sleep(60)"],
             env=env, stdout=subprocess.PIPE, text=True,
         )
@@ -124,7 +124,7 @@ def test_second_ctrl_c_kills_at_once(tmp_path) -> None:
         f"""
         import time
         from pathlib import Path
-        from pathfl.fl.processes import start_process, stop_all
+        from pathfl.fl.flower.processes import start_process, stop_all
         p = start_process("stubborn", ["bash", "-c", "trap '' TERM; sleep 60 & wait"],
                           log_path=Path({str(tmp_path / "stubborn.log")!r}), env={{}})
         time.sleep(0.5)  # bash has set its trap

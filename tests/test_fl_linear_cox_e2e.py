@@ -56,7 +56,7 @@ def federation(tmp_path_factory):
 
 
 def test_federated_linear_cox_equals_pooled_stratified(federation) -> None:
-    from pathfl.fl.processes import group_running
+    from pathfl.fl.flower.processes import group_running
 
     _, out, summary = federation
     assert summary["pids"] and not any(group_running(p) for p in summary["pids"])

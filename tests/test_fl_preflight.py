@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from pathfl.fl.preflight import failure_reason
+from pathfl.fl.trust.preflight import failure_reason
 from pathfl.survival.synthetic import make_cohort, split_into_sites
 
 

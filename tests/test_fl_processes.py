@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pathfl.fl.processes import group_running, start_process
+from pathfl.fl.flower.processes import group_running, start_process
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups via /proc")
 

@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from pathfl.fl import records
+from pathfl.fl.trust import records
 
 pytest.importorskip("flwr")
 
@@ -81,10 +81,10 @@ def _assert_nothing_personal(reply, site) -> None:
 
 
 def test_client_app_replies_hold_only_whitelisted_content(site, tmp_path) -> None:
-    from pathfl.fl.client_app import app
     from pathfl.fl.fl_config import effective_config
-    from pathfl.fl.records import state_to_arrays
+    from pathfl.fl.flower.client_app import app
     from pathfl.fl.site import build_global_model, load_site
+    from pathfl.fl.trust.records import state_to_arrays
 
     cfg = effective_config(
         {"model": "meanpool", "time_grid_max": 30.0, "hidden_dim": 8, "val_folds": 4}
@@ -147,7 +147,7 @@ def test_client_app_replies_hold_only_whitelisted_content(site, tmp_path) -> Non
     _assert_nothing_personal(lc, site)
 
     # the site wrote its own audit log, one entry per request, and it verifies
-    from pathfl.fl.audit import verify
+    from pathfl.fl.trust.audit import verify
 
     assert verify(tmp_path / "audit.jsonl").ok
 
@@ -195,10 +195,10 @@ def test_check_reply_fails_closed() -> None:
 def test_dp_training_reports_epsilon_and_keeps_ledger(site, tmp_path) -> None:
     """With dp=true the ClientApp trains with DP-SGD; its reply carries ε (cumulative over
     rounds through the site-local ledger) and still nothing personal."""
-    from pathfl.fl.client_app import app
     from pathfl.fl.fl_config import effective_config
-    from pathfl.fl.records import state_to_arrays
+    from pathfl.fl.flower.client_app import app
     from pathfl.fl.site import train_config
+    from pathfl.fl.trust.records import state_to_arrays
     from pathfl.survival.train import build_model
 
     cfg = effective_config(

@@ -160,7 +160,7 @@ def test_auto_local_steps_give_the_pooled_budget(n_train, rounds) -> None:
 
 
 def test_budget_config_validation_and_policy() -> None:
-    from pathfl.fl.policy import SitePolicy
+    from pathfl.fl.trust.policy import SitePolicy
 
     with pytest.raises(ConfigError, match="not both"):
         effective_config({"local_steps": 5, "local_epochs": 1})
@@ -184,7 +184,8 @@ def test_dp_takes_the_step_budget_and_plans_noise_for_it() -> None:
     noise is chosen for planned_rounds × steps, so the last round ends within the target."""
     import torch
 
-    from pathfl.fl.privacy import DPConfig, PrivacyLedger, dp_train_local
+    from pathfl.fl.trust.accountant import PrivacyLedger
+    from pathfl.fl.trust.privacy import DPConfig, dp_train_local
     from pathfl.survival.train import TrainConfig, build_model
 
     rng = np.random.default_rng(4)

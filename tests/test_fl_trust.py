@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pathfl.config import ConfigError
-from pathfl.fl.audit import AuditLog, code_hash, hash_arrays, head_path, verify
-from pathfl.fl.compat import CompatibilityError, check_compatibility, site_fingerprint
-from pathfl.fl.policy import SitePolicy
-from pathfl.fl.validation import reference_from_arrays, validate_updates
+from pathfl.fl.trust.audit import AuditLog, code_hash, hash_arrays, head_path, verify
+from pathfl.fl.trust.compat import CompatibilityError, check_compatibility, site_fingerprint
+from pathfl.fl.trust.policy import SitePolicy
+from pathfl.fl.trust.validation import reference_from_arrays, validate_updates
 from pathfl.formats.features_h5 import write_features
 
 ATTRS = {
@@ -176,7 +176,7 @@ def test_keyed_audit_log_needs_the_key(tmp_path):
 def test_audit_verify_cli(tmp_path):
     import typer
 
-    from pathfl.fl.audit_cli import register_audit
+    from pathfl.cli.audit import register_audit
 
     app = typer.Typer()
     register_audit(app)
@@ -326,7 +326,7 @@ def test_larger_site_with_larger_update_is_not_rejected():
 
 
 def test_cross_check_server_against_site_logs(tmp_path):
-    from pathfl.fl.audit import cross_check
+    from pathfl.fl.trust.audit import cross_check
 
     g0, g1 = [np.zeros(3, np.float32)], [np.ones(3, np.float32)]
     ua, ub = [np.full(3, 2.0, np.float32)], [np.full(3, 3.0, np.float32)]

@@ -6,14 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pathfl.fl.privacy import (
-    DPConfig,
-    PrivacyError,
-    PrivacyLedger,
-    clipped_grad_sum,
-    dp_train_local,
-    epsilon_of,
-)
+from pathfl.fl.trust.accountant import PrivacyLedger, epsilon_of
+from pathfl.fl.trust.privacy import DPConfig, PrivacyError, clipped_grad_sum, dp_train_local
 from pathfl.survival.data import load_bags, load_clinical
 from pathfl.survival.synthetic import make_cohort
 from pathfl.survival.train import TrainConfig, build_model, fit_time_bins
@@ -118,7 +112,7 @@ def test_accountant_matches_opacus_rdp():
     within a few per cent of opacus' default (with fractional orders)."""
     from opacus.accountants import RDPAccountant
 
-    from pathfl.fl.privacy import RDP_ORDERS
+    from pathfl.fl.trust.accountant import RDP_ORDERS
 
     for history in ([(1.1, 0.25, 4)], [(0.8, 0.01, 1000), (2.0, 0.5, 3)], [(1.0, 1.0, 5)]):
         acc = RDPAccountant()
@@ -144,7 +138,7 @@ def test_dp_noise_is_not_derived_from_the_run_seed(cohort):
 def test_ledger_survives_resume_but_not_a_different_run(tmp_path):
     """A resumed run gets a new Flower run id; its rounds must still be charged to the same
     ledger (else ε restarts from 0 after a crash). Another config = another ledger."""
-    from pathfl.fl.privacy import ledger_path
+    from pathfl.fl.trust.accountant import ledger_path
 
     cfg = {"rounds": 3, "dp": True, "seed": 1, "run_id": "111", "round": 2}
     resumed = {**cfg, "run_id": "222", "round": 3}

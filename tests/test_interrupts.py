@@ -20,7 +20,7 @@ import h5py
 import pytest
 from slides import synthetic_tissue, write_tiled_tiff
 
-from pathfl.fl.processes import group_running
+from pathfl.fl.flower.processes import group_running
 from pathfl.interrupts import EXIT_SIGINT, EXIT_SIGTERM
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from pathfl.fl.lifetime import stop_on_signals
+from pathfl.fl.flower.lifetime import stop_on_signals
 
 HELP = (
     "Run the whole pipeline on a generated three-hospital cohort: write real pyramidal slides "

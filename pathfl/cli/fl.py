@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from pathfl.fl.lifetime import STOP_REQUESTS, stop_on_signals
+from pathfl.fl.flower.lifetime import STOP_REQUESTS, stop_on_signals
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def certs_cmd(
 ) -> None:
     """Create a CA, the aggregator's TLS certificate and one auth key pair per site."""
     from pathfl.config import ConfigError
-    from pathfl.fl.certs import make_certs
+    from pathfl.fl.trust.certs import make_certs
 
     host_list = list(dict.fromkeys([*_split(hosts), "127.0.0.1", "localhost"]))
     try:
@@ -100,8 +100,8 @@ def server_cmd(
     """Run the aggregator's SuperLink (TLS, site authentication, state database) and register
     every site key found in CERTS/sites/*.pub."""
     from pathfl.config import ConfigError
-    from pathfl.fl import flower_cli
-    from pathfl.fl import processes as procs
+    from pathfl.fl.flower import flower_cli
+    from pathfl.fl.flower import processes as procs
 
     if not insecure and (certs is None or not (certs / "server.crt").is_file()):
         raise ConfigError("--certs DIR (from `pathfl fl certs`) is required unless --insecure")
@@ -154,7 +154,9 @@ def site_cmd(
     state_dir: Path = typer.Option(Path("pathfl-site"), "--state-dir", help="Logs, Flower home."),
     insecure: bool = typer.Option(False, "--insecure", help="No TLS, no auth (testing only)."),
     flower_poll: bool = typer.Option(
-        False, "--flower-poll", help="Keep Flower's 3 s idle poll (no pathfl.fl.fast_supernode)."
+        False,
+        "--flower-poll",
+        help="Keep Flower's 3 s idle poll (no pathfl.fl.flower.fast_supernode).",
     ),
     no_worker: bool = typer.Option(
         False, "--no-worker", help="No long-running worker: each message loads torch + data."
@@ -162,8 +164,8 @@ def site_cmd(
 ) -> None:
     """Run this site's SuperNode: connects out to the aggregator and trains on local data."""
     from pathfl.config import ConfigError
-    from pathfl.fl import processes as procs
-    from pathfl.fl.certs import validate_site_name
+    from pathfl.fl.flower import processes as procs
+    from pathfl.fl.trust.certs import validate_site_name
 
     validate_site_name(name)
     needed = [features, clinical] + ([] if insecure else [key, root_cert])
@@ -227,21 +229,14 @@ def run_cmd(
     import tempfile
 
     from pathfl.config import ConfigError
-    from pathfl.fl import flower_cli
-    from pathfl.fl.federation import follow_run
-    from pathfl.fl.fl_config import effective_config
-    from pathfl.io import write_json_atomic
+    from pathfl.fl.fl_config import effective_config, run_timeout_s
+    from pathfl.fl.flower import flower_cli
+    from pathfl.fl.flower.federation import follow_run
+    from pathfl.fl.rundir import Submission, resume_submission
 
     if resume is not None:
-        saved_path = resume / "fl_config.json"
-        if not saved_path.is_file():
-            raise ConfigError(f"{saved_path}: not found — is {resume} a federated run dir?")
-        saved = json.loads(saved_path.read_text())
-        cfg, out = saved["config"], resume
-        server = server or saved.get("server")
-        if root_cert is None and saved.get("root_cert"):
-            root_cert = Path(saved["root_cert"])
-        insecure = insecure or bool(saved.get("insecure"))
+        run = resume_submission(resume, server=server, root_cert=root_cert, insecure=insecure)
+        out = resume
     else:
         if out is None:
             raise ConfigError("--out RUN_DIR is required (or --resume RUN_DIR)")
@@ -254,32 +249,21 @@ def run_cmd(
             "round_timeout_s": round_timeout_s,
         }
         cfg = effective_config(_load_user_config(config, overrides))
-    if not server:
-        raise ConfigError("--server HOST:PORT is required")
-    if not insecure and (root_cert is None or not root_cert.is_file()):
-        raise ConfigError("--root-cert CA.crt is required unless --insecure")
+        run = Submission(cfg, server=server, root_cert=root_cert, insecure=insecure)
+    run.check()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        out / "fl_config.json",
-        {
-            "config": cfg,
-            "server": server,
-            "insecure": insecure,
-            "root_cert": None if insecure else str(root_cert.resolve()),
-        },
-    )
+    run.save(out)
     with tempfile.TemporaryDirectory(prefix="pathfl-fl-") as tmp:
         home = flower_cli.write_flwr_home(
-            Path(tmp) / "home", server=server, root_cert=None if insecure else root_cert
+            Path(tmp) / "home", server=run.server, root_cert=None if run.insecure else run.root_cert
         )
         app = flower_cli.write_app(Path(tmp) / "app")
-        run_id = flower_cli.submit_run(home, app, cfg=cfg, out_dir=out, resume=resume is not None)
-        typer.echo(f"submitted run {run_id}; run dir {out}")
-        budget = timeout_s or (
-            float(cfg["connect_timeout_s"])
-            + (int(cfg["rounds"]) + 2) * float(cfg["round_timeout_s"])
+        run_id = flower_cli.submit_run(
+            home, app, cfg=run.config, out_dir=out, resume=resume is not None
         )
+        typer.echo(f"submitted run {run_id}; run dir {out}")
+        budget = timeout_s or run_timeout_s(run.config)
         result = follow_run(home, run_id, out, timeout_s=budget)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "log_tail"}, indent=2))
     if result.get("state") != "completed":
@@ -322,7 +306,7 @@ def simulate_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add `pathfl fl ...` to the root app."""
-    from pathfl.fl.audit_cli import register_audit
+    from pathfl.cli.audit import register_audit
 
     register_audit(fl_app)
     app.add_typer(fl_app, name="fl")

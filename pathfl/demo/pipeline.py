@@ -99,7 +99,7 @@ class DemoState:
 def run_cli(args: list[str], *, log_path: Path, label: str) -> int:
     """Run ``python -m pathfl ARGS`` as a child process; its output goes to ``log_path`` and
     the last lines are logged when it fails. Returns the exit code."""
-    from pathfl.fl import lifetime
+    from pathfl.fl.flower import lifetime
 
     # -P: a ./pathfl folder in the caller's working directory is not imported instead
     cmd = lifetime.python_module_argv("pathfl", *args)

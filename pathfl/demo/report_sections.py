@@ -332,7 +332,7 @@ def audit_summary(work_dir: Path) -> list[dict[str, str]]:
     """Verify every audit log the federation wrote (server and sites)."""
     rows = []
     try:
-        from pathfl.fl.audit import verify
+        from pathfl.fl.trust.audit import verify
     except ImportError:
         return [{"log": "—", "status": "audit module not available in this checkout"}]
     for p in sorted(work_dir.rglob("*audit*.jsonl")):

@@ -1,29 +1,49 @@
 """The aggregator's run: site check-in, compatibility, federation-wide time bins, rounds of
 FedAvg/FedProx with deadlines, update validation, checkpoints, audit, final model.
 
-Called by the Flower ServerApp (:mod:`pathfl.fl.server_app`) with a Flower ``Grid``; the
+Called by the Flower ServerApp (:mod:`pathfl.fl.flower.server_app`) with a Flower ``Grid``; the
 numerical work is delegated to pure functions (:mod:`pathfl.fl.aggregate`,
-:mod:`pathfl.fl.validation`, :mod:`pathfl.fl.compat`).
+:mod:`pathfl.fl.trust.validation`, :mod:`pathfl.fl.trust.compat`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pathfl.fl import aggregate, records
+from pathfl.fl import aggregate
+from pathfl.fl.flower.server_loop import (
+    Collected,
+    FederationError,
+    registered_names,
+    send_and_collect,
+    wait_for_nodes,
+)
 from pathfl.fl.rundir import RunDir
-from pathfl.fl.server_loop import Collected, FederationError, send_and_collect, wait_for_nodes
+from pathfl.fl.trust import records
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class _Replies:
+    """The train replies of one round, in site-name order (``order``: node ids)."""
+
+    got: Collected
+    order: list[int]
+    labels: list[str]
+    updates: list[list[np.ndarray]]
+    metrics: list[dict[str, Any]]
+    n_ex: list[int]
+
+
 class FederatedRun:
     def __init__(self, grid: Any, cfg: dict[str, Any], run_dir: RunDir, *, run_id: str) -> None:
-        from pathfl.fl.audit import AuditLog
+        from pathfl.fl.trust.audit import AuditLog
 
         self.grid, self.cfg, self.dir, self.run_id = grid, cfg, run_dir, run_id
         self.audit = AuditLog(run_dir.audit, run_id=run_id)
@@ -38,8 +58,7 @@ class FederatedRun:
         self.n_train = 0  # training patients over the accepted sites
         self.steps_per_round = 0  # optimizer steps per site and round (0: local_epochs)
         self.aggregator = aggregate.create_aggregator(
-            str(cfg.get("aggregation", "fedavg")),
-            trim_fraction=float(cfg.get("trim_fraction", 0.2)),
+            str(cfg["aggregation"]), trim_fraction=float(cfg["trim_fraction"])
         )
 
     # ------------------------------------------------------------------ helpers
@@ -90,7 +109,7 @@ class FederatedRun:
     # ------------------------------------------------------------------ setup
     def check_in(self) -> None:
         """Query every connected site, check fingerprints, fix the time bins."""
-        from pathfl.fl.compat import check_compatibility
+        from pathfl.fl.trust.compat import check_compatibility
 
         min_sites = int(self.cfg["min_sites"])
         want = max(int(self.cfg["num_sites"]), min_sites)
@@ -104,8 +123,8 @@ class FederatedRun:
         counts: dict[str, dict[str, Any]] = {}
         node_of: dict[str, int] = {}
         moments: dict[str, dict[str, np.ndarray]] = {}
-        registered = self._registered_names()
-        allowed = set(self.cfg.get("allowed_sites") or [])
+        registered = registered_names(self.grid)
+        allowed = set(self.cfg["allowed_sites"] or [])
         for node, reply in got.ok.items():
             info = dict(reply.content["site"])
             name = str(info.pop("site"))
@@ -160,18 +179,18 @@ class FederatedRun:
         ref = infos[result.accepted[0]]
         self.feature_dim = int(ref["feature_dim"])
         self.fingerprint = dict(result.reference or ref)
-        self.time_bins = self._fix_time_bins({s: counts[s] for s in result.accepted})
         acc = result.accepted
         self._fix_statistics({s: counts[s] for s in acc}, {s: moments.get(s, {}) for s in acc})
 
     def _fix_statistics(
         self, counts: dict[str, dict[str, Any]], moments: dict[str, dict[str, np.ndarray]]
     ) -> None:
-        """Scaler, linear-cox row standardiser and steps per round from the accepted sites'
-        check-in replies (:mod:`pathfl.fl.fed_stats`)."""
+        """Time bins, scaler, linear-cox row standardiser and steps per round from the
+        accepted sites' check-in replies (:mod:`pathfl.fl.fed_stats`)."""
         from pathfl.fl import fed_stats
 
         try:
+            self.time_bins = fed_stats.time_bins(self.cfg, counts)
             self.scaler = fed_stats.federated_scaler(moments, self.cfg)
             self.row_scaler = fed_stats.row_standardizer(moments)
         except ValueError as e:
@@ -185,38 +204,6 @@ class FederatedRun:
             self.steps_per_round or f"{self.cfg.get('local_epochs')} local epoch(s) of",
             "tile features" if self.scaler and self.scaler.features.dim else "nothing",
         )
-
-    def _registered_names(self) -> dict[int, str]:
-        """node id -> the name its auth key was registered under (empty without site auth)."""
-        try:
-            return {
-                int(n.node_id): str(getattr(n, "name", "") or "") for n in self.grid.get_nodes()
-            }
-        except Exception as e:  # an older SuperLink without node names: self-reported only
-            logger.warning("could not read registered node names: %s", e)
-            return {}
-
-    def _fix_time_bins(self, counts: dict[str, dict[str, Any]]) -> list[float]:
-        from pathfl.fl.site import train_config
-
-        if not train_config(self.cfg).head.needs_time_bins:
-            return []
-        if self.cfg["time_bins"]:
-            return [float(x) for x in self.cfg["time_bins"]]
-        edges = aggregate.time_grid(
-            float(self.cfg["time_grid_max"]), int(self.cfg["time_grid_cells"])
-        )
-        total = np.zeros(len(edges) - 1, dtype=np.int64)
-        for site, c in counts.items():
-            hist = np.asarray(c.get("time_hist", []), dtype=np.int64)
-            if hist.shape != total.shape:
-                raise FederationError(f"site {site!r} sent no/invalid event-time histogram")
-            total += hist
-        cuts = aggregate.cut_points_from_histogram(
-            total, edges, n_bins=int(self.cfg["train"]["n_bins"])
-        )
-        logger.info("federation time-bin cut points: %s", np.round(cuts, 4).tolist())
-        return [float(c) for c in cuts]
 
     def build_model(self) -> Any:
         """The run's model architecture (covariates included), seeded by the run seed."""
@@ -236,67 +223,114 @@ class FederatedRun:
         }
 
     def init_model(self) -> None:
-        from pathfl.fl.records import state_to_arrays
+        from pathfl.fl.trust.records import state_to_arrays
 
         model = self.build_model()
         self.names, self.arrays = state_to_arrays(model.state_dict())
 
     # ------------------------------------------------------------------ rounds
     def run_round(self, round_no: int) -> dict[str, Any]:
-        from pathfl.fl.audit import hash_arrays
-        from pathfl.fl.validation import reference_from_arrays, validate_updates
+        """One round: send the global model, collect and validate the updates, aggregate the
+        accepted ones, checkpoint, log the round and audit it. Returns the round's row of
+        ``rounds.jsonl``; fewer than ``min_sites`` usable updates → :class:`FederationError`."""
+        from pathfl.fl.trust.audit import hash_arrays
 
         t0 = time.monotonic()
-        nodes = sorted(self.sites, key=self._name)
         hash_in = hash_arrays(self.arrays)
+        replies = self._collect_updates(round_no)
+        rejected = self._validate_updates(replies)
+        row = self._round_row(round_no, replies, rejected)
+        accepted = [i for i, label in enumerate(replies.labels) if label not in rejected]
+        self._require_quorum(round_no, row, [replies.labels[i] for i in accepted], t0=t0)
+        self.arrays = self.aggregator(
+            [replies.updates[i] for i in accepted], [replies.n_ex[i] for i in accepted]
+        )
+        row["seconds"] = time.monotonic() - t0
+        row["max_site_compute_s"] = max(
+            (m.get("compute_s", 0.0) for m in replies.metrics), default=0.0
+        )
+        self._save_checkpoint(round_no)
+        self.dir.append_round(row)
+        self._audit_round(round_no, replies, row, accepted, hash_in=hash_in)
+        logger.info(
+            "round %d: %d/%d sites aggregated in %.1f s (C-index of previous global %.3f)",
+            round_no,
+            len(accepted),
+            len(self.sites),
+            row["seconds"],
+            row["federated_c_index_prev_global"],
+        )
+        return row
+
+    def _collect_updates(self, round_no: int) -> _Replies:
+        """Send the global model to every accepted site; the replies in site-name order."""
+        nodes = sorted(self.sites, key=self._name)
         got = self._send(records.TRAIN, round_no, nodes, arrays=self.arrays)
         order = sorted(got.ok, key=self._name)
-        labels = [self._name(n) for n in order]
-        updates = [records.from_array_record(got.ok[n].content["arrays"]) for n in order]
         metrics = [dict(got.ok[n].content["metrics"]) for n in order]
-        n_ex = [int(m.get("num-examples", 0)) for m in metrics]
-        factor = float(self.cfg["reject_norm_factor"]) or None
-        ratio = float(self.cfg["reject_norm_ratio"]) or None
-        check = validate_updates(
-            updates,
-            reference_shapes_dtypes=reference_from_arrays(self.arrays),
-            num_examples=n_ex,
-            global_arrays=self.arrays,
-            norm_factor=factor,
-            max_norm_ratio=ratio,
-            labels=labels,
+        return _Replies(
+            got=got,
+            order=order,
+            labels=[self._name(n) for n in order],
+            updates=[records.from_array_record(got.ok[n].content["arrays"]) for n in order],
+            metrics=metrics,
+            n_ex=[int(m.get("num-examples", 0)) for m in metrics],
         )
-        accepted = list(check.accepted)
-        rejected = {labels[i]: r for i, r in check.rejected.items()}
-        failed = {self._name(n): r for n, r in got.failed.items()}
-        missing = [self._name(n) for n in got.missing]
-        row = {
+
+    def _validate_updates(self, replies: _Replies) -> dict[str, str]:
+        """Site name -> reason, for the updates :func:`validate_updates` rejects."""
+        from pathfl.fl.trust.validation import reference_from_arrays, validate_updates
+
+        check = validate_updates(
+            replies.updates,
+            reference_shapes_dtypes=reference_from_arrays(self.arrays),
+            num_examples=replies.n_ex,
+            global_arrays=self.arrays,
+            norm_factor=float(self.cfg["reject_norm_factor"]) or None,
+            max_norm_ratio=float(self.cfg["reject_norm_ratio"]) or None,
+            labels=replies.labels,
+        )
+        return {replies.labels[i]: r for i, r in check.rejected.items()}
+
+    def _round_row(
+        self, round_no: int, replies: _Replies, rejected: dict[str, str]
+    ) -> dict[str, Any]:
+        """The round's line of ``rounds.jsonl`` (timing is added once the round is done)."""
+        got = replies.got
+        sites = {
+            label: {
+                **replies.metrics[i],
+                "status": "rejected" if label in rejected else "aggregated",
+                "bytes_up": int(got.ok[replies.order[i]].content["arrays"].count_bytes()),
+            }
+            for i, label in enumerate(replies.labels)
+        }
+        return {
             "round": round_no,
-            "sites": {
-                labels[i]: {
-                    **metrics[i],
-                    "status": "rejected" if i in check.rejected else "aggregated",
-                    "bytes_up": int(got.ok[order[i]].content["arrays"].count_bytes()),
-                }
-                for i in range(len(order))
-            },
-            "failed": failed,
-            "missing": missing,
+            "sites": sites,
+            "failed": {self._name(n): r for n, r in got.failed.items()},
+            "missing": [self._name(n) for n in got.missing],
             "rejected": rejected,
             # the val_* metrics of round r describe the global model of round r-1
-            "federated_c_index_prev_global": self._fed_c(metrics),
+            "federated_c_index_prev_global": self._fed_c(replies.metrics),
             "bytes_down_per_site": int(records.to_array_record(self.arrays).count_bytes()),
         }
-        if len(accepted) < int(self.cfg["min_sites"]):
-            self.dir.append_round({**row, "seconds": time.monotonic() - t0, "aborted": True})
-            raise FederationError(
-                f"round {round_no}: {len(accepted)} usable update(s) "
-                f"({[labels[i] for i in accepted]}), min_sites={self.cfg['min_sites']}; "
-                f"failed={failed}, no reply={missing}, rejected={rejected}"
-            )
-        self.arrays = self.aggregator([updates[i] for i in accepted], [n_ex[i] for i in accepted])
-        row["seconds"] = time.monotonic() - t0
-        row["max_site_compute_s"] = max((m.get("compute_s", 0.0) for m in metrics), default=0.0)
+
+    def _require_quorum(
+        self, round_no: int, row: dict[str, Any], usable: list[str], *, t0: float
+    ) -> None:
+        """Fewer than ``min_sites`` usable updates: log the aborted round and stop the run."""
+        if len(usable) >= int(self.cfg["min_sites"]):
+            return
+        self.dir.append_round({**row, "seconds": time.monotonic() - t0, "aborted": True})
+        raise FederationError(
+            f"round {round_no}: {len(usable)} usable update(s) ({usable}), "
+            f"min_sites={self.cfg['min_sites']}; failed={row['failed']}, "
+            f"no reply={row['missing']}, rejected={row['rejected']}"
+        )
+
+    def _save_checkpoint(self, round_no: int) -> None:
+        """The global model after ``round_no`` and what a resumed run needs to continue."""
         self.dir.save_checkpoint(
             round_no=round_no,
             names=self.names,
@@ -310,29 +344,33 @@ class FederatedRun:
                 **self.checkpoint_state(),
             },
         )
-        self.dir.append_round(row)
+
+    def _audit_round(
+        self,
+        round_no: int,
+        replies: _Replies,
+        row: dict[str, Any],
+        accepted: list[int],
+        *,
+        hash_in: str,
+    ) -> None:
+        from pathfl.fl.trust.audit import hash_arrays
+
         self.audit.append(
             "round",
             round=round_no,
-            sites=[labels[i] for i in accepted],
+            sites=[replies.labels[i] for i in accepted],
             model_in_sha256=hash_in,
             model_out_sha256=hash_arrays(self.arrays),
-            n_examples=int(sum(n_ex[i] for i in accepted)),
-            rejected=rejected,
-            failed=failed,
-            missing=missing,
-            updates={labels[i]: hash_arrays(updates[i]) for i in range(len(order))},
+            n_examples=int(sum(replies.n_ex[i] for i in accepted)),
+            rejected=row["rejected"],
+            failed=row["failed"],
+            missing=row["missing"],
+            updates={
+                lab: hash_arrays(u) for lab, u in zip(replies.labels, replies.updates, strict=True)
+            },
             metrics={"federated_c_index_prev_global": row["federated_c_index_prev_global"]},
         )
-        logger.info(
-            "round %d: %d/%d sites aggregated in %.1f s (C-index of previous global %.3f)",
-            round_no,
-            len(accepted),
-            len(nodes),
-            row["seconds"],
-            row["federated_c_index_prev_global"],
-        )
-        return row
 
     @staticmethod
     def _fed_c(metrics: list[dict[str, Any]]) -> float:

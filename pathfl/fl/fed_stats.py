@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from pathfl.fl import aggregate
 from pathfl.survival.scaling import BagScaler, Moments, Standardizer, add_moments
 
 logger = logging.getLogger(__name__)
 
 #: moment groups a site may send: tile features, covariates, linear-cox rows (the array
-#: names are whitelisted in :data:`pathfl.fl.records.MOMENT_KEYS`)
+#: names are whitelisted in :data:`pathfl.fl.trust.records.MOMENT_KEYS`)
 MOMENT_GROUPS = ("tile", "cov", "row")
 
 
@@ -38,7 +39,7 @@ def standardizes(cfg: Mapping[str, Any]) -> bool:
 
 def linear_cox_skip_reason(cfg: Mapping[str, Any]) -> str:
     """Why the federated linear-cox baseline is not fitted in this run ('' = it is)."""
-    from pathfl.fl.privacy import DPConfig
+    from pathfl.fl.trust.privacy import DPConfig
 
     if not cfg.get("linear_cox", True):
         return "linear_cox: false in the run config"
@@ -156,3 +157,26 @@ def round_span(cfg: Mapping[str, Any], round_no: int) -> tuple[float, float]:
     """The share ``((r-1)/R, r/R)`` of the learning-rate schedule that round ``r`` covers."""
     r, total = int(round_no), max(1, int(cfg["rounds"]))
     return (min(r - 1, total) / total, min(r, total) / total)
+
+
+def time_bins(cfg: Mapping[str, Any], counts: Mapping[str, Mapping[str, Any]]) -> list[float]:
+    """The run's inner time-bin cut points: none for a head without time bins, the configured
+    ``time_bins``, else quantiles of the accepted sites' summed event-time histograms (on the
+    grid ``time_grid_max`` / ``time_grid_cells``). A site without a valid histogram →
+    :class:`ValueError`."""
+    from pathfl.fl.site import train_config
+
+    if not train_config(cfg).head.needs_time_bins:
+        return []
+    if cfg["time_bins"]:
+        return [float(x) for x in cfg["time_bins"]]
+    edges = aggregate.time_grid(float(cfg["time_grid_max"]), int(cfg["time_grid_cells"]))
+    total = np.zeros(len(edges) - 1, dtype=np.int64)
+    for site, c in counts.items():
+        hist = np.asarray(c.get("time_hist", []), dtype=np.int64)
+        if hist.shape != total.shape:
+            raise ValueError(f"site {site!r} sent no/invalid event-time histogram")
+        total += hist
+    cuts = aggregate.cut_points_from_histogram(total, edges, n_bins=int(cfg["train"]["n_bins"]))
+    logger.info("federation time-bin cut points: %s", np.round(cuts, 4).tolist())
+    return [float(c) for c in cuts]

@@ -41,7 +41,7 @@ FL_DEFAULTS: dict[str, Any] = {
     "reject_norm_factor": 5.0,  # update-norm outlier test (robust z), 0 = off
     "reject_norm_ratio": 0.0,  # reject norm > ratio * median, 0 = off
     "linear_cox": True,  # fit the federated linear-cox baseline (Newton) after the rounds
-    # client-side DP-SGD (pathfl.fl.privacy), off by default
+    # client-side DP-SGD (pathfl.fl.trust.privacy), off by default
     "dp": False,
     "dp_noise_multiplier": None,
     "dp_max_grad_norm": 1.0,
@@ -131,6 +131,24 @@ def _validate(cfg: dict[str, Any]) -> None:
                 "unit; the bins are then placed at quantiles of the federation's event-time "
                 "histogram — see docs/federation.md)"
             )
+
+
+def strategy_name(cfg: Mapping[str, Any]) -> str:
+    """The run's strategy as recorded in ``metrics.json``: the server aggregation (``fedavg``,
+    ``median``, ``trimmed-mean``), with ``fedprox`` for a local objective with ``proximal_mu
+    > 0`` (``fedprox`` alone when the aggregation is the weighted mean, else
+    ``fedprox+median`` / ``fedprox+trimmed-mean``)."""
+    aggregation = str(cfg["aggregation"])
+    if float(cfg["proximal_mu"]) <= 0:
+        return aggregation
+    return "fedprox" if aggregation == "fedavg" else f"fedprox+{aggregation}"
+
+
+def run_timeout_s(cfg: Mapping[str, Any]) -> float:
+    """How long a run may take before its caller gives up: the connect timeout plus a round
+    deadline for each round, the check-in and the final evaluation."""
+    rounds, per_round = int(cfg["rounds"]), float(cfg["round_timeout_s"])
+    return float(cfg["connect_timeout_s"]) + (rounds + 2) * per_round
 
 
 def policy_view(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ Layout (``model.pt``/``config.json``/``metrics.json`` as written by
     RUN/rounds.jsonl            one line per round: per-site metrics, federated C-index, timing
     RUN/rounds/global_NNN.npz   global model after round NNN
     RUN/checkpoint/state.json   last completed round, its global model file, time bins, sites
-    RUN/audit.jsonl             server audit log (hash chain, see pathfl.fl.audit)
+    RUN/audit.jsonl             server audit log (hash chain, see pathfl.fl.trust.audit)
     RUN/model.pt config.json metrics.json   final model (after the last round)
 """
 
@@ -19,11 +19,13 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pathfl.config import ConfigError
 from pathfl.io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -115,3 +117,58 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+@dataclass
+class Submission:
+    """A run as ``pathfl fl run`` submits it, saved as ``RUN/fl_config.json``: the effective
+    config and how to reach the SuperLink (``root_cert``: the federation's CA certificate)."""
+
+    config: dict[str, Any]
+    server: str | None = None
+    root_cert: Path | None = None
+    insecure: bool = False
+
+    def check(self) -> None:
+        """A server address, and a CA certificate unless ``insecure`` (:class:`ConfigError`)."""
+        if not self.server:
+            raise ConfigError("--server HOST:PORT is required")
+        if not self.insecure and (self.root_cert is None or not self.root_cert.is_file()):
+            raise ConfigError("--root-cert CA.crt is required unless --insecure")
+
+    def save(self, run_dir: str | os.PathLike[str]) -> None:
+        """Write ``RUN/fl_config.json`` (atomically)."""
+        root_cert = None if self.insecure or self.root_cert is None else self.root_cert
+        write_json_atomic(
+            RunDir(run_dir).config,
+            {
+                "config": self.config,
+                "server": self.server,
+                "insecure": self.insecure,
+                "root_cert": None if root_cert is None else str(root_cert.resolve()),
+            },
+        )
+
+
+def resume_submission(
+    run_dir: str | os.PathLike[str],
+    *,
+    server: str | None = None,
+    root_cert: Path | None = None,
+    insecure: bool = False,
+) -> Submission:
+    """The submission saved in ``run_dir`` (its config unchanged), with ``server``,
+    ``root_cert`` and ``insecure`` taken from the command line where given, else as saved.
+    No ``fl_config.json`` there → :class:`ConfigError`."""
+    path = RunDir(run_dir).config
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found — is {run_dir} a federated run dir?")
+    saved = json.loads(path.read_text())
+    if root_cert is None and saved.get("root_cert"):
+        root_cert = Path(saved["root_cert"])
+    return Submission(
+        config=saved["config"],
+        server=server or saved.get("server"),
+        root_cert=root_cert,
+        insecure=insecure or bool(saved.get("insecure")),
+    )

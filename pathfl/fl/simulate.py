@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pathfl.config import ConfigError
-from pathfl.fl.federation import LocalFederation, SiteSpec, follow_run
-from pathfl.fl.preflight import (
+from pathfl.fl.flower.federation import LocalFederation, SiteSpec, follow_run
+from pathfl.fl.trust.preflight import (
     FederatedRunError,
     check_site_compat,
     check_site_data,
@@ -60,7 +60,7 @@ def simulate(
 ) -> dict[str, Any]:
     """Run the federation and (optionally) the baselines; returns a summary dict and writes
     ``OUT/comparison.csv`` + ``OUT/comparison.md`` next to the federated run's files."""
-    from pathfl.fl.fl_config import effective_config
+    from pathfl.fl.fl_config import effective_config, run_timeout_s
 
     user = dict(user_cfg)
     user.setdefault("num_sites", len(specs))
@@ -73,9 +73,7 @@ def simulate(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = out / "federation"
-    budget = timeout_s or (
-        float(cfg["connect_timeout_s"]) + (int(cfg["rounds"]) + 2) * float(cfg["round_timeout_s"])
-    )
+    budget = timeout_s or run_timeout_s(cfg)
     with LocalFederation(
         work,
         tls=tls,

@@ -2,9 +2,9 @@
 a local training and validation part, answer the pre-round-1 query, train one round with
 :func:`pathfl.survival.train.train_local`, evaluate with :func:`pathfl.survival.train.evaluate`.
 
-The Flower ClientApp (:mod:`pathfl.fl.client_app`) is a thin adapter over these functions, and
-the simulation's local-only / pooled baselines use the same split (:func:`split_bags`), so the
-three C-indices count exactly the same within-site pairs.
+The Flower ClientApp (:mod:`pathfl.fl.flower.client_app`) is a thin adapter over these
+functions, and the simulation's local-only / pooled baselines use the same split
+(:func:`split_bags`), so the three C-indices count exactly the same within-site pairs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pathfl.fl import aggregate
-from pathfl.fl.records import EVAL_KEYS, TRAIN_KEYS, clean_metrics
+from pathfl.fl.trust.records import EVAL_KEYS, TRAIN_KEYS, clean_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def load_site(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> SiteDat
     bags = load_bags(paths[NODE_FEATURES], clinical, covariates=covariates)
     if not bags:
         raise ValueError(f"site {paths[NODE_SITE]}: no patient bags in {paths[NODE_FEATURES]}")
-    train, val = split_bags(bags, val_folds=int(cfg.get("val_folds", 4)), seed=int(cfg["seed"]))
+    train, val = split_bags(bags, val_folds=int(cfg["val_folds"]), seed=int(cfg["seed"]))
     return SiteData(
         site=paths[NODE_SITE],
         features_dir=Path(paths[NODE_FEATURES]),
@@ -112,7 +112,7 @@ def query_reply(data: SiteData, cfg: Mapping[str, Any]) -> tuple[dict, dict]:
     """(site config record, counts metric record) for the pre-round-1 query. The event-time
     histogram on the federation grid is included only when the server asks for it (the
     moments go in a record of their own: :func:`pathfl.fl.fed_stats.site_moments`)."""
-    from pathfl.fl.compat import site_fingerprint
+    from pathfl.fl.trust.compat import site_fingerprint
 
     fp = {k: v for k, v in site_fingerprint(data.features_dir).items() if v is not None}
     fp["feature_dim"] = int(data.feature_dim)
@@ -145,7 +145,7 @@ def train_config(cfg: Mapping[str, Any]) -> Any:
 
 def build_global_model(cfg: Mapping[str, Any], feature_dim: int, arrays: list[np.ndarray]) -> Any:
     from pathfl.fl.fed_stats import covariates_of
-    from pathfl.fl.records import arrays_to_state
+    from pathfl.fl.trust.records import arrays_to_state
     from pathfl.survival.train import build_model
 
     n_cov = len(covariates_of(cfg))
@@ -174,7 +174,7 @@ def train_round(
     covering the round's share of the learning-rate schedule (FedProx when ``proximal_mu``
     > 0). Returns (new arrays, metrics)."""
     from pathfl.fl.fed_stats import round_span, site_steps
-    from pathfl.fl.records import state_to_arrays
+    from pathfl.fl.trust.records import state_to_arrays
     from pathfl.survival.train import train_local
 
     model = build_global_model(cfg, data.feature_dim, arrays)
@@ -185,12 +185,13 @@ def train_round(
         "steps": site_steps(cfg, len(train)),
         "schedule_span": round_span(cfg, round_no),
         "time_bins": np.asarray(cfg["time_bins"]),
-        "proximal_mu": float(cfg.get("proximal_mu", 0.0)),
+        "proximal_mu": float(cfg["proximal_mu"]),
         "seed": site_seed(int(cfg["seed"]), round_no, data.site),
     }
     dp = _dp_config(cfg)
     if dp is not None:
-        from pathfl.fl.privacy import PrivacyLedger, dp_train_local, ledger_path
+        from pathfl.fl.trust.accountant import PrivacyLedger, ledger_path
+        from pathfl.fl.trust.privacy import dp_train_local
 
         # site-local accountant history, keyed so that a resumed run keeps spending it
         path = ledger_path(data.state_dir, cfg)
@@ -208,7 +209,7 @@ def train_round(
 def _dp_config(cfg: Mapping[str, Any]) -> Any:
     """The run's DP-SGD settings, or None when DP is off (PrivacyError for impossible ones,
     e.g. the Cox loss, which makes the site refuse the request)."""
-    from pathfl.fl.privacy import DPConfig
+    from pathfl.fl.trust.privacy import DPConfig
 
     dp = DPConfig.from_run_config(cfg)
     return dp if dp.enabled else None
@@ -234,7 +235,7 @@ class SiteCache:
         key = (
             paths[NODE_FEATURES],
             paths[NODE_CLINICAL],
-            int(cfg.get("val_folds", 4)),
+            int(cfg["val_folds"]),
             int(cfg["seed"]),
             tuple(covariates_of(cfg)),
         )
@@ -255,7 +256,7 @@ def handle(
     records and checks it against the whitelist): ``query`` → info + counts + moments,
     ``train`` → arrays + metrics, ``evaluate`` → metrics, ``query.linear_cox`` →
     derivatives + metrics (:mod:`pathfl.fl.fed_linear_cox`)."""
-    from pathfl.fl.records import LINEAR_COX
+    from pathfl.fl.trust.records import LINEAR_COX
 
     data = (cache or SiteCache()).get(node_config, cfg)
     if kind == "query":

@@ -1,23 +1,36 @@
 """How the features of a local run were made, and checks that they were all made alike.
 
-The same fields as the federation's site check (:data:`pathfl.fl.compat.FINGERPRINT_FIELDS`:
-encoder, weights hash, target mpp, tile size, pathfl version, feature dim), plus the storage
-dtype. ``pathfl train`` refuses a cohort whose features files differ on any of them, records
-them in the run's ``config.json`` (``fingerprint``), and ``pathfl predict``/``heatmap`` refuse
-features that differ from the run's on the fields that change what a feature means.
+The fields of a fingerprint (:data:`FINGERPRINT_FIELDS`: encoder, weights hash, target mpp,
+tile size, pathfl version, feature dim) are those the federation's site check
+(:mod:`pathfl.fl.trust.compat`) compares; a cohort's check adds the storage dtype.
+``pathfl train`` refuses a cohort whose features files differ on any of them, records them in
+the run's ``config.json`` (``fingerprint``), and ``pathfl predict``/``heatmap`` refuse features
+that differ from the run's on the fields that change what a feature means.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from pathfl.fl.compat import FINGERPRINT_FIELDS, fingerprint_from_attrs, values_equal
-
 logger = logging.getLogger(__name__)
+
+#: Fields of a site fingerprint, in the order they are reported.
+FINGERPRINT_FIELDS: tuple[str, ...] = (
+    "encoder",
+    "weights_sha256",
+    "target_mpp",
+    "tile_size",
+    "pathfl_version",
+    "feature_dim",
+)
+#: Fields whose values are compared as numbers (with a relative tolerance for floats).
+_NUMERIC_FIELDS = {"target_mpp": float, "tile_size": int, "feature_dim": int}
+MPP_REL_TOL = 1e-3
 
 #: every field compared between the features files of one cohort
 COHORT_FIELDS: tuple[str, ...] = (*FINGERPRINT_FIELDS, "dtype")
@@ -27,6 +40,44 @@ COHORT_FIELDS: tuple[str, ...] = (*FINGERPRINT_FIELDS, "dtype")
 WARN_ONLY_FIELDS: tuple[str, ...] = ("pathfl_version", "dtype")
 #: slides named per value in a message
 _MAX_NAMED = 5
+
+
+def _normalise(field_name: str, value: Any) -> Any:
+    """Turn an attribute as read from HDF5 (bytes, numpy scalars) into a plain Python value."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()
+    caster = _NUMERIC_FIELDS.get(field_name)
+    if caster is not None and value is not None:
+        try:
+            return caster(value)
+        except (TypeError, ValueError):
+            return value
+    return None if value is None else str(value)
+
+
+def normalise_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint with exactly the :data:`FINGERPRINT_FIELDS` as plain Python values
+    (missing fields become None)."""
+    return {f: _normalise(f, record.get(f)) for f in FINGERPRINT_FIELDS}
+
+
+def values_equal(field_name: str, a: Any, b: Any) -> bool:
+    """Whether two values of ``field_name`` agree (floats: within :data:`MPP_REL_TOL`)."""
+    if a is None or b is None:
+        return a is b
+    if _NUMERIC_FIELDS.get(field_name) is float:
+        try:
+            return math.isclose(float(a), float(b), rel_tol=MPP_REL_TOL)
+        except (TypeError, ValueError):
+            return a == b
+    return a == b
+
+
+def fingerprint_from_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The site fingerprint fields of one features file's attributes."""
+    return normalise_record(attrs)
 
 
 class FingerprintMismatchError(ValueError):

@@ -26,13 +26,16 @@ class SurvivalHead:
     before training). ``min_batch``: smallest useful mini-batch (Cox: a risk set needs two
     bags). ``spread_events``: batches get the events spread evenly (a Cox batch without an
     event has no gradient). ``survival``: ``"bins"`` (from the per-bin hazards) or
-    ``"breslow"`` (needs a baseline hazard fitted on training data)."""
+    ``"breslow"`` (needs a baseline hazard fitted on training data). ``per_patient``: the loss
+    is a sum of per-patient terms, so clipping each patient's gradient bounds what one patient
+    changes (DP-SGD); the Cox partial likelihood couples patients through the risk set."""
 
     name: str
     needs_time_bins: bool
     min_batch: int
     spread_events: bool
     survival: str
+    per_patient: bool
     risk_fn: Callable[[torch.Tensor], torch.Tensor]
 
     def n_outputs(self, n_bins: int) -> int:
@@ -77,11 +80,12 @@ class SurvivalHead:
 HEADS: Registry[SurvivalHead] = Registry("survival head")
 HEADS.register("nll", paper="Zadeh & Schmid 2020")(
     lambda: SurvivalHead("nll", needs_time_bins=True, min_batch=1, spread_events=False,
-                         survival="bins", risk_fn=losses.nll_risk)
+                         survival="bins", per_patient=True, risk_fn=losses.nll_risk)
 )  # fmt: skip
 HEADS.register("cox", paper="Cox 1972; Breslow ties")(
     lambda: SurvivalHead("cox", needs_time_bins=False, min_batch=2, spread_events=True,
-                         survival="breslow", risk_fn=losses.cox_risk)
+                         survival="breslow", per_patient=False,
+                         risk_fn=losses.cox_risk)
 )  # fmt: skip
 
 

@@ -186,19 +186,39 @@ SCHEDULES: dict[str, Callable[[float, TrainConfig], float]] = {  # keys: SCHEDUL
 }
 
 
-def _prox_term(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor]) -> torch.Tensor:
-    return sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))  # type: ignore[return-value]
-
-
-def _proximal_anchor(
-    params: Sequence[torch.Tensor], global_params: Sequence[torch.Tensor] | None
+def proximal_anchor(
+    params: Sequence[torch.Tensor], global_params: Sequence[Any] | None
 ) -> list[torch.Tensor]:
-    """FedProx anchor: ``global_params`` (default: the weights at entry) as float copies."""
+    """FedProx's ``w_global`` as float tensors in ``params`` order (default: ``params`` now)."""
     src = global_params if global_params is not None else [p.detach() for p in params]
     anchor = [torch.as_tensor(g).detach().clone().float() for g in src]
     if len(anchor) != len(params):
         raise ValueError(f"global_params has {len(anchor)} tensors, model {len(params)}")
     return anchor
+
+
+def make_optimizer(params: Sequence[torch.Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+    """The local optimizer (AdamW at ``config.lr``, ``config.weight_decay``)."""
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def set_lr(
+    opt: torch.optim.Optimizer,
+    config: TrainConfig,
+    *,
+    step: int,
+    total: int,
+    span: tuple[float, float] = (0.0, 1.0),
+) -> None:
+    """The learning rate of ``step`` of ``total``, steps covering the share ``span`` of the
+    whole schedule (:func:`lr_factor`)."""
+    p0, p1 = span
+    for g in opt.param_groups:
+        g["lr"] = config.lr * lr_factor(p0 + (p1 - p0) * step / max(total, 1), config)
+
+
+def _prox_term(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))  # type: ignore[return-value]
 
 
 def _train_pass(
@@ -216,7 +236,6 @@ def _train_pass(
 ) -> tuple[int, float]:
     """One pass over ``bags`` in batches, stopping at ``total`` steps. Returns the step count
     after the pass and the pass's mean loss (weighted by batch size; NaN if no step ran)."""
-    p0, p1 = span
     mu, anchor = prox
     params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
@@ -224,8 +243,7 @@ def _train_pass(
     for batch in make_batches(bags, config, rng):
         if step >= total:
             break
-        for g in opt.param_groups:
-            g["lr"] = config.lr * lr_factor(p0 + (p1 - p0) * step / max(total, 1), config)
+        set_lr(opt, config, step=step, total=total, span=span)
         bb = [bags[i] for i in batch]
         logits = bags_logits(model, bb, rng, config.max_tiles)
         loss = batch_loss(config, logits, bb, time_bins)
@@ -271,8 +289,8 @@ def train_local(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    anchor = _proximal_anchor(params, global_params) if proximal_mu > 0 else []
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    anchor = proximal_anchor(params, global_params) if proximal_mu > 0 else []
+    opt = make_optimizer(params, config)
     patience = config.early_stopping_patience if val_bags else 0
     passes = 10**9 if steps is not None else passes_per_budget(len(bags), config, epochs=epochs)
     total = steps if steps is not None else passes * steps_per_pass(len(bags), config)

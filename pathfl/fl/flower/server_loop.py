@@ -29,6 +29,15 @@ class Collected:
     seconds: float = 0.0
 
 
+def registered_names(grid: Any) -> dict[int, str]:
+    """node id -> the name its auth key was registered under (empty without site auth)."""
+    try:
+        return {int(n.node_id): str(getattr(n, "name", "") or "") for n in grid.get_nodes()}
+    except Exception as e:  # an older SuperLink without node names: self-reported only
+        logger.warning("could not read registered node names: %s", e)
+        return {}
+
+
 def wait_for_nodes(
     grid: Any, *, want: int, need: int, timeout_s: float, poll_s: float = 0.5
 ) -> list[int]:

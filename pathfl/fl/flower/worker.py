@@ -7,7 +7,7 @@ with a random key in a 0600 file beside it (``multiprocessing.connection`` HMAC 
 It never opens a network port. The ClientApp falls back to computing in its own process when
 the worker cannot be reached, so a dead worker costs speed, not the round.
 
-Start: ``python -m pathfl.fl.worker SOCKET`` (``pathfl fl site`` does it).
+Start: ``python -m pathfl.fl.flower.worker SOCKET`` (``pathfl fl site`` does it).
 """
 
 from __future__ import annotations
@@ -110,11 +110,11 @@ def call(
 
 
 def main() -> None:
-    from pathfl.fl.lifetime import watch_parent
+    from pathfl.fl.flower.lifetime import watch_parent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m pathfl.fl.worker SOCKET_PATH")
+        sys.exit("usage: python -m pathfl.fl.flower.worker SOCKET_PATH")
     watch_parent()  # pathfl gone (even SIGKILLed) → SIGTERM → the socket is removed
     code: int | str | None = 0
     try:

@@ -3,7 +3,7 @@ and the reason a federated run failed as its run directory records it.
 
 The simulation has every site's folder on this host, so the checks each site and the server
 would make after start-up (clinical table and features files: :func:`load_cohort`; features
-made alike across sites: :func:`~pathfl.fl.compat.check_compatibility`) run up front, and a
+made alike across sites: :func:`~pathfl.fl.trust.compat.check_compatibility`) run up front, and a
 problem is one message naming the site, the file and the reason instead of a run that fails
 minutes later in another process.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pathfl.config import ConfigError
-from pathfl.fl.federation import SiteSpec
+from pathfl.fl.flower.federation import SiteSpec
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def check_site_data(specs: Sequence[SiteSpec], *, covariates: Sequence[str] = ()
     """Every site's clinical table and features files load as the site will load them (with
     the run's ``covariates``), and each site's features files agree among themselves. Raises
     :class:`ConfigError` listing every problem of every site (nothing has been started)."""
-    from pathfl.fl.compat import CompatibilityError, site_fingerprint
+    from pathfl.fl.trust.compat import CompatibilityError, site_fingerprint
 
     problems = [p for p in (_site_problem(s, covariates) for s in specs) if p]
     for spec in specs:
@@ -56,7 +56,7 @@ def check_site_compat(specs: Sequence[SiteSpec], cfg: dict[str, Any]) -> list[st
     """The sites' features fingerprints under ``compat_policy`` and ``min_sites`` of ``cfg``,
     as the server will check them. Raises :class:`ConfigError` naming each site and field that
     differs when the run could not start; returns the sites that will take part."""
-    from pathfl.fl.compat import check_compatibility, site_fingerprint
+    from pathfl.fl.trust.compat import check_compatibility, site_fingerprint
 
     records = {spec.name: site_fingerprint(spec.features) for spec in specs}
     result = check_compatibility(

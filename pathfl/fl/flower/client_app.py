@@ -7,8 +7,8 @@ global model), ``query.linear_cox`` (one Newton step of the federated linear-cox
 of the site's Cox partial likelihood at the received β, validation pair counts). Each
 train/evaluate/linear_cox request is checked against the site's policy file first (refusal =
 an error reply plus a logged, audited reason); every reply passes
-:func:`pathfl.fl.records.check_reply` before it leaves; the site's own audit log gets one entry
-per request.
+:func:`pathfl.fl.trust.records.check_reply` before it leaves; the site's own audit log gets
+one entry per request.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from pathfl.fl import records
 from pathfl.fl import site as site_mod
+from pathfl.fl.trust import records
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class PolicyRefusalError(RuntimeError):
 
 
 def _audit(context: Context, cfg: dict[str, Any], event: str, **fields: Any) -> None:
-    from pathfl.fl.audit import AuditLog
+    from pathfl.fl.trust.audit import AuditLog
 
     path = site_mod.default_audit_path(context.node_config)
     AuditLog(path, run_id=str(cfg.get("run_id", context.run_id))).append(
@@ -43,7 +43,7 @@ def _audit(context: Context, cfg: dict[str, Any], event: str, **fields: Any) -> 
 
 def _check_policy(context: Context, cfg: dict[str, Any], round_no: int) -> None:
     from pathfl.fl.fl_config import policy_view
-    from pathfl.fl.policy import SitePolicy
+    from pathfl.fl.trust.policy import SitePolicy
 
     path = str(context.node_config.get(site_mod.NODE_POLICY, "") or "")
     if not path:
@@ -67,13 +67,13 @@ def _compute(
 ) -> dict[str, Any]:
     """Ask the site's long-running worker (node config ``worker``); compute here when there
     is none or it cannot be reached."""
-    from pathfl.fl.lifetime import watch_parent
+    from pathfl.fl.flower.lifetime import watch_parent
 
     watch_parent()  # the pathfl command that started the SuperNode is gone → stop
     node_config = dict(context.node_config)
     sock = str(node_config.get("worker", "") or "")
     if sock:
-        from pathfl.fl.worker import WorkerUnavailableError, call
+        from pathfl.fl.flower.worker import WorkerUnavailableError, call
 
         try:
             return call(sock, kind, node_config, cfg, arrays)
@@ -113,7 +113,7 @@ def _accept_round(msg: Message, context: Context) -> tuple[dict[str, Any], int, 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    from pathfl.fl.audit import hash_arrays
+    from pathfl.fl.trust.audit import hash_arrays
 
     t0 = time.perf_counter()
     cfg, round_no, arrays_in = _accept_round(msg, context)
@@ -158,7 +158,7 @@ def linear_cox(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    from pathfl.fl.audit import hash_arrays
+    from pathfl.fl.trust.audit import hash_arrays
 
     t0 = time.perf_counter()
     cfg, round_no, arrays_in = _accept_round(msg, context)

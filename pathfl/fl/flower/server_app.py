@@ -28,7 +28,7 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from pathfl.fl.lifetime import watch_parent
+    from pathfl.fl.flower.lifetime import watch_parent
 
     watch_parent()  # the pathfl command that started the SuperLink is gone → stop
     rc = context.run_config
@@ -89,7 +89,7 @@ def run_federation(
 def _linear_cox(run: FederatedRun) -> dict[str, Any]:
     """The federated linear-cox baseline; a failure is recorded, never fatal to the run."""
     from pathfl.fl import fed_linear_cox
-    from pathfl.fl.server_loop import FederationError
+    from pathfl.fl.flower.server_loop import FederationError
 
     try:
         result = fed_linear_cox.fit(run)
@@ -103,7 +103,7 @@ def _linear_cox(run: FederatedRun) -> dict[str, Any]:
 
 
 def _check_resume(run: FederatedRun, state: dict[str, Any]) -> None:
-    from pathfl.fl.server_loop import FederationError
+    from pathfl.fl.flower.server_loop import FederationError
     from pathfl.survival.scaling import BagScaler
 
     if state.get("time_bins") != run.time_bins:
@@ -132,8 +132,9 @@ def _save_final(
     *,
     seconds: float,
 ) -> None:
-    from pathfl.fl.records import arrays_to_state
+    from pathfl.fl.fl_config import strategy_name
     from pathfl.fl.site import train_config
+    from pathfl.fl.trust.records import arrays_to_state
     from pathfl.survival.run import save_run
 
     tcfg = train_config(cfg)
@@ -150,8 +151,8 @@ def _save_final(
     ]
     metrics = {
         "mode": "federated",
-        "strategy": "fedprox" if float(cfg["proximal_mu"]) > 0 else "fedavg",
-        "aggregation": cfg.get("aggregation", "fedavg"),
+        "strategy": strategy_name(cfg),
+        "aggregation": cfg["aggregation"],
         "federated_c_index": final["federated_c_index"],
         "final_per_site": final["per_site"],
         "rounds": history,

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pathfl.fl import flower_cli, lifetime
-from pathfl.fl import processes as procs
+from pathfl.fl.flower import flower_cli, lifetime
+from pathfl.fl.flower import processes as procs
 from pathfl.fl.rundir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ class LocalFederation:
     sites: dict[str, procs.ManagedProcess] = field(default_factory=dict)
     port: int = 0
     env_extra: dict[str, str] = field(default_factory=dict)
-    fast_poll: bool = True  # SuperNodes via pathfl.fl.fast_supernode (0.5 s idle poll)
-    use_worker: bool = True  # a long-running pathfl.fl.worker per site
+    fast_poll: bool = True  # SuperNodes via pathfl.fl.flower.fast_supernode (0.5 s idle poll)
+    use_worker: bool = True  # a long-running pathfl.fl.flower.worker per site
     workers: dict[str, procs.ManagedProcess] = field(default_factory=dict)
     submitted: tuple[Path, int] | None = None  # (run dir, Flower run id) of the last submit
 
@@ -63,7 +63,7 @@ class LocalFederation:
         registered meanwhile, SuperNodes started once their worker listens."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from pathfl.fl.certs import make_certs, make_site_keys
+        from pathfl.fl.trust.certs import make_certs, make_site_keys
 
         try:
             if self.tls:
@@ -127,7 +127,7 @@ class LocalFederation:
     ) -> procs.ManagedProcess:
         """Start (and, with auth and ``register``, first register) one SuperNode for
         ``spec``. ``key`` overrides the site's key (tests use an unregistered key)."""
-        from pathfl.fl.certs import make_site_keys
+        from pathfl.fl.trust.certs import make_site_keys
 
         key_path = key
         if self.auth and key_path is None:

@@ -1,4 +1,4 @@
-"""Flower's SuperNode with a shorter idle poll (``python -m pathfl.fl.fast_supernode ARGS``,
+"""Flower's SuperNode with a shorter idle poll (``python -m pathfl.fl.flower.fast_supernode ARGS``,
 the same arguments as ``flower-supernode``).
 
 flwr 1.41's SuperNode sleeps a fixed 3 s whenever the SuperLink has no message for it
@@ -10,8 +10,8 @@ and falls back to the unmodified SuperNode for any other one. ``pathfl fl site
 --flower-poll`` (and the simulation with ``fast_poll=False``) use the unmodified one.
 
 It also ties the SuperNode's lifetime to the pathfl command that started it
-(:func:`pathfl.fl.lifetime.watch_parent`) and, on its way out, stops the SuperExec and
-ClientApps below it (:func:`pathfl.fl.lifetime.stop_descendants`).
+(:func:`pathfl.fl.flower.lifetime.watch_parent`) and, on its way out, stops the SuperExec and
+ClientApps below it (:func:`pathfl.fl.flower.lifetime.stop_descendants`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def patch_poll(cap_s: float) -> bool:
 
 
 def main() -> None:
-    from pathfl.fl.lifetime import stop_descendants, watch_parent
+    from pathfl.fl.flower.lifetime import stop_descendants, watch_parent
 
     watch_parent()  # pathfl gone (even SIGKILLed) → SIGTERM → Flower's own clean exit,
     # which then also ends this SuperNode's SuperExec and ClientApps (Flower leaves them to

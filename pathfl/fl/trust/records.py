@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pathfl.fl.compat import FINGERPRINT_FIELDS
+from pathfl.survival.fingerprint import FINGERPRINT_FIELDS
 
 # message kinds (Flower message types are "<category>" or "<category>.<action>")
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"

@@ -6,7 +6,11 @@ Why our own DP-SGD loop rather than opacus' ``PrivacyEngine``: a MIL bag is a va
 set of tiles, and each *patient* (not each tile) is the record to protect. Computing the
 gradient of one bag at a time ("micro-batches" of one) gives exact per-patient gradients for
 every model kind (attention, top-k, Nyström transformer) without padding or per-layer
-grad-sample support. The privacy accounting is opacus' ``RDPAccountant`` (used standalone).
+grad-sample support. The privacy accounting is our own closed form (numpy, no opacus import
+in the site process): Rényi DP of the Poisson-subsampled Gaussian mechanism at integer orders
+(Mironov, Talwar & Zhang 2019), summed over steps and rounds and converted to (ε, δ) with
+Balle et al. 2020, Thm. 21 — the analysis opacus' ``RDPAccountant`` does (a test checks that
+both give the same ε).
 
 Only losses that are a sum of per-patient terms are allowed: ``nll`` (discrete time). The Cox
 partial likelihood couples patients through the risk set, so one patient changes other
@@ -20,23 +24,19 @@ the federation's time-bin cut points, and the site fingerprint — these are exa
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pathfl.io import write_json_atomic
+from pathfl.fl.trust.accountant import PrivacyLedger, epsilon_of
 
 logger = logging.getLogger(__name__)
 
-DP_LOSSES = ("nll",)
 DEFAULT_DELTA = 1e-5
 
 
@@ -102,91 +102,6 @@ class DPConfig:
             planned_rounds=int(_get(cfg, "rounds", "num_rounds", default=1)),
             sample_rate=None if rate is None else float(rate),
         )
-
-
-@dataclass
-class PrivacyLedger:
-    """The accountant's history ``[(noise_multiplier, sample_rate, steps), ...]`` of one site
-    in one run, persisted between rounds (each round may run in a fresh process)."""
-
-    history: list[tuple[float, float, int]] = field(default_factory=list)
-
-    def add(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
-        if steps > 0:
-            self.history.append((float(noise_multiplier), float(sample_rate), int(steps)))
-
-    def epsilon(self, delta: float) -> float:
-        return epsilon_of(self.history, delta)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> PrivacyLedger:
-        path = Path(path)
-        if not path.is_file():
-            return cls()
-        data = json.loads(path.read_text())
-        return cls([(float(s), float(q), int(n)) for s, q, n in data.get("history", [])])
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        write_json_atomic(path, {"history": [list(h) for h in self.history]})
-
-
-#: RDP orders. Integer orders only: the subsampled-Gaussian RDP has a closed form there (the
-#: bound stays valid, at most a few per cent looser than also using fractional orders).
-RDP_ORDERS: tuple[int, ...] = (*range(2, 64), 80, 96, 128, 192, 256, 384, 512, 768, 1024)
-
-
-def _rdp_subsampled_gaussian(q: float, sigma: float, alpha: int) -> float:
-    """RDP of one step of the Poisson-subsampled Gaussian mechanism at integer order
-    ``alpha`` (Mironov, Talwar & Zhang 2019, sec. 3.3):
-    ``log A = logsumexp_k [log C(a,k) + k log q + (a-k) log(1-q) + (k²-k)/(2σ²)]``,
-    RDP = ``log A / (a-1)``."""
-    if q <= 0:
-        return 0.0
-    if q >= 1:
-        return alpha / (2 * sigma**2)
-    k = np.arange(alpha + 1, dtype=np.float64)
-    log_binom = math.lgamma(alpha + 1) - np.array(
-        [math.lgamma(i + 1) + math.lgamma(alpha - i + 1) for i in range(alpha + 1)]
-    )
-    terms = (
-        log_binom + k * math.log(q) + (alpha - k) * math.log1p(-q) + (k * k - k) / (2 * sigma**2)
-    )
-    top = float(terms.max())
-    return (top + math.log(float(np.exp(terms - top).sum()))) / (alpha - 1)
-
-
-#: Run-config keys that change with every submission of the same run (Flower's run id, the
-#: round, the linear-cox row standardiser recomputed at each check-in) and so must not decide
-#: which ledger a round is charged to. (The scaler and steps per round are restored from the
-#: checkpoint on resume, so they stay part of the key.)
-_PER_SUBMISSION_KEYS = ("run_id", "round", "linear_cox_rows")
-
-
-def ledger_path(state_dir: str | os.PathLike[str], cfg: Mapping[str, Any]) -> Path:
-    """The site-local ledger file of a run: keyed by a hash of the run config without its
-    per-submission keys, so a resumed run (a new Flower run id, same config) keeps composing
-    the ε of the rounds before the crash. Two separate runs with identical configs share a
-    ledger, which over-states ε (the safe side)."""
-    from pathfl.io import sha256_json
-
-    key = sha256_json({k: v for k, v in cfg.items() if k not in _PER_SUBMISSION_KEYS})
-    return Path(state_dir) / f"dp_ledger_{key[:16]}.json"
-
-
-def epsilon_of(history: Sequence[tuple[float, float, int]], delta: float) -> float:
-    """ε at ``delta`` of a composition of Poisson-subsampled Gaussian mechanisms
-    ``[(noise_multiplier, sample_rate, steps), ...]``: RDP summed over steps, converted with
-    Balle et al. 2020, Thm. 21 (the same analysis as opacus' ``RDPAccountant``)."""
-    if not history:
-        return 0.0
-    orders = np.array(RDP_ORDERS, dtype=np.float64)
-    rdp = np.zeros_like(orders)
-    for sigma, q, steps in history:
-        if sigma <= 0:
-            return math.inf
-        rdp += steps * np.array([_rdp_subsampled_gaussian(q, sigma, int(a)) for a in orders])
-    eps = rdp - (math.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
-    return float(np.nanmin(eps))
 
 
 def steps_per_epoch(sample_rate: float) -> int:
@@ -266,6 +181,14 @@ def clipped_grad_sum(
     return summed, losses
 
 
+def dp_losses() -> list[str]:
+    """The survival heads whose loss is a sum over patients (:attr:`SurvivalHead.per_patient`):
+    the only ones DP-SGD's per-patient clipping protects."""
+    from pathfl.survival.heads import create_head, list_heads
+
+    return [h for h in list_heads() if create_head(h).per_patient]
+
+
 def dp_train_local(
     model: Any,
     bags: Sequence[Any],
@@ -296,16 +219,9 @@ def dp_train_local(
     (if given) is extended by this round's steps."""
     import torch
 
-    from pathfl.survival.train import lr_factor
+    from pathfl.survival.train import make_optimizer, proximal_anchor, set_lr
 
-    if config.loss not in DP_LOSSES:
-        raise PrivacyError(
-            f"DP-SGD needs a loss that is a sum over patients ({', '.join(DP_LOSSES)}); "
-            f"{config.loss!r} couples patients (Cox risk sets) and is refused"
-        )
-    n = len(bags)
-    if n == 0:
-        raise PrivacyError("no training bags")
+    n = _check_dp_training(config, n_bags=len(bags), delta=dp.delta)
     seed = config.seed if seed is None else seed
     torch.manual_seed(seed)  # dropout, model-side randomness: reproducible
     rng = np.random.default_rng(seed)  # tile subsampling within a bag: reproducible
@@ -317,43 +233,62 @@ def dp_train_local(
     q = dp.sample_rate or min(1.0, config.bags_per_batch / n)
     n_total = steps if steps is not None else steps_per_epoch(q) * max(0, int(epochs))
     sigma = resolve_noise(dp, sample_rate=q, steps_per_round=max(1, n_total))
-    clip = dp.max_grad_norm
-    if dp.delta >= 1.0 / n:
-        logger.warning("dp_delta=%g is not below 1/n=%g: weak guarantee", dp.delta, 1.0 / n)
     params = [p for p in model.parameters() if p.requires_grad]
-    anchor: list[torch.Tensor] = []
-    if proximal_mu > 0:
-        src = global_params if global_params is not None else [p.detach() for p in params]
-        anchor = [torch.as_tensor(g).detach().clone().float() for g in src]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    anchor = proximal_anchor(params, global_params) if proximal_mu > 0 else []
+    opt = make_optimizer(params, config)
     bins = np.asarray(time_bins if time_bins is not None else [])
-    expected_batch = q * n
-    n_steps, losses = 0, []
+    losses: list[float] = []
     model.train()
-    p0, p1 = schedule_span
-    for _ in range(n_total):
-        for g in opt.param_groups:
-            g["lr"] = config.lr * lr_factor(p0 + (p1 - p0) * n_steps / max(n_total, 1), config)
+    for step in range(n_total):
+        set_lr(opt, config, step=step, total=n_total, span=schedule_span)
         chosen = np.flatnonzero(secret.random(n) < q)
         summed, step_losses = clipped_grad_sum(
             model,
             [bags[i] for i in chosen],
             config,
             time_bins=bins,
-            max_grad_norm=clip,
+            max_grad_norm=dp.max_grad_norm,
             rng=rng,
             params=params,
         )
         losses.extend(step_losses)
         for p, s in zip(params, summed, strict=True):
-            noise = torch.normal(0.0, sigma * clip, size=p.shape, generator=gen)
-            p.grad = (s + noise) / expected_batch
-        if proximal_mu > 0:
+            noise = torch.normal(0.0, sigma * dp.max_grad_norm, size=p.shape, generator=gen)
+            p.grad = (s + noise) / (q * n)  # divided by the expected batch size
+        if anchor:  # FedProx: its gradient is added after the noise
             for p, a in zip(params, anchor, strict=True):
                 p.grad.add_(p.detach() - a, alpha=proximal_mu)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        n_steps += 1
+    return _round_report(dp, sigma=sigma, q=q, n_steps=n_total, n=n, losses=losses, ledger=ledger)
+
+
+def _check_dp_training(config: Any, *, n_bags: int, delta: float) -> int:
+    """Refuse a loss DP-SGD cannot protect, or no bags; returns the number of bags."""
+    allowed = dp_losses()
+    if config.loss not in allowed:
+        raise PrivacyError(
+            f"DP-SGD needs a loss that is a sum over patients ({', '.join(allowed)}); "
+            f"{config.loss!r} couples patients (Cox risk sets) and is refused"
+        )
+    if n_bags == 0:
+        raise PrivacyError("no training bags")
+    if delta >= 1.0 / n_bags:
+        logger.warning("dp_delta=%g is not below 1/n=%g: weak guarantee", delta, 1.0 / n_bags)
+    return n_bags
+
+
+def _round_report(
+    dp: DPConfig,
+    *,
+    sigma: float,
+    q: float,
+    n_steps: int,
+    n: int,
+    losses: list[float],
+    ledger: PrivacyLedger | None,
+) -> dict[str, float]:
+    """The round's metrics; ``ledger`` (if given) is charged with the round's steps."""
     round_history = [(sigma, q, n_steps)]
     if ledger is not None:
         ledger.add(sigma, q, n_steps)
@@ -365,7 +300,7 @@ def dp_train_local(
         "DP-SGD: %d steps, sigma=%.3f, C=%.3g, q=%.3f -> eps round %.3f, total %.3f (delta=%g)",
         n_steps,
         sigma,
-        clip,
+        dp.max_grad_norm,
         q,
         eps_round,
         cumulative,
@@ -378,7 +313,7 @@ def dp_train_local(
         "dp_epsilon_round": eps_round,
         "dp_delta": float(dp.delta),
         "dp_noise_multiplier": float(sigma),
-        "dp_max_grad_norm": float(clip),
+        "dp_max_grad_norm": float(dp.max_grad_norm),
         "dp_sample_rate": float(q),
         "dp_steps": float(n_steps),
     }

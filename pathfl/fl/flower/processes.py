@@ -1,10 +1,10 @@
 """Starting and stopping Flower's processes for pathfl (SuperLink, SuperNodes, site workers);
-talking to a SuperLink through the ``flwr`` CLI is :mod:`pathfl.fl.flower_cli`.
+talking to a SuperLink through the ``flwr`` CLI is :mod:`pathfl.fl.flower.flower_cli`.
 
 Every process is started in its own session (process group) with its log in a file, in its
 log's folder as working directory (never the caller's), and dies with pathfl
-(:mod:`pathfl.fl.lifetime`); ``stop`` sends SIGTERM to that group, waits, then SIGKILLs it, so
-the helper processes Flower spawns (``flower-superexec``, ``flwr-serverapp``,
+(:mod:`pathfl.fl.flower.lifetime`); ``stop`` sends SIGTERM to that group, waits, then SIGKILLs
+it, so the helper processes Flower spawns (``flower-superexec``, ``flwr-serverapp``,
 ``flwr-clientapp``) go too.
 """
 
@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pathfl.fl import lifetime
-from pathfl.fl.lifetime import group_running  # also for callers: tests import it here
+from pathfl.fl.flower import lifetime
+from pathfl.fl.flower.lifetime import group_running  # also for callers: tests import it here
 
 logger = logging.getLogger(__name__)
 
@@ -190,10 +190,10 @@ def supernode_argv(
     runtime_port: int,
     fast_poll: bool = True,
 ) -> list[str]:
-    """``fast_poll``: run the SuperNode through :mod:`pathfl.fl.fast_supernode` (idle poll
+    """``fast_poll``: run the SuperNode through :mod:`pathfl.fl.flower.fast_supernode` (idle poll
     0.5 s instead of Flower's fixed 3 s)."""
     start = (
-        lifetime.python_module_argv("pathfl.fl.fast_supernode")
+        lifetime.python_module_argv("pathfl.fl.flower.fast_supernode")
         if fast_poll
         else [bin_path("flower-supernode")]
     )
@@ -216,9 +216,9 @@ def supernode_argv(
 
 
 def launch_worker(name: str, state_dir: Path, *, env: dict[str, str]) -> tuple[ManagedProcess, str]:
-    """Start a site's long-running worker (:mod:`pathfl.fl.worker`) without waiting; returns
+    """Start a site's long-running worker (:mod:`pathfl.fl.flower.worker`) without waiting; returns
     the process and its socket path (the node config's ``worker``)."""
-    from pathfl.fl.worker import socket_path_for
+    from pathfl.fl.flower.worker import socket_path_for
 
     sock = socket_path_for(state_dir)
     Path(sock).unlink(missing_ok=True)
@@ -227,7 +227,7 @@ def launch_worker(name: str, state_dir: Path, *, env: dict[str, str]) -> tuple[M
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **env}
     proc = start_process(
         name,
-        lifetime.python_module_argv("pathfl.fl.worker", sock),
+        lifetime.python_module_argv("pathfl.fl.flower.worker", sock),
         log_path=Path(state_dir) / "worker.log",
         env=env,
     )
@@ -235,7 +235,7 @@ def launch_worker(name: str, state_dir: Path, *, env: dict[str, str]) -> tuple[M
 
 
 def wait_worker(proc: ManagedProcess, sock: str, *, timeout_s: float = 180.0) -> None:
-    from pathfl.fl.worker import key_path
+    from pathfl.fl.flower.worker import key_path
 
     deadline = time.monotonic() + timeout_s
     try:

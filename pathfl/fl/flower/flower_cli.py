@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from pathfl.fl.processes import FlowerProcessError, bin_path, flower_env
+from pathfl.fl.flower.processes import FlowerProcessError, bin_path, flower_env
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ dependencies = []
 publisher = "pathfl"
 
 [tool.flwr.app.components]
-serverapp = "pathfl.fl.server_app:app"
-clientapp = "pathfl.fl.client_app:app"
+serverapp = "pathfl.fl.flower.server_app:app"
+clientapp = "pathfl.fl.flower.client_app:app"
 
 [tool.flwr.app.config]
 pathfl-config = "{{}}"

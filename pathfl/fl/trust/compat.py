@@ -9,27 +9,21 @@ and the server can check it without touching any site's files.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pathfl.survival.fingerprint import (
+    FINGERPRINT_FIELDS,
+    fingerprint_from_attrs,
+    normalise_record,
+    values_equal,
+)
+
 logger = logging.getLogger(__name__)
 
-#: Fields of a site fingerprint, in the order they are reported.
-FINGERPRINT_FIELDS: tuple[str, ...] = (
-    "encoder",
-    "weights_sha256",
-    "target_mpp",
-    "tile_size",
-    "pathfl_version",
-    "feature_dim",
-)
-#: Fields whose values are compared as numbers (with a relative tolerance for floats).
-_NUMERIC_FIELDS = {"target_mpp": float, "tile_size": int, "feature_dim": int}
-MPP_REL_TOL = 1e-3
 POLICIES = ("refuse", "exclude")
 
 
@@ -57,43 +51,6 @@ class CompatibilityResult:
     def raise_for_status(self) -> None:
         if not self.ok:
             raise CompatibilityError("incompatible sites: " + "; ".join(self.messages))
-
-
-def _normalise(field_name: str, value: Any) -> Any:
-    """Turn an attribute as read from HDF5 (bytes, numpy scalars) into a plain Python value."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if hasattr(value, "item") and not isinstance(value, str):
-        value = value.item()
-    caster = _NUMERIC_FIELDS.get(field_name)
-    if caster is not None and value is not None:
-        try:
-            return caster(value)
-        except (TypeError, ValueError):
-            return value
-    return None if value is None else str(value)
-
-
-def normalise_record(record: dict[str, Any]) -> dict[str, Any]:
-    """A fingerprint with exactly the :data:`FINGERPRINT_FIELDS` as plain Python values
-    (missing fields become None)."""
-    return {f: _normalise(f, record.get(f)) for f in FINGERPRINT_FIELDS}
-
-
-def values_equal(field_name: str, a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is b
-    if _NUMERIC_FIELDS.get(field_name) is float:
-        try:
-            return math.isclose(float(a), float(b), rel_tol=MPP_REL_TOL)
-        except (TypeError, ValueError):
-            return a == b
-    return a == b
-
-
-def fingerprint_from_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The site fingerprint fields of one features file's attributes."""
-    return normalise_record(attrs)
 
 
 def site_fingerprint(features_dir: str | os.PathLike[str]) -> dict[str, Any]:
