@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from pathfl.cli.options import listing_command, registry_names, split_list
 from pathfl.fl.flower.lifetime import STOP_REQUESTS, stop_on_signals
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ _TUNING = {
     "rounds": "Federated rounds.",
     "local_epochs": "Local epochs per round.",
     "proximal_mu": "FedProx mu (0 = FedAvg).",
-    "aggregation": "Server aggregation: fedavg (weighted by patients), median, trimmed-mean.",
+    "aggregation": "Server aggregation: {choices} (fedavg is weighted by patients).",
     "min_sites": "Fewest replies a round may aggregate.",
     "round_timeout_s": "Per-round deadline in seconds.",
 }
@@ -38,8 +39,9 @@ def _load_user_config(config: Path | None, overrides: dict[str, Any]) -> dict[st
     return merge_config(config, given=given, valid=valid_keys())
 
 
-def _split(csv_text: str) -> list[str]:
-    return [s.strip() for s in csv_text.split(",") if s.strip()]
+_AGGREGATIONS = listing_command(
+    {"aggregation": registry_names("pathfl.fl.aggregate", "list_aggregators")}
+)
 
 
 def _foreground(proc: Any) -> None:
@@ -71,16 +73,16 @@ def certs_cmd(
     from pathfl.config import ConfigError
     from pathfl.fl.trust.certs import make_certs
 
-    host_list = list(dict.fromkeys([*_split(hosts), "127.0.0.1", "localhost"]))
+    host_list = list(dict.fromkeys([*split_list(hosts), "127.0.0.1", "localhost"]))
     try:
         paths = make_certs(
-            out, sites=_split(sites), hosts=host_list, days=days, overwrite=overwrite
+            out, sites=split_list(sites), hosts=host_list, days=days, overwrite=overwrite
         )
     except ValueError as e:
         raise ConfigError(str(e)) from e
     typer.echo(f"CA: {paths.ca_cert} (share)  CA key: {paths.ca_key} (keep offline)")
     typer.echo(f"server: {paths.server_cert} {paths.server_key} (SANs: {', '.join(host_list)})")
-    for s in _split(sites):
+    for s in split_list(sites):
         typer.echo(
             f"site {s}: give {paths.site_key(s)} to the site; {paths.site_pub(s)} registers it"
         )
@@ -208,7 +210,7 @@ def site_cmd(
             worker.stop()
 
 
-@fl_app.command("run")
+@fl_app.command("run", cls=_AGGREGATIONS)
 @stop_on_signals()
 def run_cmd(
     server: str = typer.Option(None, "--server", help="Aggregator HOST:PORT."),
@@ -270,7 +272,7 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-@fl_app.command("simulate")
+@fl_app.command("simulate", cls=_AGGREGATIONS)
 @stop_on_signals()
 def simulate_cmd(
     site: list[Path] = typer.Option(
