@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from pathfl.fl.simulate import simulate, site_specs
+from pathfl.fl.flower.simulate import simulate, site_specs
 
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 

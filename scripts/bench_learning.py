@@ -87,7 +87,7 @@ def train_row(cohort: Cohort, seed: int, out: Path) -> dict:
 
 
 def fl_row(cohort: Cohort, seed: int, work: Path) -> dict:
-    from pathfl.fl.simulate import simulate, site_specs
+    from pathfl.fl.flower.simulate import simulate, site_specs
 
     specs = site_specs(write_sites(cohort, work / "sites"))
     t0 = time.perf_counter()

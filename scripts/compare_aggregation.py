@@ -1,5 +1,5 @@
 """Federated C-index of each server aggregation rule on the same sites, through
-`pathfl.fl.simulate` (real Flower processes on 127.0.0.1): what robustness costs when every
+`pathfl.fl.flower.simulate` (real Flower processes on 127.0.0.1): what robustness costs when every
 site is honest. The sites are bench_fl.py's synthetic cohort split into three.
 
     FLWR_TELEMETRY_ENABLED=0 .venv/bin/python scripts/compare_aggregation.py \\
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench_fl import make_sites
 
-from pathfl.fl.simulate import simulate, site_specs
+from pathfl.fl.flower.simulate import simulate, site_specs
 
 
 def main() -> None:

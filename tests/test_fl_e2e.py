@@ -63,8 +63,8 @@ FL_CFG = {
 
 
 def test_three_sites_three_rounds_tls_auth(three_sites, tmp_path) -> None:
+    from pathfl.fl.flower.simulate import simulate, site_specs
     from pathfl.fl.rundir import RunDir
-    from pathfl.fl.simulate import simulate, site_specs
     from pathfl.fl.trust.audit import verify
     from pathfl.fl.trust.records import REPLY_WHITELIST
     from pathfl.survival.run import load_run
@@ -112,7 +112,8 @@ def test_three_sites_three_rounds_tls_auth(three_sites, tmp_path) -> None:
 
 def test_unregistered_site_is_refused(three_sites, tmp_path) -> None:
     from pathfl.fl.flower import flower_cli
-    from pathfl.fl.flower.federation import LocalFederation, SiteSpec
+    from pathfl.fl.flower.federation import LocalFederation
+    from pathfl.fl.site import SiteSpec
     from pathfl.fl.trust.certs import make_site_keys
 
     spec = SiteSpec("rogue", three_sites[0] / "features", three_sites[0] / "clinical.csv")

@@ -51,7 +51,8 @@ def _cfg(**overrides):
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    from pathfl.fl.flower.federation import LocalFederation, SiteSpec
+    from pathfl.fl.flower.federation import LocalFederation
+    from pathfl.fl.site import SiteSpec
     from pathfl.survival.synthetic import make_cohort
 
     work = tmp_path_factory.mktemp("faults")

@@ -212,8 +212,8 @@ def test_fl_run_sigterm_stops_the_run_and_resume_finishes_it(two_sites, tmp_path
     then continues from the checkpoint to the last round."""
     from pathfl.fl.flower import flower_cli
     from pathfl.fl.flower.federation import LocalFederation
+    from pathfl.fl.flower.simulate import site_specs
     from pathfl.fl.rundir import RunDir
-    from pathfl.fl.simulate import site_specs
 
     config = tmp_path / "fl.yaml"
     config.write_text(RUN_CONFIG.replace("rounds: 50", "rounds: 4") + "num_sites: 2\n")

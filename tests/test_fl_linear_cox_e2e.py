@@ -35,7 +35,7 @@ FL_CFG = {
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     """Two sites of one planted-signal cohort with an age effect; one simulate run."""
-    from pathfl.fl.simulate import simulate, site_specs
+    from pathfl.fl.flower.simulate import simulate, site_specs
     from pathfl.survival.synthetic import make_cohort, split_into_sites
 
     root = tmp_path_factory.mktemp("fl_lc")
@@ -90,8 +90,8 @@ def test_federated_scaler_and_covariates_reach_predict(federation, tmp_path) -> 
     from pathfl.cli import app
     from pathfl.fl.baselines import load_sites
     from pathfl.fl.fl_config import effective_config
+    from pathfl.fl.flower.simulate import site_specs
     from pathfl.fl.rundir import RunDir
-    from pathfl.fl.simulate import site_specs
     from pathfl.survival.data import load_bags, load_clinical
     from pathfl.survival.run import load_run
     from pathfl.survival.scaling import BagScaler

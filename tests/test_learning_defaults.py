@@ -51,7 +51,7 @@ def test_default_fl_simulate_keeps_up_with_linear_cox(tmp_path: Path) -> None:
     """Default `fl simulate` (no learning option at all) of 2 sites of GBSG2: the federated
     model is within 5 % of the pooled site-stratified linear-cox on the same validation
     pairs, and not below the pooled attention model by more than 0.05."""
-    from pathfl.fl.simulate import simulate, site_specs
+    from pathfl.fl.flower.simulate import simulate, site_specs
     from pathfl.survival.cohorts import write_sites
 
     cohort = sksurv_cohort("gbsg2", n_sites=2, seed=0, max_patients=300)

@@ -289,7 +289,7 @@ def simulate_cmd(
     aggregation: str = typer.Option(None, "--aggregation", help=_TUNING["aggregation"]),
 ) -> None:
     """One machine, one process per site on 127.0.0.1: federated run + baselines + table."""
-    from pathfl.fl.simulate import FederatedRunError, simulate, site_specs
+    from pathfl.fl.flower.simulate import FederatedRunError, simulate, site_specs
 
     tuning = {"rounds": rounds, "local_epochs": local_epochs, "proximal_mu": proximal_mu}
     user = _load_user_config(config, {**tuning, "aggregation": aggregation})

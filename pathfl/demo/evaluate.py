@@ -119,7 +119,7 @@ def tile_fractions(
 def _sites(split: dict[str, Any], fl_cfg: dict[str, Any]) -> list[SiteData]:
     """Each site's training and validation bags, split exactly as `pathfl fl simulate` did."""
     from pathfl.fl.baselines import load_sites
-    from pathfl.fl.flower.federation import SiteSpec
+    from pathfl.fl.site import SiteSpec
 
     specs = [
         SiteSpec(name, Path(s["dir"]) / "features", Path(s["dir"]) / "clinical.csv")

@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from pathfl.fl import aggregate
-from pathfl.fl.flower.server_loop import (
+from pathfl.fl.rundir import RunDir
+from pathfl.fl.server_loop import (
     Collected,
     FederationError,
     registered_names,
     send_and_collect,
     wait_for_nodes,
 )
-from pathfl.fl.rundir import RunDir
 from pathfl.fl.trust import records
 
 logger = logging.getLogger(__name__)

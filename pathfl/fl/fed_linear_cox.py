@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pathfl.fl import aggregate
-from pathfl.fl.flower.server_loop import FederationError
+from pathfl.fl.server_loop import FederationError
 from pathfl.fl.trust import records
 
 logger = logging.getLogger(__name__)

@@ -30,6 +30,16 @@ NODE_POLICY, NODE_AUDIT = "policy", "audit-log"
 
 
 @dataclass
+class SiteSpec:
+    """One site of a local federation: its name and the files it trains on."""
+
+    name: str
+    features: Path
+    clinical: Path
+    policy: Path | None = None
+
+
+@dataclass
 class SiteData:
     site: str
     features_dir: Path

@@ -15,16 +15,9 @@ from typing import Any
 from pathfl.fl.flower import flower_cli, lifetime
 from pathfl.fl.flower import processes as procs
 from pathfl.fl.rundir import RunDir
+from pathfl.fl.site import SiteSpec
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SiteSpec:
-    name: str
-    features: Path
-    clinical: Path
-    policy: Path | None = None
 
 
 @dataclass

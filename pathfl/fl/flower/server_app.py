@@ -89,7 +89,7 @@ def run_federation(
 def _linear_cox(run: FederatedRun) -> dict[str, Any]:
     """The federated linear-cox baseline; a failure is recorded, never fatal to the run."""
     from pathfl.fl import fed_linear_cox
-    from pathfl.fl.flower.server_loop import FederationError
+    from pathfl.fl.server_loop import FederationError
 
     try:
         result = fed_linear_cox.fit(run)
@@ -103,7 +103,7 @@ def _linear_cox(run: FederatedRun) -> dict[str, Any]:
 
 
 def _check_resume(run: FederatedRun, state: dict[str, Any]) -> None:
-    from pathfl.fl.flower.server_loop import FederationError
+    from pathfl.fl.server_loop import FederationError
     from pathfl.survival.scaling import BagScaler
 
     if state.get("time_bins") != run.time_bins:

@@ -14,10 +14,18 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pathfl.config import ConfigError
-from pathfl.fl.flower.federation import SiteSpec
+
+
+class SiteFiles(Protocol):
+    """What the checks read of a site (``pathfl.fl.site.SiteSpec`` has it)."""
+
+    name: str
+    features: Path
+    clinical: Path
+
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +34,7 @@ class FederatedRunError(RuntimeError):
     """The federated run did not complete; the message says why (from the run directory)."""
 
 
-def _site_problem(spec: SiteSpec, covariates: Sequence[str]) -> str | None:
+def _site_problem(spec: SiteFiles, covariates: Sequence[str]) -> str | None:
     from pathfl.survival.data import ClinicalError, load_cohort
 
     try:
@@ -36,7 +44,7 @@ def _site_problem(spec: SiteSpec, covariates: Sequence[str]) -> str | None:
     return None
 
 
-def check_site_data(specs: Sequence[SiteSpec], *, covariates: Sequence[str] = ()) -> None:
+def check_site_data(specs: Sequence[SiteFiles], *, covariates: Sequence[str] = ()) -> None:
     """Every site's clinical table and features files load as the site will load them (with
     the run's ``covariates``), and each site's features files agree among themselves. Raises
     :class:`ConfigError` listing every problem of every site (nothing has been started)."""
@@ -52,7 +60,7 @@ def check_site_data(specs: Sequence[SiteSpec], *, covariates: Sequence[str] = ()
         raise ConfigError("site data problems (nothing was started):\n" + "\n".join(problems))
 
 
-def check_site_compat(specs: Sequence[SiteSpec], cfg: dict[str, Any]) -> list[str]:
+def check_site_compat(specs: Sequence[SiteFiles], cfg: dict[str, Any]) -> list[str]:
     """The sites' features fingerprints under ``compat_policy`` and ``min_sites`` of ``cfg``,
     as the server will check them. Raises :class:`ConfigError` naming each site and field that
     differs when the run could not start; returns the sites that will take part."""

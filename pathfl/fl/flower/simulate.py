@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pathfl.config import ConfigError
-from pathfl.fl.flower.federation import LocalFederation, SiteSpec, follow_run
+from pathfl.fl.flower.federation import LocalFederation, follow_run
+from pathfl.fl.site import SiteSpec
 from pathfl.fl.trust.preflight import (
     FederatedRunError,
     check_site_compat,
