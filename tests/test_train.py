@@ -173,8 +173,15 @@ def test_run_dir_round_trip_with_covariates(
     small, tmp_path: Path, model_name: str, loss: str
 ) -> None:
     _, bags = small
+    # a round trip of the run dir: one pass, not the default step budget (min_steps)
     cfg = _cfg(
-        model=model_name, loss=loss, folds=2, epochs=1, covariates=["age"], transmil_landmarks=8
+        model=model_name,
+        loss=loss,
+        folds=2,
+        epochs=1,
+        min_steps=0,
+        covariates=["age"],
+        transmil_landmarks=8,
     )
     m = cross_validate(bags, cfg, tmp_path / "run")
     assert {"folds", "pooled_oof", "fold_mean", "km_logrank", "final_model"} <= set(m)
