@@ -131,8 +131,8 @@ def test_help_lists_the_registries() -> None:
     from pathfl.survival.heads import list_heads
     from pathfl.survival.models import list_models
 
-    def help_text(command: str) -> str:
-        r = RUNNER.invoke(app, [command, "--help"])
+    def help_text(*command: str) -> str:
+        r = RUNNER.invoke(app, [*command, "--help"])
         assert r.exit_code == 0, r.output
         return " ".join(r.output.replace("│", " ").split())  # rich's boxes, wrapped lines
 
@@ -141,6 +141,16 @@ def test_help_lists_the_registries() -> None:
     assert " | ".join(list_heads()) in text and "(default: abmil)" in text
     for command in ("tile", "heatmap"):
         assert " | ".join(list_readers()) in help_text(command)
+    from pathfl.features.encoders import list_encoders
+    from pathfl.features.inference import PRECISIONS
+    from pathfl.fl.aggregate import list_aggregators
+    from pathfl.formats.features_h5 import FEATURE_DTYPES
+
+    text = help_text("extract")
+    encoders = [e["name"] for e in list_encoders()]
+    for names in (encoders, PRECISIONS, FEATURE_DTYPES):
+        assert " | ".join(names) in text
+    assert " | ".join(list_aggregators()) in help_text("fl", "simulate")
 
 
 def test_predict_and_heatmap_read_config(tmp_path: Path) -> None:

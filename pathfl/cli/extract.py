@@ -85,7 +85,7 @@ def _precisions() -> list[str]:
 
 
 def _dtypes() -> list[str]:
-    from pathfl.features.h5 import FEATURE_DTYPES
+    from pathfl.formats.features_h5 import FEATURE_DTYPES
 
     return list(FEATURE_DTYPES)
 
