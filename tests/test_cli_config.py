@@ -344,3 +344,22 @@ def test_every_extract_field_settable_on_the_command_line(tmp_path: Path) -> Non
                             "--batch-size", "4", "--no-overwrite")  # fmt: skip
     assert opts.batch_size == 4 and opts.overwrite is False  # command line
     assert opts.precision == "fp16" and opts.dtype == "float32"  # YAML file, default
+
+
+def test_cli_start_imports_no_heavy_library() -> None:
+    """The options are generated from the dataclasses at import, so the modules holding them
+    must stay light: `pathfl --help` (a real process) loads none of torch, numpy, cv2, h5py,
+    flwr."""
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys; sys.argv = ['pathfl', '--help']\n"
+        "try: runpy.run_module('pathfl', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'torch', 'numpy', 'cv2', 'h5py', 'flwr'}))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Usage" in r.stdout and r.stdout.strip().splitlines()[-1] == "[]", r.stdout
