@@ -154,7 +154,8 @@ def main() -> None:
 
     from pathfl.features.encoders import create_encoder
     from pathfl.features.inference import InferenceRunner
-    from pathfl.features.pipeline import ExtractOptions, default_workers
+    from pathfl.features.options import ExtractOptions
+    from pathfl.features.pipeline import default_workers
     from pathfl.features.weights import cached_resnet50
 
     if args.threads:

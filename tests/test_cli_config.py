@@ -180,24 +180,93 @@ def test_fl_config_merge_is_the_same(tmp_path: Path) -> None:
         merge_config(path, given={}, valid=valid_keys())
 
 
+def _help_text(command: str) -> str:
+    r = RUNNER.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    return " ".join(r.output.replace("│", " ").split())  # rich's boxes, wrapped lines
+
+
+def _tile_config(*args: str) -> Any:
+    """The TileConfig `pathfl tile ARGS` would tile with (real click parsing + merge)."""
+    from pathfl.cli.tile import _build_config
+
+    command = typer.main.get_command(app).commands["tile"]  # type: ignore[attr-defined]
+    with command.make_context("tile", [str(a) for a in args]) as ctx:
+        return _build_config(merge_cli_and_yaml(ctx, ctx.params["config"]))
+
+
 def test_tile_options_cover_the_tiling_dataclasses_with_their_defaults() -> None:
-    """`pathfl tile` declares its options by hand (the tiling dataclasses live in modules that
-    import cv2 and h5py, too slow for every CLI start): they must name every field and state
-    the same defaults."""
+    """`pathfl tile` generates one option per GridParams / TissueParams field (the dataclasses
+    live in a standard-library module): every field has a help text and an option whose help
+    states the dataclass default, and no option given = the dataclass defaults. TileConfig's
+    own fields are declared by hand with the same defaults."""
     import inspect
 
     from pathfl.cli.options import field_default
     from pathfl.cli.tile import GRID_OPTIONS, TISSUE_OPTIONS, tile
     from pathfl.tiling import GridParams, TileConfig, TissueParams
+    from pathfl.tiling.params import GRID_HELP, TISSUE_HELP
 
     declared = inspect.signature(tile).parameters
-    tile_fields = {"backend": "backend", "thumbnail_px": "thumbnail_px", "overwrite": "overwrite"}
-    for cls, mapping in ((GridParams, GRID_OPTIONS), (TissueParams, TISSUE_OPTIONS),
-                         (TileConfig, tile_fields)):  # fmt: skip
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("grid", "tissue")}
-        assert set(mapping.values()) == set(fields), cls
+    text = _help_text("tile")
+    for cls, mapping, helps in ((GridParams, GRID_OPTIONS, GRID_HELP),
+                                (TissueParams, TISSUE_OPTIONS, TISSUE_HELP)):  # fmt: skip
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(mapping.values()) == set(fields) == set(helps), cls
         for option, name in mapping.items():
-            assert declared[option].default.default == field_default(fields[name]), option
+            assert option in declared and declared[option].default.default is None, option
+            flag = "--" + option.replace("_", "-")
+            assert f"{flag} " in text, option
+            assert f"{helps[name]} (default: {field_default(fields[name])})" in text, option
+    assert "--remove-pen --keep-pen" in text
+    cfg = _tile_config("--out", "o")
+    assert cfg.grid == GridParams() and cfg.tissue == TissueParams()
+    tile_fields = {"backend": "backend", "thumbnail_px": "thumbnail_px", "overwrite": "overwrite"}
+    fields = {f.name: f for f in dataclasses.fields(TileConfig) if f.name not in ("grid", "tissue")}
+    assert set(tile_fields.values()) == set(fields)
+    for option, name in tile_fields.items():
+        assert declared[option].default.default == field_default(fields[name]), option
+
+
+@pytest.mark.parametrize(
+    "args, where, expected",
+    [
+        (["--mpp", "1.0"], "grid", {"target_mpp": 1.0}),
+        (["--tile-px", "64"], "grid", {"tile_px": 64}),
+        (["--overlap", "8"], "grid", {"overlap_px": 8}),
+        (["--mpp-tolerance", "0.1"], "grid", {"mpp_tolerance": 0.1}),
+        (["--min-tissue", "0.5"], "grid", {"min_tissue_fraction": 0.5}),
+        (["--tissue-mask-mpp", "8"], "tissue", {"mask_mpp": 8.0}),
+        (["--tissue-threshold", "0.1"], "tissue", {"saturation_threshold": 0.1}),
+        (["--tissue-min-saturation", "0.01"], "tissue", {"min_saturation": 0.01}),
+        (["--tissue-max-saturation", "0.2"], "tissue", {"max_saturation": 0.2}),
+        (["--tissue-blur-um", "5"], "tissue", {"blur_um": 5.0}),
+        (["--tissue-close-um", "0"], "tissue", {"close_um": 0.0}),
+        (["--tissue-min-object-um2", "1"], "tissue", {"min_object_um2": 1.0}),
+        (["--tissue-max-hole-um2", "2"], "tissue", {"max_hole_um2": 2.0}),
+        (["--remove-pen"], "tissue", {"remove_pen": True}),
+    ],
+)
+def test_every_tiling_field_settable_on_the_command_line(
+    args: list[str], where: str, expected: dict[str, Any]
+) -> None:
+    from pathfl.tiling import GridParams, TissueParams
+
+    cfg = _tile_config("--out", "o", *args)
+    default = GridParams() if where == "grid" else TissueParams()
+    assert getattr(cfg, where) == dataclasses.replace(default, **expected)
+    assert getattr(cfg, "tissue" if where == "grid" else "grid") == (
+        TissueParams() if where == "grid" else GridParams()
+    )  # nothing else moved
+
+
+def test_tile_command_line_beats_yaml_beats_default(tmp_path: Path) -> None:
+    path = tmp_path / "tile.yaml"
+    path.write_text("mpp: 1.0\ntile-px: 64\nremove_pen: true\n")
+    cfg = _tile_config("--out", "o", "--config", str(path), "--tile-px", "96", "--keep-pen")
+    assert cfg.grid.tile_px == 96 and cfg.tissue.remove_pen is False  # command line
+    assert cfg.grid.target_mpp == 1.0  # YAML file
+    assert cfg.grid.overlap_px == 0 and cfg.tissue.mask_mpp == 4.0  # library default
 
 
 def test_tile_yaml_values_are_converted_or_named_when_wrong(tmp_path: Path) -> None:
@@ -217,20 +286,90 @@ def test_tile_yaml_values_are_converted_or_named_when_wrong(tmp_path: Path) -> N
     assert tissue.saturation_threshold is None and tissue.remove_pen is True
 
 
+def _extract_options(*args: str) -> Any:
+    """The ExtractOptions `pathfl extract ARGS` would run with (real click parsing + merge)."""
+    from pathfl.cli.extract import _extract_options as build
+
+    command = typer.main.get_command(app).commands["extract"]  # type: ignore[attr-defined]
+    with command.make_context("extract", [str(a) for a in args]) as ctx:
+        return build(merge_cli_and_yaml(ctx, ctx.params["config"]))
+
+
 def test_extract_options_state_the_extract_options_defaults() -> None:
-    """`pathfl extract` declares its options by hand (ExtractOptions lives beside torch): the
-    ones with the same meaning must state ExtractOptions' defaults; the others are the CLI's
-    spelling of them (-1 = auto workers, 0 = torch's threads, KEY=VALUE encoder options)."""
+    """`pathfl extract` generates one option per ExtractOptions field (the dataclass lives in a
+    standard-library module), whose help states the field's default; the fields spelled
+    differently on the command line (-1 = auto workers, 0 = torch's threads, KEY=VALUE encoder
+    options, K/N shard) are declared by hand."""
     import inspect
 
     from pathfl.cli.extract import extract_cmd
     from pathfl.cli.options import field_default
-    from pathfl.features.pipeline import ExtractOptions
+    from pathfl.features.options import EXTRACT_HELP, ExtractOptions
 
     declared = inspect.signature(extract_cmd).parameters
     fields = {f.name: f for f in dataclasses.fields(ExtractOptions)}
-    spelled = {"encoder_options": "encoder_option", "workers": "workers", "threads": "threads"}
+    assert set(EXTRACT_HELP) == set(fields)
+    spelled = {"encoder_options": "encoder_option", "workers": "workers", "threads": "threads",
+               "shard": "shard"}  # fmt: skip
     assert set(fields) - set(spelled) <= set(declared)
+    text = _help_text("extract")
     for name in set(fields) - set(spelled):
-        assert declared[name].default.default == field_default(fields[name]), name
+        assert declared[name].default.default is None, name
+        assert f"(default: {field_default(fields[name])})" in text, name
+        assert EXTRACT_HELP[name] in text, name
     assert set(spelled.values()) <= set(declared)
+    opts = _extract_options("--tiles", "t", "--out", "o")
+    assert {n: getattr(opts, n) for n in set(fields) - set(spelled)} == {
+        n: field_default(fields[n]) for n in set(fields) - set(spelled)
+    }
+    assert opts.threads is None and opts.shard is None and opts.encoder_options == {}
+
+
+def test_every_extract_field_settable_on_the_command_line(tmp_path: Path) -> None:
+    from pathfl.features.options import ExtractOptions
+
+    args = ["--encoder", "resnet50-trunc", "--weights", str(tmp_path / "w.pt"),
+            "--batch-size", "8", "--device", "cuda:1", "--precision", "bf16",
+            "--dtype", "float16", "--overwrite", "--slide-dir", str(tmp_path),
+            "--workers", "3", "--threads", "2", "--shard", "1/4",
+            "--encoder-option", "mean=[0.5,0.5,0.5]"]  # fmt: skip
+    opts = _extract_options("--tiles", "t", "--out", "o", *args)
+    assert opts == ExtractOptions(
+        encoder="resnet50-trunc",
+        weights=tmp_path / "w.pt",
+        encoder_options={"mean": [0.5, 0.5, 0.5]},
+        batch_size=8,
+        device="cuda:1",
+        precision="bf16",
+        dtype="float16",
+        workers=3,
+        shard=(1, 4),
+        overwrite=True,
+        slide_dir=tmp_path,
+        threads=2,
+    )
+    path = tmp_path / "extract.yaml"
+    path.write_text("batch-size: 16\nprecision: fp16\noverwrite: true\n")
+    opts = _extract_options("--tiles", "t", "--out", "o", "--config", str(path),
+                            "--batch-size", "4", "--no-overwrite")  # fmt: skip
+    assert opts.batch_size == 4 and opts.overwrite is False  # command line
+    assert opts.precision == "fp16" and opts.dtype == "float32"  # YAML file, default
+
+
+def test_cli_start_imports_no_heavy_library() -> None:
+    """The options are generated from the dataclasses at import, so the modules holding them
+    must stay light: `pathfl --help` (a real process) loads none of torch, numpy, cv2, h5py,
+    flwr."""
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys; sys.argv = ['pathfl', '--help']\n"
+        "try: runpy.run_module('pathfl', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'torch', 'numpy', 'cv2', 'h5py', 'flwr'}))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Usage" in r.stdout and r.stdout.strip().splitlines()[-1] == "[]", r.stdout

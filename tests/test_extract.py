@@ -17,7 +17,8 @@ from slides import synthetic_tissue, write_tiled_tiff
 from pathfl.config import ConfigError
 from pathfl.features.encoders import create_encoder
 from pathfl.features.inference import InferenceRunner
-from pathfl.features.pipeline import ExtractOptions, extract, manifest_path
+from pathfl.features.options import ExtractOptions
+from pathfl.features.pipeline import extract, manifest_path
 from pathfl.formats.coords_h5 import REQUIRED_ATTRS, write_coords
 from pathfl.formats.features_h5 import read_features
 from pathfl.io import Manifest

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from pathfl.cli.options import listing_command
+from pathfl.cli.options import field_options, listing_command, with_options
 from pathfl.config import ConfigError, merge_cli_and_yaml
+from pathfl.features.options import EXTRACT_HELP, ExtractOptions
 
 if TYPE_CHECKING:
     from pathfl.features.plan import Plan
@@ -28,35 +29,33 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
+#: fields whose command-line spelling differs (KEY=VALUE list, -1/0 = auto, "K/N"): written below
+_SPELLED = ("encoder_options", "workers", "threads", "shard")
+#: one option per other field, generated (default None = "not set here": the field's default)
+_EXTRACT_OPTIONS = field_options(
+    ExtractOptions,
+    help=EXTRACT_HELP,
+    skip=_SPELLED,
+    flags={"overwrite": "--overwrite"},
+    choices=("encoder", "precision", "dtype"),
+)
+
+
+@with_options(_EXTRACT_OPTIONS)
 def extract_cmd(
     ctx: typer.Context,
     tiles: Path = typer.Option(None, "--tiles", help="Output folder of `pathfl tile` (coords/)."),
     out: Path = typer.Option(None, "--out", help="Writes OUT/features/<slide_id>.h5 + manifest."),
-    encoder: str = typer.Option(
-        "mobilenet-v2", "--encoder", help="Encoder: {choices} (see `pathfl encoders`)."
-    ),
-    weights: Path | None = typer.Option(None, "--weights", help="Local weights file."),
     encoder_option: list[str] = typer.Option(
         [], "--encoder-option", help="KEY=VALUE for timm encoders (repeatable; mean, std, …)."
-    ),
-    batch_size: int = typer.Option(64, "--batch-size", help="Tiles per forward pass."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="Autocast precision: {choices}."),
-    dtype: str = typer.Option(
-        "float32", "--dtype", help="Stored features: {choices} (float16: half the disk)."
     ),
     workers: int = typer.Option(-1, "--workers", help="Tile-reading processes (-1 = auto)."),
     threads: int = typer.Option(
         0, "--threads", help="Encoder threads on CPU (0 = torch's default: all cores)."
     ),
     shard: str | None = typer.Option(None, "--shard", help="K/N: this job's share (0 <= K < N)."),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Recompute features files made with other settings."
-    ),
-    slide_dir: Path | None = typer.Option(
-        None, "--slide-dir", help="Where the slides are, if not at the tiles manifest's paths."
-    ),
     config: Path | None = typer.Option(None, "--config", help="YAML file with these options."),
+    **extract_options: Any,
 ) -> None:
     """Encode the tiles of every slide into a features file (resumable; see docs/extract.md)."""
     from pathfl.config import require
@@ -93,27 +92,24 @@ def _dtypes() -> list[str]:
 _CHOICES = {"encoder": _encoder_names, "precision": _precisions, "dtype": _dtypes}
 
 
-def _extract_options(params: dict[str, Any]) -> Any:
-    """:class:`~pathfl.features.pipeline.ExtractOptions` from the merged options."""
-    from pathfl.features.pipeline import ExtractOptions, default_workers
+def _extract_options(params: dict[str, Any]) -> ExtractOptions:
+    """:class:`~pathfl.features.options.ExtractOptions` from the merged options: an unset
+    (None) generated option keeps the field's default."""
+    from pathfl.config import dataclass_from
+    from pathfl.features.pipeline import default_workers
     from pathfl.features.plan import parse_shard
 
+    generated = {p.name: p.name for p in _EXTRACT_OPTIONS if params.get(p.name) is not None}
+    opts: ExtractOptions = dataclass_from(
+        ExtractOptions, params, fields=generated, what="extract option"
+    )
     raw = params["encoder_option"]
     n_workers = int(params["workers"])
-    return ExtractOptions(
-        encoder=str(params["encoder"]),
-        weights=Path(params["weights"]) if params["weights"] else None,
-        encoder_options=dict(raw) if isinstance(raw, dict) else _parse_options(list(raw)),
-        batch_size=int(params["batch_size"]),
-        device=str(params["device"]),
-        precision=str(params["precision"]),
-        dtype=str(params["dtype"]),
-        workers=default_workers() if n_workers < 0 else n_workers,
-        shard=parse_shard(params["shard"]),
-        overwrite=bool(params["overwrite"]),
-        slide_dir=Path(params["slide_dir"]) if params["slide_dir"] else None,
-        threads=int(params["threads"]) or None,
-    )
+    opts.encoder_options = dict(raw) if isinstance(raw, dict) else _parse_options(list(raw))
+    opts.workers = default_workers() if n_workers < 0 else n_workers
+    opts.shard = parse_shard(params["shard"])
+    opts.threads = int(params["threads"]) or None
+    return opts
 
 
 def _run_with_progress(

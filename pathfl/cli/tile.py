@@ -9,10 +9,11 @@ from typing import Any
 
 import typer
 
-from pathfl.cli.options import listing_command, registry_names
+from pathfl.cli.options import field_options, listing_command, registry_names, with_options
+from pathfl.tiling.params import GRID_HELP, TISSUE_HELP, GridParams, TissueParams
 
 READERS = {"backend": registry_names("pathfl.slide", "list_readers")}
-#: option -> field of pathfl.tiling.GridParams / TissueParams (tests keep the defaults equal)
+#: option -> field of pathfl.tiling.params.GridParams / TissueParams
 GRID_OPTIONS = {
     "mpp": "target_mpp",
     "tile_px": "tile_px",
@@ -31,6 +32,16 @@ TISSUE_OPTIONS = {
     "tissue_max_hole_um2": "max_hole_um2",
     "remove_pen": "remove_pen",
 }
+#: one option per field, generated (defaults None = "not set here": the dataclass default)
+_GRID_OPTIONS = field_options(
+    GridParams, help=GRID_HELP, rename={f: o for o, f in GRID_OPTIONS.items()}
+)
+_TISSUE_OPTIONS = field_options(
+    TissueParams,
+    help=TISSUE_HELP,
+    rename={f: o for o, f in TISSUE_OPTIONS.items()},
+    flags={"remove_pen": "--remove-pen/--keep-pen"},
+)
 
 HELP = (
     "Find the tissue tiles of whole-slide images at one physical resolution.\n\n"
@@ -43,21 +54,13 @@ HELP = (
 )
 
 
+@with_options(_GRID_OPTIONS, _TISSUE_OPTIONS)
 def tile(
     ctx: typer.Context,
     slides: list[Path] = typer.Argument(
         None, help="Slide files and/or folders of slides.", show_default=False
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (required)."),
-    mpp: float = typer.Option(0.5, "--mpp", help="Target µm/px of the tiles."),
-    tile_px: int = typer.Option(224, "--tile-px", help="Tile side in px at the target mpp."),
-    overlap: int = typer.Option(0, "--overlap", help="Overlap between tiles in px (target mpp)."),
-    min_tissue: float = typer.Option(
-        0.25, "--min-tissue", help="Keep tiles whose area is at least this fraction tissue."
-    ),
-    mpp_tolerance: float = typer.Option(
-        0.05, "--mpp-tolerance", help="Relative tolerance for matching a level to the target."
-    ),
     backend: str = typer.Option(
         "auto",
         "--backend",
@@ -75,23 +78,12 @@ def tile(
         False, "--overwrite", help="Recompute slides whose outputs match the parameters."
     ),
     thumbnail_px: int = typer.Option(1200, "--thumbnail-px", help="Longer side of QC images."),
-    tissue_mask_mpp: float = typer.Option(4.0, help="Tissue mask resolution (µm/px)."),
-    tissue_threshold: float = typer.Option(
-        None, help="Fixed HSV saturation threshold in [0, 1] (default: Otsu)."
-    ),
-    tissue_min_saturation: float = typer.Option(0.05, help="Lower clip of the Otsu threshold."),
-    tissue_max_saturation: float = typer.Option(0.15, help="Upper clip of the Otsu threshold."),
-    tissue_blur_um: float = typer.Option(20.0, help="Median blur window (µm)."),
-    tissue_close_um: float = typer.Option(16.0, help="Morphological closing radius (µm)."),
-    tissue_min_object_um2: float = typer.Option(20000.0, help="Drop tissue pieces below (µm²)."),
-    tissue_max_hole_um2: float = typer.Option(40000.0, help="Fill holes below (µm²)."),
-    remove_pen: bool = typer.Option(
-        False, "--remove-pen/--keep-pen", help="Remove blue/green/black ink from the mask."
-    ),
     config: Path = typer.Option(
         None, "--config", "-c", help="YAML file of these options (command line wins)."
     ),
+    **tiling_options: Any,
 ) -> None:
+    """Tile slides (every GridParams / TissueParams field is an option)."""
     from pathfl.config import ConfigError, merge_cli_and_yaml, require
     from pathfl.registry import UnknownNameError
 
@@ -105,10 +97,16 @@ def tile(
     raise typer.Exit(code)
 
 
+def _given(options: dict[str, str], v: dict[str, Any]) -> dict[str, str]:
+    """The part of ``options`` (option -> field) set on the command line or in YAML; the
+    others (None) keep the dataclass default."""
+    return {o: f for o, f in options.items() if v.get(o) is not None}
+
+
 def _build_config(v: dict[str, Any]) -> Any:
     from pathfl.config import ConfigError, dataclass_from
     from pathfl.slide import list_readers
-    from pathfl.tiling import GridParams, TileConfig, TissueParams
+    from pathfl.tiling.pipeline import TileConfig
 
     if v["backend"] != "auto" and v["backend"] not in list_readers():
         raise ConfigError(
@@ -116,8 +114,10 @@ def _build_config(v: dict[str, Any]) -> Any:
         )
     if int(v["workers"]) < 1:
         raise ConfigError("--workers must be ≥ 1")
-    grid = dataclass_from(GridParams, v, fields=GRID_OPTIONS, what="tiling parameter")
-    tissue = dataclass_from(TissueParams, v, fields=TISSUE_OPTIONS, what="tiling parameter")
+    grid = dataclass_from(GridParams, v, fields=_given(GRID_OPTIONS, v), what="tiling parameter")
+    tissue = dataclass_from(
+        TissueParams, v, fields=_given(TISSUE_OPTIONS, v), what="tiling parameter"
+    )
     return TileConfig(
         grid=grid,
         tissue=tissue,

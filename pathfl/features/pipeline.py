@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from pathfl import __version__
-from pathfl.config import ConfigError
 from pathfl.features.dataset import (
     SLIDE_FAILED,
     TILE_OK,
@@ -33,41 +32,14 @@ from pathfl.features.dataset import (
 )
 from pathfl.features.encoders import Encoder, EncoderSpec, create_encoder
 from pathfl.features.inference import InferenceRunner, PendingFeatures
+from pathfl.features.options import ExtractOptions
 from pathfl.features.plan import Plan, make_plan
 from pathfl.features.transform import tile_size_note, transform_for, warn_tile_sizes
-from pathfl.formats.features_h5 import FEATURE_DTYPES, FeaturesWriter
+from pathfl.formats.features_h5 import FeaturesWriter
 from pathfl.interrupts import signals_blocked
 from pathfl.io import Manifest, ManifestRow, remove_stale_temps
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ExtractOptions:
-    encoder: str = "mobilenet-v2"
-    weights: Path | None = None
-    encoder_options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 64
-    device: str = "cpu"
-    precision: str = "fp32"
-    dtype: str = "float32"  # storage dtype of the features dataset (float16 halves the files)
-    workers: int = 2
-    shard: tuple[int, int] | None = None
-    overwrite: bool = False
-    slide_dir: Path | None = None
-    threads: int | None = None  # intra-op threads of the encoder; None = torch's default
-
-    def check(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError("--batch-size must be >= 1")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError("--threads must be >= 1")
-        if self.workers < 0:
-            raise ConfigError("--workers must be >= 0")
-        if self.dtype not in FEATURE_DTYPES:
-            raise ConfigError(
-                f"--dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.dtype!r}"
-            )
 
 
 @dataclass

@@ -13,8 +13,8 @@ from PIL import Image
 from pathfl import __version__
 from pathfl.formats.coords_h5 import tile_geometry
 from pathfl.slide.base import Slide
-from pathfl.tiling.grid import GridParams, ReadPlan
-from pathfl.tiling.tissue import TissueParams
+from pathfl.tiling.grid import ReadPlan
+from pathfl.tiling.params import GridParams, TissueParams
 
 
 def _mag(value: float) -> int | float:

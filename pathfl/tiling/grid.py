@@ -8,46 +8,14 @@ no tile pixels are read to build the grid (only the tissue mask)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from pathfl.slide.base import Slide, SlideError
+from pathfl.tiling.params import GridParams
 from pathfl.tiling.tissue import TissueMask
-
-
-@dataclass(frozen=True)
-class GridParams:
-    """Attributes:
-    target_mpp: µm/px of the tiles handed to the encoder.
-    tile_px: tile side at ``target_mpp``.
-    overlap_px: overlap between neighbouring tiles at ``target_mpp``.
-    mpp_tolerance: relative tolerance when comparing level mpp with the target.
-    min_tissue_fraction: keep tiles whose area is at least this fraction tissue.
-    """
-
-    target_mpp: float = 0.5
-    tile_px: int = 224
-    overlap_px: int = 0
-    mpp_tolerance: float = 0.05
-    min_tissue_fraction: float = 0.25
-
-    def __post_init__(self) -> None:
-        if self.target_mpp <= 0:
-            raise ValueError(f"target mpp must be > 0, got {self.target_mpp}")
-        if self.tile_px < 8:
-            raise ValueError(f"tile size must be ≥ 8 px, got {self.tile_px}")
-        if not 0 <= self.overlap_px < self.tile_px:
-            raise ValueError(f"overlap must be in [0, tile_px), got {self.overlap_px}")
-        if not 0 <= self.mpp_tolerance < 1:
-            raise ValueError(f"mpp tolerance must be in [0, 1), got {self.mpp_tolerance}")
-        if not 0 <= self.min_tissue_fraction <= 1:
-            raise ValueError("min tissue fraction must be in [0, 1]")
-
-    def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

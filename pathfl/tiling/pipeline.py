@@ -40,9 +40,10 @@ from pathfl.interrupts import WorkerPool
 from pathfl.io import Manifest, ManifestRow, atomic_path, sha256_json
 from pathfl.slide import Slide, SlideError, open_slide
 from pathfl.tiling.coords import build_attrs
-from pathfl.tiling.grid import GridParams, grid_coords, plan_read, tissue_fractions
+from pathfl.tiling.grid import grid_coords, plan_read, tissue_fractions
+from pathfl.tiling.params import GridParams, TissueParams
 from pathfl.tiling.qc import draw_qc, tissue_geojson, write_geojson, write_png
-from pathfl.tiling.tissue import TissueParams, detect_tissue, read_overview
+from pathfl.tiling.tissue import detect_tissue, read_overview
 
 logger = logging.getLogger(__name__)
 

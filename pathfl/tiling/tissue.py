@@ -7,7 +7,6 @@ parameters work for 20x and 40x slides."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -15,58 +14,9 @@ import cv2
 import numpy as np
 
 from pathfl.slide.base import Slide, SlideError
+from pathfl.tiling.params import TissueParams
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TissueParams:
-    """Tissue-detection parameters (all overridable from CLI / YAML).
-
-    Attributes:
-        mask_mpp: resolution of the tissue mask in µm/px.
-        saturation_threshold: fixed HSV saturation threshold in [0, 1]; None = Otsu.
-        min_saturation, max_saturation: band the Otsu threshold is clipped to (keeps a blank
-            slide blank and a slide full of tissue from splitting the tissue in two).
-        blur_um: median-blur window (µm).
-        close_um: closing radius (µm), joins fragments of one piece of tissue.
-        min_object_um2: tissue pieces smaller than this are dropped (dust, debris).
-        max_hole_um2: holes smaller than this are filled.
-        remove_pen: drop blue, green and black ink marks from the mask.
-    """
-
-    mask_mpp: float = 4.0
-    saturation_threshold: float | None = None
-    min_saturation: float = 0.05
-    max_saturation: float = 0.15
-    blur_um: float = 20.0
-    close_um: float = 16.0
-    min_object_um2: float = 20000.0
-    max_hole_um2: float = 40000.0
-    remove_pen: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mask_mpp <= 0:
-            raise ValueError(f"tissue mask_mpp must be > 0, got {self.mask_mpp}")
-        thr = self.saturation_threshold
-        if thr is not None and not 0 <= thr <= 1:
-            raise ValueError(f"tissue saturation_threshold must be in [0, 1], got {thr}")
-        if not 0 <= self.min_saturation <= self.max_saturation <= 1:
-            raise ValueError("tissue saturation band must satisfy 0 ≤ min ≤ max ≤ 1")
-        for name in ("blur_um", "close_um", "min_object_um2", "max_hole_um2"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"tissue {name} must be ≥ 0")
-
-    def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> TissueParams:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown tissue parameter(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)  # type: ignore[arg-type]
 
 
 @dataclass
