@@ -1,5 +1,5 @@
 """`pathfl fl` commands: certs, server, site, run, simulate (+ audit, from the trust stage).
-They wrap Flower 1.41's processes so users never write Flower configuration by hand."""
+They wrap Flower's (1.42) processes so users never write Flower configuration by hand."""
 
 from __future__ import annotations
 

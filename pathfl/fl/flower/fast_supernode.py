@@ -1,7 +1,7 @@
 """Flower's SuperNode with a shorter idle poll (``python -m pathfl.fl.flower.fast_supernode ARGS``,
 the same arguments as ``flower-supernode``).
 
-flwr 1.41's SuperNode sleeps a fixed 3 s whenever the SuperLink has no message for it
+flwr 1.42's SuperNode sleeps a fixed 3 s whenever the SuperLink has no message for it
 (``flwr/supernode/start_client_internal.py``), which adds 1.5 s on average — up to 3 s — to
 every round's latency. This entry point caps those sleeps at ``PATHFL_SUPERNODE_POLL_S``
 seconds (default 0.5) by giving that module a ``time`` whose ``sleep`` is capped; nothing else
@@ -24,7 +24,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-PATCHED_FLOWER = "1.41.0"
+PATCHED_FLOWER = "1.42.0"
 ENV_POLL = "PATHFL_SUPERNODE_POLL_S"
 
 

@@ -1,6 +1,6 @@
 """A long-running site worker: keeps torch, scikit-learn and the site's bags loaded between
-rounds, so the per-message ``flwr-clientapp`` process (Flower 1.41 starts a fresh one for every
-message and has no long-running ClientApp mode) only forwards the request.
+rounds, so the per-message ``flwr-clientapp`` process (Flower 1.41 and 1.42 start a fresh one for
+every message and have no long-running ClientApp mode) only forwards the request.
 
 The worker listens on a Unix socket in the site's state directory; requests are authenticated
 with a random key in a 0600 file beside it (``multiprocessing.connection`` HMAC challenge).
