@@ -262,7 +262,7 @@ def cross_validate(
     metrics: dict[str, Any] = {"config": config.to_dict(), "folds": oof.folds}
     if oof.folds:
         metrics.update(_pooled_metrics(bags, oof, config, run_dir))
-    if not (final_model or not oof.folds):  # CV only: metrics and predictions, no model
+    if oof.folds and not final_model:  # CV only: metrics and predictions, no model
         write_json_atomic(run_dir / "metrics.json", metrics)
         write_predictions(run_dir / "predictions.csv", oof.rows)
         return metrics
