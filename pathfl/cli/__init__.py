@@ -69,8 +69,9 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except Interrupted as e:
         typer.secho(
-            f"interrupted by {e.name}: stopped; what finished is kept (the manifest lists "
-            "it); run the same command again to go on",
+            f"interrupted by {e.name}: stopped; nothing half-written is left. Run the same "
+            "command again: tile and extract skip the slides they finished (see the "
+            "manifest), `pathfl fl run --resume` continues a federated run, train starts over",
             err=True,
             fg="yellow",
         )
