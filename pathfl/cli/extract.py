@@ -179,7 +179,7 @@ def _summary(rows: list[ManifestRow], manifest: Path) -> None:
 
 
 def encoders_cmd() -> None:
-    """List the encoders, their feature dims, input sizes, normalisation and weights."""
+    """List the encoders: feature dim, native tile px and µm/px, normalisation, weights."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -187,7 +187,7 @@ def encoders_cmd() -> None:
     from pathfl.features.encoders import IMAGENET_MEAN, IMAGENET_STD, list_encoders
 
     table = Table(title="pathfl encoders", show_lines=True)
-    for col in ("name", "dim", "px", "mean / std", "here", "weights"):
+    for col in ("name", "dim", "px", "µm/px", "mean / std", "here", "weights"):
         table.add_column(col, overflow="fold")
     for r in list_encoders():
         if r["mean"] is None:
@@ -200,11 +200,21 @@ def encoders_cmd() -> None:
             r["name"],
             str(r["feature_dim"] or "model's"),
             str(r["input_px"] or "model's"),
+            escape(_native_mpp(r)),
             norm,
             "[green]yes[/]" if r["available"] else "[red]no[/]",
             escape(f"{r['source']}: {r['weights']}"),
         )
     Console().print(table)
+
+
+def _native_mpp(row: dict[str, Any]) -> str:
+    """The native µm/px column: the values (checked at extraction), else why there is none."""
+    mpps = " / ".join(f"{m:g}" for m in row["native_mpp"])
+    note = row.get("mpp_note") or ""
+    if mpps:
+        return f"{mpps} ({note})" if note else mpps
+    return f"none: {note}" if note else "none"
 
 
 def register(app: typer.Typer) -> None:

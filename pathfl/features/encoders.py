@@ -37,6 +37,9 @@ class EncoderSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     fixed_input_px: bool = False  # True: tiles are resized to input_px (e.g. ViT patch grids)
+    #: µm/px the encoder was trained at (several for mixed-magnification training); empty =
+    #: undefined (ImageNet CNNs) or not stated by the authors: no resolution check
+    native_mpp: tuple[float, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +53,7 @@ class Encoder:
     model: nn.Module
     weights_path: Path
     weights_sha256: str = field(default="")
+    config_sha256: str = ""  # of the config.json a transformers model was built from
 
     def __post_init__(self) -> None:
         if not self.weights_sha256:
@@ -65,6 +69,7 @@ class EncoderCfg:
     spec: EncoderSpec | None
     source: str
     locate: Callable[[], tuple[bool, str]]
+    mpp_note: str = ""  # why native_mpp is what it is (or empty)
 
 
 EncoderFactory = Callable[..., Encoder]
@@ -81,11 +86,13 @@ MOBILENET_V2 = EncoderCfg(
     spec=EncoderSpec("mobilenet-v2", 1280, 224, IMAGENET_MEAN, IMAGENET_STD),
     source="torchvision ImageNet MobileNetV2, packaged (offline)",
     locate=wts.MOBILENET_V2_WEIGHTS.locate,
+    mpp_note="ImageNet: no native µm/px, not checked",
 )
 RESNET50_TRUNC = EncoderCfg(
     spec=EncoderSpec("resnet50-trunc", 1024, 224, IMAGENET_MEAN, IMAGENET_STD),
     source="torchvision ImageNet ResNet50 to layer3 + GAP (CLAM/TRIDENT); --weights or hub cache",
     locate=wts.RESNET50_WEIGHTS.locate,
+    mpp_note="ImageNet: no native µm/px, not checked",
 )
 
 
@@ -147,6 +154,7 @@ TIMM = EncoderCfg(
     spec=None,
     source="timm:<model> with --weights PATH (e.g. UNI, Phikon-style ViTs); optional extra",
     locate=_timm_available,
+    mpp_note="unknown for timm:<model>: not checked",
 )
 
 
@@ -222,8 +230,8 @@ def create_encoder(
 
 
 def list_encoders() -> list[dict[str, Any]]:
-    """One row per registry entry: name, dims, input size, mean/std, weights source and whether
-    the weights are available on this machine (no weights are loaded)."""
+    """One row per registry entry: name, dims, native input size and µm/px, mean/std, weights
+    source and whether the weights are available on this machine (no weights are loaded)."""
     rows = []
     for name in ENCODERS.list():
         cfg = _cfg(name)
@@ -236,9 +244,20 @@ def list_encoders() -> list[dict[str, Any]]:
                 "input_px": spec.input_px if spec else None,
                 "mean": spec.mean if spec else None,
                 "std": spec.std if spec else None,
+                "native_mpp": list(spec.native_mpp) if spec else [],
+                "mpp_note": cfg.mpp_note,
                 "source": cfg.source,
                 "available": available,
                 "weights": where,
             }
         )
     return rows
+
+
+def _register_foundation_models() -> None:
+    from pathfl.features import fm_loader
+
+    fm_loader.register_all(ENCODERS)
+
+
+_register_foundation_models()

@@ -25,6 +25,7 @@ class ExtractOptions:
     overwrite: bool = False
     slide_dir: Path | None = None
     threads: int | None = None  # intra-op threads of the encoder; None = torch's default
+    allow_resolution_mismatch: bool = False  # encode tiles not at the encoder's native mpp/px
 
     def check(self) -> None:
         """Refuse impossible values (:class:`~pathfl.config.ConfigError` naming the option)."""
@@ -57,4 +58,8 @@ EXTRACT_HELP: dict[str, str] = {
     "overwrite": "Recompute features files made with other settings.",
     "slide_dir": "Where the slides are, if not at the tiles manifest's paths.",
     "threads": "Encoder threads on CPU (None: torch's default).",
+    "allow_resolution_mismatch": (
+        "Encode tiles whose µm/px or px differ from the encoder's native ones by over 10 % "
+        "(resized to its input; recorded in the fingerprint) instead of refusing them."
+    ),
 }

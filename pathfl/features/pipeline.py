@@ -34,7 +34,12 @@ from pathfl.features.encoders import Encoder, EncoderSpec, create_encoder
 from pathfl.features.inference import InferenceRunner, PendingFeatures
 from pathfl.features.options import ExtractOptions
 from pathfl.features.plan import Plan, make_plan
-from pathfl.features.transform import tile_size_note, transform_for, warn_tile_sizes
+from pathfl.features.transform import (
+    check_resolution,
+    tile_size_note,
+    transform_for,
+    warn_tile_sizes,
+)
 from pathfl.formats.features_h5 import FeaturesWriter
 from pathfl.interrupts import signals_blocked
 from pathfl.io import Manifest, ManifestRow, remove_stale_temps
@@ -107,6 +112,7 @@ def _feature_attrs(
         **job.attrs,
         "encoder": encoder.spec.name,
         "weights_sha256": encoder.weights_sha256,
+        **({"encoder_config_sha256": encoder.config_sha256} if encoder.config_sha256 else {}),
         "feature_dim": encoder.spec.feature_dim,
         "precision": runner.precision,
         "n_tiles": run.writer.n_rows,
@@ -294,13 +300,17 @@ def extract(
         out_dir,
         encoder_name=encoder.spec.name,
         weights_sha256=encoder.weights_sha256,
-        transform_for=transform_for(encoder.spec),
+        encoder_config_sha256=encoder.config_sha256,
+        transform_for=transform_for(
+            encoder.spec, allow_resolution_mismatch=opts.allow_resolution_mismatch
+        ),
         precision=runner.precision,
         dtype=opts.dtype,
         shard=opts.shard,
         overwrite=opts.overwrite,
         slide_dir=opts.slide_dir,
     )
+    check_resolution(plan.jobs, encoder.spec, allow=opts.allow_resolution_mismatch)
     (out_dir / "features").mkdir(parents=True, exist_ok=True)
     # what a killed run left half-written: this shard's manifest and slides only (other
     # shards may be writing theirs into the same folder)

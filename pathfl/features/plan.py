@@ -49,11 +49,13 @@ def features_fingerprint(
     transform: dict[str, Any],
     precision: str,
     dtype: str = "float32",
+    encoder_config_sha256: str = "",
 ) -> str:
     """DESIGN: tiling fingerprint + encoder + weights, plus the pixel transform and the compute
     precision (bf16 features differ from fp32 ones by several per cent). A float16 storage
     dtype is part of it too; float32, the default, adds nothing (fingerprints of files written
-    before the option existed stay valid)."""
+    before the option existed stay valid). So is the sha256 of the ``config.json`` a
+    transformers encoder was built from (absent for the others)."""
     what = {
         "tiling": tiling_fingerprint,
         "encoder": encoder,
@@ -63,6 +65,8 @@ def features_fingerprint(
     }
     if dtype != "float32":
         what["dtype"] = dtype
+    if encoder_config_sha256:
+        what["encoder_config_sha256"] = encoder_config_sha256
     return sha256_json(what)
 
 
@@ -132,6 +136,7 @@ def make_plan(
     encoder_name: str,
     weights_sha256: str,
     transform_for: Any,
+    encoder_config_sha256: str = "",
     precision: str = "fp32",
     dtype: str = "float32",
     shard: tuple[int, int] | None = None,
@@ -155,6 +160,7 @@ def make_plan(
                 transform=transform,
                 precision=precision,
                 dtype=dtype,
+                encoder_config_sha256=encoder_config_sha256,
             )
             if out_path.exists():
                 existing = _existing_fingerprint(out_path)

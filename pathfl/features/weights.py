@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pathfl.config import ConfigError
+from pathfl.features.checkpoint import (
+    WeightsError,
+    check_fit,
+    read_safetensors,
+    shapes_of,
+)
+
+__all__ = ["WeightsError", "WeightsSource", "load_state_dict", "load_strict"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,10 +28,6 @@ MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 # torchvision's ImageNet ResNet50 checkpoints, preferred first (V1 = the CLAM/TRIDENT standard).
 RESNET50_FILES = ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth", "resnet50-11ad3fa6.pth")
 RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
-
-
-class WeightsError(ConfigError):
-    """Encoder weights are missing or do not fit the architecture (a configuration error)."""
 
 
 def packaged_mobilenet_v2() -> Path | None:
@@ -117,12 +120,15 @@ RESNET50_WEIGHTS = WeightsSource(
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:
-    """Load a checkpoint file as a flat state dict (tensors only, no pickled code). Accepts a
-    bare state dict or one wrapped under ``state_dict``/``model``; strips a ``module.`` prefix."""
+    """Load a checkpoint file as a flat state dict (tensors only, no pickled code): a
+    ``.safetensors`` file, or a torch file holding a bare state dict or one wrapped under
+    ``state_dict``/``model``; strips a ``module.`` prefix."""
     import torch
 
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        return _strip_module(read_safetensors(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle/zip errors come in many types
@@ -134,15 +140,24 @@ def load_state_dict(path: Path) -> dict[str, Any]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise WeightsError(f"{path}: expected a state dict (name -> tensor), got {type(obj)}")
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
+    return _strip_module(obj)
 
 
-def load_strict(model: Any, state: dict[str, Any], path: Path, encoder: str) -> None:
-    """``model.load_state_dict(state, strict=True)`` with an error that names the file."""
+def _strip_module(state: dict[str, Any]) -> dict[str, Any]:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def load_strict(
+    model: Any, state: dict[str, Any], path: Path, encoder: str, *, assign: bool = False
+) -> None:
+    """``model.load_state_dict(state, strict=True)``; a file that does not fit raises
+    :class:`WeightsError` naming the file and listing the missing and unexpected keys and the
+    mismatched shapes. ``assign=True`` for a model built on the meta device."""
+    check_fit(shapes_of(model.state_dict()), shapes_of(state), path, encoder)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise WeightsError(
