@@ -153,3 +153,263 @@ def test_timm_encoder_from_local_state_dict(tmp_path) -> None:
     torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), other)
     with pytest.raises(ConfigError, match="do not fit"):
         create_encoder("timm:resnet18", weights=other)
+
+
+# --- pathology foundation models (pathfl.features.foundation) ---------------------------------
+# Every entry is checked two ways, because the published checkpoints are gated and up to 4.5 GB:
+# (1) its *exact* architecture is built on the meta device (no memory, no init) and compared with
+#     the entry: feature dim, parameter count, prefix tokens; for the four ViT-H/g models a
+#     header-only safetensors file of the exact names and shapes (a sparse file: no data
+#     written) passes the loader's fit check and a one-tensor change fails it by name;
+# (2) a real checkpoint — random weights of the entry's architecture (depth reduced to 1-2
+#     blocks for the large ones, every other setting unchanged), saved the way users get it
+#     (safetensors / pytorch_model.bin / .pth / a Hugging Face folder with config.json) — is
+#     loaded through the same loader (``fm_loader.create``, which the registry factories call)
+#     and a 224-px tile gives the documented dim *and the source model's own output*, which
+#     random initialisation could not reproduce.
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import struct  # noqa: E402
+
+from pathfl.features import checkpoint as ckpt  # noqa: E402
+from pathfl.features import fm_loader  # noqa: E402
+from pathfl.features.encoders import ENCODERS  # noqa: E402
+from pathfl.features.foundation import FOUNDATION_MODELS  # noqa: E402
+
+GIANTS = ("uni2-h", "virchow2", "h-optimus-0", "gigapath")
+
+
+@functools.cache
+def _meta(name: str):
+    """The exact architecture of a timm entry on the meta device (built once per session)."""
+    return fm_loader.build_meta(FOUNDATION_MODELS[name])
+
+
+def _small(name: str, depth: int = 1):
+    fm = FOUNDATION_MODELS[name]
+    key = "depth" if fm.library == "timm" else "num_hidden_layers"
+    return dataclasses.replace(fm, kwargs={**fm.kwargs, key: depth})
+
+
+def _timm_source(fm):
+    """A timm model of ``fm``'s architecture with random weights (what a checkpoint holds)."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(fm.arch, pretrained=False, **fm_loader._timm_kwargs(fm)).eval()
+
+
+def _hf_source(fm):
+    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    kw = dict(fm.kwargs)
+    heads = 12 if kw["hidden_size"] == 768 else 16
+    if fm.arch == "vit":  # the published Phikon folder holds a ViTModel with its pooler
+        cfg = ViTConfig(**kw, num_attention_heads=heads, intermediate_size=4 * kw["hidden_size"])
+        return ViTModel(cfg, add_pooling_layer=True).eval()
+    cfg = Dinov2Config(**kw, num_attention_heads=heads, image_size=224)
+    return Dinov2Model(cfg).eval()
+
+
+def _expected(fm, source, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        if fm.library == "transformers":
+            return source(pixel_values=x).last_hidden_state[:, 0]
+        out = source(x)
+        if fm.pooling == "cls+mean":
+            return torch.cat([out[:, 0], out[:, fm.prefix_tokens :].mean(1)], dim=-1)
+        return out
+
+
+def _cfg_of(fm):
+    return dataclasses.replace(
+        ENCODERS.meta(fm.name)["cfg"],
+        spec=dataclasses.replace(ENCODERS.meta(fm.name)["cfg"].spec, name=fm.name),
+    )
+
+
+def _check_features(fm, enc, source) -> None:
+    tile = torch.randint(
+        0, 256, (1, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    feats = InferenceRunner(enc)(tile)
+    assert feats.shape == (1, fm.feature_dim)
+    mean = torch.tensor(fm.mean).view(1, 3, 1, 1)
+    std = torch.tensor(fm.std).view(1, 3, 1, 1)
+    want = _expected(fm, source, (tile.float() / 255 - mean) / std)
+    assert torch.allclose(feats, want, rtol=1e-3, atol=1e-4), (feats - want).abs().max()
+
+
+def test_every_entry_is_its_published_architecture() -> None:
+    """Meta-device builds (no weights): dims, parameter counts and prefix tokens of the exact
+    architectures. GigaPath's count is the one the authors' demo prints (1,134,953,984)."""
+    from transformers import AutoConfig
+
+    for name, fm in FOUNDATION_MODELS.items():
+        if fm.library == "timm":
+            model = _meta(name)
+            pooled = model.num_features * (2 if fm.pooling == "cls+mean" else 1)
+            assert pooled == fm.feature_dim, name
+            assert model.num_prefix_tokens == fm.prefix_tokens, name
+            assert sum(p.numel() for p in model.parameters()) == fm.params, name
+        else:
+            cfg = AutoConfig.for_model(fm.arch, **fm.kwargs)
+            assert cfg.hidden_size == fm.feature_dim, name
+        spec = ENCODERS.meta(name)["cfg"].spec
+        assert (spec.feature_dim, spec.input_px, spec.mean, spec.std) == (
+            fm.feature_dim, fm.input_px, fm.mean, fm.std,
+        )  # fmt: skip
+    assert FOUNDATION_MODELS["gigapath"].params == 1_134_953_984
+    assert FOUNDATION_MODELS["virchow2"].feature_dim == 2560
+
+
+def _header_only_safetensors(path, shapes: dict) -> None:
+    """A valid safetensors file with these names/shapes whose data region is a hole (sparse):
+    the header is what the loader checks before reading any tensor."""
+    header, offset = {}, 0
+    for k, shape in shapes.items():
+        n = 4 * int(np.prod(shape)) if shape else 4
+        header[k] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        f.truncate(8 + len(blob) + offset)
+
+
+@pytest.mark.parametrize("name", GIANTS)
+def test_giant_header_fits_exact_architecture(tmp_path, name) -> None:
+    fm = FOUNDATION_MODELS[name]
+    expected = ckpt.shapes_of(_meta(name).state_dict())
+    path = tmp_path / "model.safetensors"
+    _header_only_safetensors(path, expected)
+    ckpt.check_fit(expected, ckpt.file_shapes(path), path, name)  # fits: no error
+    wrong = dict(expected)
+    wrong["pos_embed"] = (1, 5, 7)
+    wrong.pop("blocks.0.attn.qkv.weight")
+    wrong["head.extra"] = (3,)
+    _header_only_safetensors(path, wrong)
+    with pytest.raises(wts.WeightsError) as e:  # refused from the header: no 4.5 GB read
+        fm_loader.load_model(fm, ckpt.locate_checkpoint(tmp_path))
+    msg = str(e.value)
+    assert str(path) in msg and "1 missing key(s): blocks.0.attn.qkv.weight" in msg
+    assert "1 shape mismatch(es): pos_embed file [1, 5, 7]" in msg
+    assert "head.extra" not in msg  # classifier heads are dropped, not refused
+
+
+SAVES = {  # encoder -> (depth, how users get it)
+    "uni": (2, "pth"),
+    "uni2-h": (1, "safetensors"),
+    "virchow2": (1, "bin"),
+    "h-optimus-0": (1, "safetensors"),
+    "gigapath": (1, "bin"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SAVES))
+def test_timm_foundation_model_loads_saved_checkpoint(tmp_path, name) -> None:
+    from safetensors.torch import save_file
+
+    depth, fmt = SAVES[name]
+    fm = _small(name, depth)
+    source = _timm_source(fm)
+    if fmt == "safetensors":
+        path = tmp_path / "model.safetensors"
+        save_file(source.state_dict(), path)
+    else:
+        path = tmp_path / ("pytorch_model.bin" if fmt == "bin" else "weights.pth")
+        torch.save(source.state_dict(), path)
+    weights = tmp_path if fmt == "bin" else path  # a snapshot folder, or the file itself
+    enc = fm_loader.create(fm, _cfg_of(fm), weights)
+    assert enc.weights_path == path and enc.weights_sha256 == sha256_file(path)
+    _check_features(fm, enc, source)
+
+
+def test_kaiko_full_size_from_safetensors_and_hf_cache(tmp_path, monkeypatch) -> None:
+    """The full ViT-S/16 through the registry (create_encoder), from a file and from a
+    pre-filled Hugging Face cache; another Kaiko size's file is refused by name."""
+    from safetensors.torch import save_file
+
+    fm = FOUNDATION_MODELS["kaiko-vits16"]
+    source = _timm_source(fm)
+    snap = tmp_path / "hub" / f"models--{fm.hub_id.replace('/', '--')}" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    save_file(source.state_dict(), snap / "model.safetensors")
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("abc123")
+    enc = create_encoder("kaiko-vits16", weights=snap / "model.safetensors")
+    _check_features(fm, enc, source)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    row = {r["name"]: r for r in list_encoders()}["kaiko-vits16"]
+    assert row["available"] and row["weights"] == str(snap)
+    assert create_encoder("kaiko-vits16").weights_path == snap / "model.safetensors"
+    with pytest.raises(wts.WeightsError) as e:
+        create_encoder("kaiko-vitb16", weights=snap / "model.safetensors")
+    assert "model.safetensors: weights do not fit encoder 'kaiko-vitb16'" in str(e.value)
+    assert "shape mismatch(es): blocks.0.attn.proj.bias file [384] vs model [768]" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["phikon", "phikon-v2"])
+def test_transformers_model_from_local_snapshot(tmp_path, name) -> None:
+    """A Hugging Face folder (config.json + weights) saved by transformers itself, loaded with
+    local_files_only; Phikon's pooler (unused: CLS of last_hidden_state) is not a misfit."""
+    fm = _small(name, 2)
+    source = _hf_source(fm)
+    folder = tmp_path / name
+    source.save_pretrained(folder)
+    enc = fm_loader.create(fm, _cfg_of(fm), folder)
+    assert enc.weights_path == folder / "model.safetensors" and enc.config_sha256
+    _check_features(fm, enc, source)
+    # a tensor missing from the file would be initialised at random by transformers: refused
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    gone = sorted(k for k in state if k.endswith("query.weight") or "q_proj.weight" in k)[0]
+    del state[gone]
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(
+        wts.WeightsError, match=r"model\.safetensors: weights do not fit .*1 missing"
+    ):
+        fm_loader.create(fm, _cfg_of(fm), folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(wts.WeightsError, match=r"config\.json"):
+        fm_loader.create(fm, _cfg_of(fm), folder)
+
+
+def test_transformers_config_of_another_model_is_refused(tmp_path) -> None:
+    source = _hf_source(_small("phikon", 1))
+    source.save_pretrained(tmp_path)
+    with pytest.raises(wts.WeightsError, match=r"not the phikon-v2 architecture.*model_type='vit'"):
+        create_encoder("phikon-v2", weights=tmp_path)
+
+
+def test_foundation_weights_missing_or_unsupported(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(wts.WeightsError) as e:
+        create_encoder("uni")
+    msg = str(e.value)
+    assert "--weights" in msg and "MahmoodLab/UNI" in msg and "never downloads" in msg
+    assert isinstance(e.value, ConfigError)  # exit 2
+    with pytest.raises(ConfigError, match="open_clip"):
+        create_encoder("conch")
+    (tmp_path / "two").mkdir()
+    for n in ("a.pth", "b.pth"):
+        (tmp_path / "two" / n).write_bytes(b"x")
+    with pytest.raises(wts.WeightsError, match=r"two: expected one weights file.*a\.pth, b\.pth"):
+        create_encoder("uni", weights=tmp_path / "two")
+
+
+def test_encoders_command_shows_native_resolution(monkeypatch) -> None:
+    from pathfl.cli import app
+
+    monkeypatch.setenv("COLUMNS", "300")
+    result = CliRunner().invoke(app, ["encoders"])
+    assert result.exit_code == 0, result.output
+    lines = {ln.split("│")[1].strip(): ln for ln in result.output.splitlines() if ln.count("│") > 3}
+    assert "2560" in lines["virchow2"] and "2 / 1 / 0.5 / 0.25" in lines["virchow2"]
+    assert "0.5" in lines["uni"] and "1024" in lines["uni"] and "CC-BY-NC-ND" in result.output
+    assert "none" in lines["mobilenet-v2"] and "not supported" in lines["conch"]

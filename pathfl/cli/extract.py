@@ -188,7 +188,7 @@ def encoders_cmd() -> None:
 
     table = Table(title="pathfl encoders", show_lines=True)
     for col in ("name", "dim", "px", "µm/px", "mean / std", "here", "weights"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in ("name", "dim", "px", "here"))
     for r in list_encoders():
         if r["mean"] is None:
             norm = "model's config"
