@@ -47,7 +47,7 @@ class ExtractOptions:
 #: help text of each :class:`ExtractOptions` field (``pathfl extract --help``)
 EXTRACT_HELP: dict[str, str] = {
     "encoder": "Encoder (see `pathfl encoders`)",
-    "weights": "Local weights file.",
+    "weights": "Local weights file, or a folder (a local Hugging Face snapshot).",
     "encoder_options": "Keyword options of timm encoders (mean, std, input_px, …).",
     "batch_size": "Tiles per forward pass.",
     "device": "cpu | cuda | cuda:N.",
