@@ -347,6 +347,11 @@ def test_kaiko_full_size_from_safetensors_and_hf_cache(tmp_path, monkeypatch) ->
     row = {r["name"]: r for r in list_encoders()}["kaiko-vits16"]
     assert row["available"] and row["weights"] == str(snap)
     assert create_encoder("kaiko-vits16").weights_path == snap / "model.safetensors"
+    half = tmp_path / "half.pth"  # an fp16 checkpoint is loaded as fp32
+    torch.save({k: v.half() for k, v in source.state_dict().items()}, half)
+    enc = create_encoder("kaiko-vits16", weights=half)
+    assert {p.dtype for p in enc.model.parameters()} == {torch.float32}
+    assert InferenceRunner(enc)(torch.zeros(1, 3, 224, 224, dtype=torch.uint8)).shape == (1, 384)
     with pytest.raises(wts.WeightsError) as e:
         create_encoder("kaiko-vitb16", weights=snap / "model.safetensors")
     assert "model.safetensors: weights do not fit encoder 'kaiko-vitb16'" in str(e.value)

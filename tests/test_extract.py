@@ -361,7 +361,7 @@ def test_tiles_far_from_the_encoders_input_size_warn(tmp_path, caplog) -> None:
     )
     row = Manifest.load(manifest_path(tmp_path / "out", None)).rows["slide0"]
     assert row["status"] == "ok" and "64-px tiles" in row["error"]
-    assert "--tile-size 224" in row["error"]
+    assert "--tile-px 224" in row["error"]  # the option of `pathfl tile`
 
     spec = EncoderSpec("vit", 768, 224, (0.5,) * 3, (0.5,) * 3, fixed_input_px=True)
     assert [bool(tile_size_note(spec, px)) for px in (16, 111, 112, 224, 448, 449)] == [

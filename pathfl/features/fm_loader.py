@@ -115,7 +115,12 @@ def _load_hf(fm: FoundationModel, source: ckpt.Checkpoint) -> nn.Module:
     transformers = _need("transformers", fm)
     cfg = _hf_config(fm, source)
     cls = transformers.ViTModel if fm.arch == "vit" else transformers.AutoModel
-    extra = {"add_pooling_layer": False} if fm.arch == "vit" else {}
+    import torch
+
+    extra: dict[str, Any] = {"add_pooling_layer": False} if fm.arch == "vit" else {}
+    # fp32 whatever the file's dtype (transformers 5 would keep it); `dtype` from 4.56 on
+    new_kw = int(transformers.__version__.split(".")[0]) >= 5
+    extra["dtype" if new_kw else "torch_dtype"] = torch.float32
     verbosity = transformers.logging.get_verbosity()
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()  # its load report; ours below names the file
@@ -167,6 +172,9 @@ def load_model(fm: FoundationModel, source: ckpt.Checkpoint) -> nn.Module:
         kept = adapt_keys(dict.fromkeys(header), set(expected))
         ckpt.check_fit(expected, {k: header[k] for k in kept}, source.weights, fm.name)
     state = adapt_keys(wts.load_state_dict(source.weights), set(expected))
+    # assign=True keeps the file's dtype: fp16/bf16 checkpoints become fp32 (precision is
+    # chosen at inference, --precision)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     wts.load_strict(model, state, source.weights, fm.name, assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # non-persistent buffers are not in any checkpoint
