@@ -34,10 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: keys a checkpoint may carry that the feature model does not use (classifier heads, the
-#: transformers pooler); dropped only when the model has no such key
+#: transformers pooler: features are the CLS of last_hidden_state); dropped only when the
+#: model has no such key
 UNUSED_PREFIXES = ("head.", "fc.", "classifier.", "head_dist.", "pooler.")
-#: prefixes of a transformers base model saved inside a task model (ViTFor…, Dinov2For…)
-BASE_PREFIXES = ("vit.", "dinov2.")
 
 
 @contextlib.contextmanager
@@ -112,11 +111,11 @@ def _load_hf(fm: FoundationModel, source: ckpt.Checkpoint) -> nn.Module:
     """``from_pretrained`` of the local snapshot (``local_files_only``; transformers maps the
     checkpoint's names onto its modules), refused unless every tensor of the model came from
     the file: transformers would otherwise initialise missing ones at random."""
+    import torch
+
     transformers = _need("transformers", fm)
     cfg = _hf_config(fm, source)
     cls = transformers.ViTModel if fm.arch == "vit" else transformers.AutoModel
-    import torch
-
     extra: dict[str, Any] = {"add_pooling_layer": False} if fm.arch == "vit" else {}
     # fp32 whatever the file's dtype (transformers 5 would keep it); `dtype` from 4.56 on
     new_kw = int(transformers.__version__.split(".")[0]) >= 5
@@ -153,11 +152,8 @@ def _load_hf(fm: FoundationModel, source: ckpt.Checkpoint) -> nn.Module:
 
 
 def adapt_keys(state: dict[str, Any], own: set[str]) -> dict[str, Any]:
-    """Strip a transformers base-model prefix and drop head/pooler tensors the feature model
-    does not have; everything else must fit exactly."""
-    for prefix in BASE_PREFIXES:
-        if state and not (set(state) & own) and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+    """Drop classifier-head tensors the feature model does not have (a timm checkpoint saved
+    with its head); everything else must fit exactly."""
     return {k: v for k, v in state.items() if k in own or not k.startswith(UNUSED_PREFIXES)}
 
 

@@ -38,7 +38,9 @@ class FoundationModel:
     licence: str
     mpp_note: str = ""
     prefix_tokens: int = 1
-    params: int = 0  # parameter count of the full architecture (0 = not published)
+    #: parameters of the architecture as timm builds it (checked by the tests; GigaPath's is
+    #: also the count its authors' demo prints); 0 for the transformers models
+    params: int = 0
     summary: str = field(default="")
 
 
