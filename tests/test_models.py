@@ -19,12 +19,7 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("name", MODELS.list())
-@pytest.mark.parametrize(("loss", "n_cov"), [("nll", 0), ("cox", 3)])
-def test_every_parameter_gets_a_gradient(name: str, loss: str, n_cov: int) -> None:
-    cfg = TrainConfig(model=name, loss=loss, hidden_dim=32, attn_dim=16, transmil_landmarks=8)
-    model = build_model(cfg, feature_dim=D, n_covariates=n_cov)
-    model.train()
+def _loss_of_bags(model: torch.nn.Module, loss: str, n_cov: int) -> torch.Tensor:
     torch.manual_seed(0)
     # bag sizes: 1 tile, fewer than Chowder's k, more than TransMIL's landmarks
     sizes = [1, 3, 40, 70]
@@ -39,16 +34,44 @@ def test_every_parameter_gets_a_gradient(name: str, loss: str, n_cov: int) -> No
     assert logits.shape == (len(sizes), 4 if loss == "nll" else 1)
     event, time = torch.tensor([1, 0, 1, 1]), torch.tensor([2.0, 5.0, 7.0, 1.0])
     if loss == "nll":
-        value = nll_loss(logits, event, time, time_bins=[2.5, 5.0, 7.5])
-    else:
-        value = cox_loss(logits, event, time)
-    value.backward()
-    missing = [
-        n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
-    ]
-    assert not missing, f"{name}: no/invalid gradient for {missing}"
-    zero = [n for n, p in model.named_parameters() if float(p.grad.abs().sum()) == 0.0]
+        return nll_loss(logits, event, time, time_bins=[2.5, 5.0, 7.5])
+    return cox_loss(logits, event, time)
+
+
+@pytest.mark.parametrize("name", MODELS.list())
+@pytest.mark.parametrize(("loss", "n_cov"), [("nll", 0), ("cox", 3)])
+def test_every_parameter_gets_a_gradient(name: str, loss: str, n_cov: int) -> None:
+    """Every parameter gets a finite gradient, non-zero within two SGD steps (abmil's attention
+    scorer starts at zero, so its inner layers only receive gradient after the first step)."""
+    cfg = TrainConfig(model=name, loss=loss, hidden_dim=32, attn_dim=16, transmil_landmarks=8)
+    model = build_model(cfg, feature_dim=D, n_covariates=n_cov)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    moved: set[str] = set()
+    for _ in range(2):
+        opt.zero_grad()
+        _loss_of_bags(model, loss, n_cov).backward()
+        missing = [
+            n
+            for n, p in model.named_parameters()
+            if p.grad is None or not torch.isfinite(p.grad).all()
+        ]
+        assert not missing, f"{name}: no/invalid gradient for {missing}"
+        moved |= {n for n, p in model.named_parameters() if float(p.grad.abs().sum()) > 0.0}
+        opt.step()
+    zero = sorted({n for n, _ in model.named_parameters()} - moved)
     assert not zero, f"{name}: all-zero gradient for {zero}"
+
+
+def test_untrained_abmil_pools_uniformly() -> None:
+    """The zero-initialised attention scorer: an untrained abmil is mean pooling."""
+    model = build_model(TrainConfig(model="abmil", hidden_dim=32), feature_dim=D).eval()
+    x = torch.randn(9, D)
+    with torch.no_grad():
+        out = model(x)
+        mean_pooled = model.head(model.embed(x).mean(0))
+    torch.testing.assert_close(out.tile_scores, torch.full((9,), 1 / 9))
+    torch.testing.assert_close(out.logits, mean_pooled)
 
 
 def test_abmil_scores_are_attention_weights() -> None:

@@ -93,7 +93,8 @@ def segment_sum(x: torch.Tensor, seg: torch.Tensor, n_bags: int) -> torch.Tensor
 class GatedABMIL(nn.Module):
     """Gated attention MIL (Ilse et al. 2018): ``h_i = ReLU(W x_i)``;
     ``a_i = w^T (tanh(V h_i) ⊙ sigmoid(U h_i))``; ``z = Σ softmax(a)_i h_i``; head(z ⊕ cov).
-    ``tile_scores`` = the attention weights softmax(a) (sum to 1 over the bag)."""
+    ``tile_scores`` = the attention weights softmax(a) (sum to 1 over the bag). ``w`` starts at
+    zero, so an untrained model pools uniformly (the mean of the embeddings)."""
 
     def __init__(
         self,
@@ -112,6 +113,12 @@ class GatedABMIL(nn.Module):
         self.attn_u = nn.Linear(hidden_dim, attn_dim)
         self.attn_w = nn.Linear(attn_dim, 1)
         self.head = _head(hidden_dim + n_covariates, hidden_dim // 2, n_out, dropout)
+        # The attention scorer starts at zero: every bag begins as the mean of its tile
+        # embeddings and attention departs from uniform only where the gradients support it
+        # (on 50-patient cohorts this took default train from 0.925x to 0.970x linear-cox,
+        # mean over 4 seeds; BENCHMARKS.md).
+        nn.init.zeros_(self.attn_w.weight)
+        nn.init.zeros_(self.attn_w.bias)
 
     def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> MILOutput:
         h = self.embed(x)
