@@ -179,3 +179,31 @@ def test_risk_groups_are_split_at_the_training_median(tmp_path: Path) -> None:
         high = float(r["risk"]) > cuts[int(r["fold"])]
         assert r["risk_group"] == ("high" if high else "low")
     assert (tmp_path / "run" / "plots" / "km_risk_groups.png").is_file()
+
+
+def test_fl_comparison_table_carries_the_basis_of_every_c(tmp_path: Path) -> None:
+    from pathfl.fl.baselines import FED_NO_CI, comparison_rows, write_comparison
+
+    def site(c, n, ev, pairs, conc):
+        keys = ("c_index", "n_samples", "n_events", "n_comparable", "n_concordant")
+        return {f"val_{k}": v for k, v in zip(keys, (c, n, ev, pairs, conc), strict=True)}
+
+    federated = {"final_per_site": {"a": site(0.8, 10.0, 6.0, 35.0, 28.0),
+                                    "b": site(0.0, 3.0, 1.0, 2.0, 0.0)}}  # fmt: skip
+    rng = np.random.default_rng(0)
+    arrays = {
+        "a": (rng.random(10) < 0.6, rng.exponential(5, 10), rng.normal(size=10)),
+        "b": (np.array([1, 0, 0]), np.array([1.0, 2.0, 3.0]), np.array([0.1, 0.3, 0.2])),
+    }
+    total, per = stratified_c_summary(arrays, n_boot=50)
+    baselines = {"pooled": {"total": total, "per_site": per}}
+    md = write_comparison(tmp_path / "c.csv", comparison_rows(federated, baselines))
+    fed_line, pooled_line = md.splitlines()[2:4]
+    # federated: 37 pairs in all, 28 concordant -> 0.757; site b has 2 pairs -> "—"
+    assert f"0.757 ({FED_NO_CI}; 13 patients, 7 events, 37 comparable pairs)" in fed_line
+    assert "— (3 patients, 1 event, 2 comparable pairs < 10)" in fed_line
+    assert pooled_line.startswith("| pooled | ") and "95% CI" in pooled_line
+    with open(tmp_path / "c.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["method"] == "federated" and rows[0]["n_comparable"] == "37.0000"
+    assert rows[0]["n_b"] == "3.0000" and rows[1]["n"] == "13"

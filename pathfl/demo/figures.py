@@ -154,9 +154,9 @@ def image_grid(
     for ax, (label, img) in zip(axes.ravel(), items, strict=False):
         ax.imshow(img)
         ax.set_title(label, fontsize=13)
-    if title:
-        fig.suptitle(title, fontsize=15)
     fig.tight_layout()
+    if title:  # after tight_layout, above the panels (the saved figure's box grows to hold it)
+        fig.suptitle(title, fontsize=15, y=1.02)
     return _save(fig, path)
 
 
@@ -178,7 +178,8 @@ def cohort_figure(path: Path, examples: list[tuple[str, Path, Path]]) -> Path:
         path,
         items,
         ncols=2,
-        title="Demo cohort: one slide per site, and its ground-truth phenotype mask",
+        title="Demo cohort: one slide per site, and its ground-truth mask "
+        "(red: high-risk phenotype, blue: other tissue)",
     )
 
 

@@ -23,9 +23,10 @@ def concordance_counts(event: Any, time: Any, risk: Any) -> tuple[int, int, int]
     event = np.asarray(event).astype(bool)
     if event.sum() == 0 or len(event) < 2:
         return 0, 0, 0
-    _, conc, disc, tied, _ = concordance_index_censored(
-        event, np.asarray(time, dtype=float), np.asarray(risk, dtype=float)
-    )
+    with np.errstate(invalid="ignore", divide="ignore"):  # no comparable pair: C is 0/0
+        _, conc, disc, tied, _ = concordance_index_censored(
+            event, np.asarray(time, dtype=float), np.asarray(risk, dtype=float)
+        )
     return int(conc), int(conc + disc + tied), int(tied)
 
 

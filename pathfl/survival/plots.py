@@ -85,7 +85,8 @@ def _draw_panel(ax: Any, table_ax: Any, panel: KMPanel, time_unit: str) -> dict[
     groups = [(lab, col, m) for (lab, col), m in zip(GROUPS, (~high, high), strict=True)]
     for label, colour, m in groups:
         if m.any():
-            n_text = f"n={int(m.sum())}, {int(event[m].sum())} events"
+            n_ev = int(event[m].sum())
+            n_text = f"n={int(m.sum())}, {n_ev} event{'' if n_ev == 1 else 's'}"
             _km_curve(ax, time[m], event[m], colour, f"{label} ({n_text})")
     test = logrank(time, event, high.astype(int))
     p = test["p_value"]
@@ -95,7 +96,7 @@ def _draw_panel(ax: Any, table_ax: Any, panel: KMPanel, time_unit: str) -> dict[
     ax.set_ylim(0, 1.05)
     ax.set_xlim(left=0)
     ax.plot([], [], "+", color="grey", label="censored")
-    ax.legend(loc="lower left", fontsize=7)
+    ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     table_ax.set_xlim(ax.get_xlim())
     table_ax.set_ylim(-0.5, len(groups) - 0.5)
@@ -105,7 +106,7 @@ def _draw_panel(ax: Any, table_ax: Any, panel: KMPanel, time_unit: str) -> dict[
         table_ax.get_yticklabels()[row].set_color(colour)
         for t, n in zip(ticks, at_risk(time[m], ticks), strict=True):
             table_ax.text(t, row, str(n), ha="center", va="center", fontsize=7, color=colour)
-    table_ax.tick_params(axis="y", length=0)
+    table_ax.tick_params(axis="y", length=0, pad=14)
     for side in ("top", "right", "left"):
         table_ax.spines[side].set_visible(False)
     table_ax.set_title("number at risk", fontsize=7, loc="left")
