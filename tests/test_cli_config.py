@@ -27,7 +27,13 @@ FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 def _other_value(name: str) -> Any:
     """A valid value of TrainConfig field ``name`` that differs from its default."""
-    special = {"model": "chowder", "loss": "nll", "lr_schedule": "constant", "covariates": ["age"]}
+    special = {
+        "model": "chowder",
+        "loss": "nll",
+        "lr_schedule": "constant",
+        "covariates": ["age"],
+        "time_unit": "months",
+    }
     if name in special:
         return special[name]
     d = default(name)

@@ -31,12 +31,18 @@ def test_auc_matches_sklearn():
     assert _auc(s, y) == pytest.approx(roc_auc_score(y, s))
 
 
+def _summary(c, n=30, events=12, pairs=200, ci=None):
+    return {"c_index": c, "n": n, "n_events": events, "n_comparable": pairs, "c_index_ci95": ci}
+
+
 def _model(c, within, per_site):
     return {
-        "c_index": c,
+        **_summary(c, ci=(c - 0.1, c + 0.1)),
         "ci95": [c - 0.1, c + 0.1],
         "c_index_within_site": within,
+        "within_site": _summary(within, pairs=80, ci=(within - 0.2, within + 0.1)),
         "per_site": per_site,
+        "per_site_detail": {s: _summary(v, n=3, events=1, pairs=2) for s, v in per_site.items()},
     }
 
 
@@ -63,7 +69,12 @@ def test_table_rows_and_verdict():
         "local-only mean",
         "local-only, own site",
     ]
-    assert rows[1]["C-index"] == "0.780" and rows[1]["95% CI"] == "0.680–0.880"
+    assert rows[1]["C-index, all pairs"] == (
+        "0.780 (95% CI 0.68–0.88; 30 patients, 12 events, 200 comparable pairs)"
+    )
+    assert rows[1]["within-site C"].startswith("0.790 (95% CI 0.59–0.89; 30 patients")
+    # a site with 3 validation patients: no C-index, the reason instead
+    assert rows[1]["site A"] == "— (3 patients, 1 event, 2 comparable pairs < 10)"
     assert rows[-2]["within-site C"] == "0.720"
     text = verdict(ev)
     assert "pooled − 0.02 (0.770): yes" in text and "(0.710): yes" in text

@@ -127,6 +127,8 @@ def test_train_predict_heatmap(cohort) -> None:
     assert montage.size == (2 * 164, 2 * 180)
     n_scores = len((root / "heat_scores.csv").read_text().splitlines()) - 1
     assert n_scores == len(c.signal["P0000_S0"])
+    gj = json.loads((root / "heat_tiles.geojson").read_text())  # QuPath: one tile per score
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == n_scores
 
 
 def test_bad_inputs_exit_2(cohort, tmp_path: Path) -> None:

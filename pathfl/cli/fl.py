@@ -301,9 +301,19 @@ def simulate_cmd(
         typer.secho(f"error: {e}", err=True, fg="red")
         raise typer.Exit(1) from None
     typer.echo(f"federated run dir: {summary['run_dir']}")
-    typer.echo(f"federated C-index (within-site pairs): {summary['federated_c_index']:.4f}")
+    typer.echo(f"federated C-index (within-site pairs): {_federated_c_text(summary)}")
     if "table" in summary:
         typer.echo(summary["table"])
+
+
+def _federated_c_text(summary: dict) -> str:
+    """The final federated C with its basis (patients, events, pairs) from metrics.json."""
+    from pathfl.fl.baselines import FED_NO_CI, federated_entry
+    from pathfl.survival.metrics import format_c_index
+
+    metrics = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())
+    total = federated_entry(metrics.get("final_per_site", {}))["total"]
+    return format_c_index(total, no_ci=FED_NO_CI)
 
 
 def register(app: typer.Typer) -> None:

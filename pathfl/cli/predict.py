@@ -56,9 +56,10 @@ def predict(
     write_predictions(out, rows)
     typer.echo(f"wrote {len(rows)} risks to {out}")
     if has_outcome and len(rows) > 1:
-        from pathfl.survival.metrics import harrell_c
+        from pathfl.survival.metrics import c_index_summary, format_c_index
 
-        typer.echo(f"Harrell C-index on these patients: {harrell_c(p.event, p.time, p.risk):.3f}")
+        c = c_index_summary(p.event, p.time, p.risk)
+        typer.echo(f"Harrell C-index on these patients: {format_c_index(c)}")
 
 
 def _predict(
@@ -100,7 +101,11 @@ def heatmap(
     features: Path = typer.Option(None, "--features", "-f", help="Folder of <slide_id>.h5."),
     slide: Path = typer.Option(None, "--slide", help="The whole-slide image."),
     out: Path = typer.Option(
-        None, "--out", "-o", help="PNG to write (montage: <out>_top_tiles.png)."
+        None,
+        "--out",
+        "-o",
+        help="PNG to write (+ <out>_top_tiles.png, <out>_scores.csv, "
+        "<out>_tiles.geojson for QuPath).",
     ),
     slide_id: str = typer.Option(
         None, "--slide-id", help="Features file stem (default: file stem)."

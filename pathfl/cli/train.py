@@ -165,21 +165,21 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from pathfl.survival.metrics import format_c_index
+
     con = Console()
     if metrics.get("folds"):
         t = Table(title=f"cross-validation ({run_dir})")
-        for col in ("fold", "n", "events", "Harrell C", "Uno C", "mean AUC", "IBS"):
+        for col in ("fold", "Harrell C (95% CI; patients, events, pairs)", "Uno C", "mean AUC"):
             t.add_column(col)
+        t.add_column("IBS")
         rows = [*metrics["folds"], {**metrics["pooled_oof"], "fold": "pooled OOF"}]
         if "linear_cox" in metrics:
             rows.append({**metrics["linear_cox"], "fold": "linear-cox baseline (OOF)"})
         for m in rows:
-            lo, hi = m.get("c_index_ci95", (float("nan"), float("nan")))
             t.add_row(
                 str(m["fold"] if isinstance(m["fold"], str) else m["fold"] + 1),
-                str(m["n"]),
-                str(m["n_events"]),
-                f"{m['c_index']:.3f} [{lo:.3f}, {hi:.3f}]",
+                format_c_index(m),
                 f"{m['uno_c']:.3f}",
                 f"{m['mean_auc']:.3f}",
                 f"{m['integrated_brier']:.3f}",

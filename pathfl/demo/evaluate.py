@@ -72,33 +72,23 @@ def score(
     seed: int,
     n_boot: int = 500,
 ) -> dict[str, Any]:
-    """C-index of ``risk`` over all pairs (+ bootstrap CI), within-site pairs, per site."""
-    from pathfl.survival.metrics import (
-        bootstrap_ci,
-        c_index_from_counts,
-        concordance_counts,
-    )
+    """C-index of ``risk`` over all pairs, over within-site pairs and per site, each with its
+    basis (patients, events, comparable pairs) and a bootstrap 95% CI (stratified by site for
+    the within-site C): :func:`pathfl.survival.metrics.format_c_index` prints them."""
+    from pathfl.survival.metrics import c_index_summary, stratified_c_summary
 
-    def c_all(idx: np.ndarray) -> float:
-        return c_index_from_counts(*concordance_counts(event[idx], time[idx], risk[idx]))
-
-    n = len(risk)
-    conc, comp, tied = concordance_counts(event, time, risk)
-    lo, hi = bootstrap_ci(c_all, n, n_boot=n_boot, seed=seed)
-    within = np.zeros(3)
-    per_site: dict[str, float] = {}
-    for s in sorted(set(site.tolist())):
-        m = site == s
-        counts = np.array(concordance_counts(event[m], time[m], risk[m]), float)
-        within += counts
-        per_site[str(s)] = c_index_from_counts(*counts)
+    overall = c_index_summary(event, time, risk, n_boot=n_boot, seed=seed)
+    groups = {str(s): (event[site == s], time[site == s], risk[site == s]) for s in set(site)}
+    within, per_site = stratified_c_summary(dict(sorted(groups.items())), n_boot=n_boot, seed=seed)
     return {
-        "c_index": c_index_from_counts(conc, comp, tied),
-        "ci95": [lo, hi],
-        "comparable_pairs": int(comp),
-        "c_index_within_site": c_index_from_counts(*within),
-        "comparable_pairs_within_site": int(within[1]),
-        "per_site": per_site,
+        **overall,
+        "ci95": list(overall["c_index_ci95"]),
+        "comparable_pairs": int(overall["n_comparable"]),
+        "c_index_within_site": within["c_index"],
+        "comparable_pairs_within_site": int(within["n_comparable"]),
+        "within_site": within,
+        "per_site": {k: m["c_index"] for k, m in per_site.items()},
+        "per_site_detail": per_site,
     }
 
 
@@ -145,6 +135,23 @@ def _models(fl_run: Path, sites: list[SiteData], fl_cfg: dict[str, Any]) -> dict
     return models
 
 
+def km_cut_points(
+    federated: tuple, sites: list[SiteData], truth: dict[str, dict[str, Any]]
+) -> dict[str, float]:
+    """Risk-group cut points fixed on the *training* patients (never on the validation
+    patients the KM curves show): the median federated risk and the median true risk of
+    every site's training part."""
+    from pathfl.survival.train import predict
+
+    model, tcfg, scaler, tb = federated
+    train = [b for s in sites for b in s.train]
+    fed = predict(model, scaler.apply(train), tcfg, time_bins=tb).risk
+    return {
+        "federated model": float(np.median(fed)),
+        "oracle": float(np.median([truth[b.patient_id]["risk"] for b in train])),
+    }
+
+
 def _attention(models: dict[str, tuple], bags: list[PatientBag]) -> dict[str, np.ndarray]:
     """The federated model's tile scores (attention) of each validation patient."""
     import torch
@@ -184,6 +191,7 @@ def evaluate_models(
     for name, (model, tcfg, scaler, tb) in models.items():
         preds[name] = np.asarray(predict(model, scaler.apply(bags), tcfg, time_bins=tb).risk, float)
     scores = {k: score(v, event, time, site, seed=config.seed) for k, v in preds.items()}
+    cuts = km_cut_points(models["federated"], sites, truth)
     # each local model on its own site's patients only (the federation's "local-only" number)
     own = np.zeros(len(bags))
     for s in sites:
@@ -203,6 +211,8 @@ def evaluate_models(
         "local_own_site_c_index_within_site": own_score["c_index_within_site"],
         "local_only_mean_c_index": float(np.mean(locals_)),
         "simulate_reported_federated_c_index": fed_metrics.get("federated_c_index"),
+        "km_cut_points": cuts,
+        "time_unit": "months",
     }
     write_json_atomic(config.work_dir / "evaluation.json", summary)
     _write_predictions(config.work_dir / "val_predictions.csv", pids, site, event, time, preds)

@@ -31,47 +31,36 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def km_plot(
-    path: Path, event: np.ndarray, time: np.ndarray, risks: dict[str, np.ndarray]
+    path: Path,
+    event: np.ndarray,
+    time: np.ndarray,
+    risks: dict[str, np.ndarray],
+    *,
+    cut_points: dict[str, float],
+    time_unit: str = "months",
 ) -> dict[str, float]:
-    """One panel per risk score: KM curves of patients above vs at/below the median risk,
-    with the log-rank p-value. Returns {name: p-value}."""
-    from sksurv.compare import compare_survival
-    from sksurv.nonparametric import kaplan_meier_estimator
+    """One panel per risk score (:func:`pathfl.survival.plots.km_panels`: censoring marks,
+    number at risk, log-rank p): validation patients above vs at/below the score's cut point
+    fixed on the training patients. Returns {name: log-rank p}."""
+    from pathfl.survival.plots import KMPanel, km_panels, split_at
 
-    from pathfl.survival.data import survival_array
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(risks), figsize=(5.2 * len(risks), 4.2), squeeze=False)
-    pvals: dict[str, float] = {}
-    y = survival_array(event.astype(bool), time)
-    for ax, (name, r) in zip(axes[0], risks.items(), strict=True):
-        high = r > np.median(r)
-        for grp, colour, label in ((~high, "tab:blue", "low risk"), (high, "tab:red", "high risk")):
-            if grp.sum() == 0:
-                continue
-            t, s = kaplan_meier_estimator(event[grp].astype(bool), time[grp])
-            ax.step(
-                np.r_[0, t],
-                np.r_[1, s],
-                where="post",
-                color=colour,
-                label=f"{label} (n={int(grp.sum())}, events={int(event[grp].sum())})",
-            )
-        p = float("nan")
-        if 0 < high.sum() < len(high) and event.sum() > 0:
-            try:
-                p = float(compare_survival(y, high.astype(int))[1])
-            except ValueError as e:
-                log.warning("log-rank test failed: %s", e)
-        pvals[name] = p
-        ax.set_title(f"{name}\nsplit at its median; log-rank p = {p:.3g}", fontsize=10)
-        ax.set_xlabel("months")
-        ax.set_ylabel("survival probability")
-        ax.set_ylim(0, 1.02)
-        ax.legend(loc="lower left", fontsize=8)
-    fig.suptitle("Validation patients of all three sites (never trained on)", fontsize=11, y=1.06)
-    _save(fig, path)
-    return pvals
+    panels = [
+        KMPanel(
+            name,
+            time,
+            event,
+            split_at(r, cut_points[name]),
+            f"split at the training patients' median ({cut_points[name]:.3g})",
+        )
+        for name, r in risks.items()
+    ]
+    res = km_panels(
+        path,
+        panels,
+        time_unit=time_unit,
+        suptitle="Validation patients of all three sites (never trained on)",
+    )
+    return {p.name: r["p_value"] for p, r in zip(panels, res, strict=True)}
 
 
 def _thumb(slide_path: Path, max_px: int) -> tuple[np.ndarray, float]:
@@ -83,14 +72,36 @@ def _thumb(slide_path: Path, max_px: int) -> tuple[np.ndarray, float]:
         return img, img.shape[1] / s.dimensions[0]
 
 
+PHENOTYPE_RGBA = (0.85, 0.1, 0.1, 0.55)
+OTHER_TISSUE_RGBA = (0.1, 0.45, 0.95, 0.45)
+
+
 def _mask_rgba(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The ground-truth mask (255 phenotype, 128 other tissue) as an RGBA overlay."""
     import cv2
 
     m = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
     rgba = np.zeros((*shape, 4), np.float32)
-    rgba[m == 255] = (0.85, 0.1, 0.1, 0.55)
-    rgba[m == 128] = (0.1, 0.6, 0.2, 0.18)
+    rgba[m == 255] = PHENOTYPE_RGBA
+    rgba[m == 128] = OTHER_TISSUE_RGBA
     return rgba
+
+
+def _mask_legend(ax: Any, mask: np.ndarray) -> None:
+    """Legend of the mask classes present in ``mask`` (only those drawn)."""
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(color=rgba[:3], alpha=rgba[3], label=label)
+        for value, rgba, label in (
+            (255, PHENOTYPE_RGBA, "high-risk phenotype"),
+            (128, OTHER_TISSUE_RGBA, "other tissue"),
+        )
+        if (mask == value).any()
+    ]
+    if handles:
+        ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+                  fontsize=8, frameon=False)  # fmt: skip
 
 
 def heatmap_figure(
@@ -103,35 +114,31 @@ def heatmap_figure(
     scores: np.ndarray,
     title: str,
 ) -> Path:
-    """Thumbnail | per-tile attention over it | ground-truth phenotype mask over it."""
+    """Thumbnail | per-tile attention over it (relative to uniform, colour bar, flatness in
+    the title: :mod:`pathfl.survival.heatmaps`) | ground-truth phenotype mask over it; the
+    three panels the same size."""
     import cv2
+
+    from pathfl.survival.heatmaps import colour_bar, draw_heat
 
     plt = _plt()
     img, scale = _thumb(slide_path, 900)
     mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise FileNotFoundError(f"{mask_path}: cannot read the ground-truth mask")
-    heat = np.full(img.shape[:2], np.nan, np.float32)
-    s = (scores - scores.min()) / (np.ptp(scores) or 1.0)
-    side = max(1, round(tile_l0_px * scale))
-    for (x, y), v in zip(coords, s, strict=True):
-        x0, y0 = round(x * scale), round(y * scale)
-        heat[y0 : y0 + side, x0 : x0 + side] = v
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.6))
     axes[0].imshow(img)
     axes[0].set_title("slide (thumbnail)", fontsize=10)
-    axes[1].imshow(img)
-    im = axes[1].imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-    axes[1].set_title(
-        "federated model: attention per tile\n(min–max scaled within the slide)", fontsize=10
-    )
-    fig.colorbar(im, ax=axes[1], fraction=0.035)
+    _, sc = draw_heat(axes[1], img, coords, scores, tile_l0=tile_l0_px, scale=scale)
+    axes[1].set_title(f"federated model: attention per tile ({len(scores)} tiles)", fontsize=10)
+    colour_bar(fig, axes[1], sc)
     axes[2].imshow(img)
     axes[2].imshow(_mask_rgba(mask, img.shape[:2]))
-    axes[2].set_title("ground truth: high-risk phenotype (red),\nother tissue (green)", fontsize=10)
+    axes[2].set_title("ground truth", fontsize=10)
+    _mask_legend(axes[2], mask)
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(f"{title}\n{sc.caption}", fontsize=11)
     return _save(fig, path)
 
 
@@ -141,14 +148,15 @@ def image_grid(
     """A grid of labelled RGB images."""
     plt = _plt()
     nrows = max(1, -(-len(items) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 5 * nrows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (label, img) in zip(axes.ravel(), items, strict=False):
         ax.imshow(img)
-        ax.set_title(label, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=11)
+        ax.set_title(label, fontsize=13)
+    fig.tight_layout()
+    if title:  # after tight_layout, above the panels (the saved figure's box grows to hold it)
+        fig.suptitle(title, fontsize=15, y=1.02)
     return _save(fig, path)
 
 
@@ -170,7 +178,8 @@ def cohort_figure(path: Path, examples: list[tuple[str, Path, Path]]) -> Path:
         path,
         items,
         ncols=2,
-        title="Demo cohort: one slide per site, and its ground-truth phenotype mask",
+        title="Demo cohort: one slide per site, and its ground-truth mask "
+        "(red: high-risk phenotype, blue: other tissue)",
     )
 
 
@@ -188,9 +197,12 @@ def rounds_plot(path: Path, rounds: list[dict[str, Any]], final_c: float | None)
         ys.append(float(final_c))
     if not xs:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     ax.plot(xs, ys, marker="o")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("after round")
     ax.set_ylabel("C-index (within-site validation pairs)")
     ax.set_ylim(0.4, 1.0)

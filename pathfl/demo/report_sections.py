@@ -140,10 +140,19 @@ def results_section(state: Any, fig_dir: Path) -> str:
     arrays = state.evaluation
     risks = {"federated model": arrays.preds["federated"], "oracle": arrays.preds["oracle"]}
     try:
-        p = figures.km_plot(fig_dir / "km.png", arrays.event, arrays.time, risks)
+        p = figures.km_plot(
+            fig_dir / "km.png",
+            arrays.event,
+            arrays.time,
+            risks,
+            cut_points=ev["km_cut_points"],
+            time_unit=ev.get("time_unit", "months"),
+        )
         text += f"\n![Kaplan–Meier]({_rel(state, fig_dir / 'km.png')})\n"
         text += (
-            "\nKaplan–Meier of validation patients split at the median risk; log-rank p: "
+            "\nKaplan–Meier of the validation patients; high risk = above the median risk of "
+            "the *training* patients (cut point fixed before looking at these patients); "
+            "+ = censored; number at risk under each panel. Log-rank p: "
             + ", ".join(f"{k} {v:.3g}" for k, v in p.items())
             + ".\n"
         )

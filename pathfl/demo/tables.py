@@ -24,7 +24,11 @@ def fmt(x: Any, nd: int = 3) -> str:
 
 
 def c_index_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
-    """Rows of the C-index table of an evaluation summary (``work/evaluation.json``)."""
+    """Rows of the C-index table of an evaluation summary (``work/evaluation.json``): every
+    C with its 95% CI, patients, events and comparable pairs, or "—" with the reason
+    (:func:`pathfl.survival.metrics.format_c_index`)."""
+    from pathfl.survival.metrics import format_c_index
+
     models = evaluation.get("models", {})
     local = sorted(k for k in models if k.startswith("local_"))
     rows = []
@@ -32,21 +36,21 @@ def c_index_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
         if name not in models:
             continue
         m = models[name]
-        lo, hi = m["ci95"]
         row = {
             "model": model_label(name),
-            "C-index": fmt(m["c_index"]),
-            "95% CI": f"{fmt(lo)}–{fmt(hi)}",
-            "within-site C": fmt(m["c_index_within_site"]),
+            "C-index, all pairs": format_c_index(m),
+            "within-site C": format_c_index(m["within_site"]),
         }
-        row.update({f"site {s}": fmt(v) for s, v in sorted(m["per_site"].items())})
+        row.update(
+            {f"site {s}": format_c_index(v) for s, v in sorted(m["per_site_detail"].items())}
+        )
         rows.append(row)
     if local:
         within = float(np.mean([models[k]["c_index_within_site"] for k in local]))
         rows.append(
             {
                 "model": "local-only mean",
-                "C-index": fmt(evaluation["local_only_mean_c_index"]),
+                "C-index, all pairs": fmt(evaluation["local_only_mean_c_index"]),
                 "within-site C": fmt(within),
             }
         )

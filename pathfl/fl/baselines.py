@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from pathfl.fl import aggregate
 from pathfl.fl.site import SiteData, split_bags, train_config
+from pathfl.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -53,26 +53,27 @@ def fit_baselines(sites: list[SiteData], cfg: dict[str, Any]) -> dict[str, dict[
     return fits
 
 
-def _scores(
+def _site_arrays(
     fit: dict[str, Any], sites: list[SiteData], cfg: dict[str, Any]
-) -> dict[str, dict[str, float]]:
-    """A :func:`fit_baselines` model scored on each site's validation part."""
-    from pathfl.survival.train import evaluate
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A :func:`fit_baselines` model's ``(event, time, risk)`` on each site's validation part."""
+    from pathfl.survival.train import predict
 
     tcfg = train_config(cfg)
     out = {}
     for s in sites:
         if s.val:
-            val = fit["scaler"].apply(s.val)
-            out[s.site] = evaluate(fit["model"], val, tcfg, time_bins=fit["time_bins"])
+            p = predict(fit["model"], fit["scaler"].apply(s.val), tcfg, time_bins=fit["time_bins"])
+            out[s.site] = (np.asarray(p.event), np.asarray(p.time), np.asarray(p.risk))
     return out
 
 
-def linear_cox_pooled(sites: list[SiteData], cfg: dict[str, Any]) -> dict[str, Any]:
-    """``LinearCox`` on the rows of every site's training bags, one stratum per site; scored
-    on each site's validation rows."""
+def linear_cox_pooled(
+    sites: list[SiteData], cfg: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """``LinearCox`` on the rows of every site's training bags, one stratum per site; returns
+    the fit (beta, iterations) and its ``(event, time, risk)`` on each site's validation rows."""
     from pathfl.survival.linear_cox import LinearCox, bag_rows
-    from pathfl.survival.metrics import c_index_from_counts, concordance_counts
 
     order = sorted(sites, key=lambda s: s.site)
     bags = [b for s in order for b in s.train]
@@ -83,29 +84,33 @@ def linear_cox_pooled(sites: list[SiteData], cfg: dict[str, Any]) -> dict[str, A
         event=np.array([b.event for b in bags], int),
         strata=strata,
     )
-    per_site: dict[str, dict[str, float]] = {}
-    for s in order:
-        if s.val:
-            ev = np.array([b.event for b in s.val], int)
-            conc, comp, tied = concordance_counts(
-                ev, np.array([b.time for b in s.val], float), model.predict(bag_rows(s.val))
-            )
-            per_site[s.site] = {
-                "c_index": c_index_from_counts(conc, comp, tied),
-                "n_concordant": float(conc),
-                "n_comparable": float(comp),
-                "n_tied_risk": float(tied),
-            }
-    return {**_summary(per_site), "beta": model.coef_.tolist(), "iterations": model.n_iter_}
+    arrays = {
+        s.site: (
+            np.array([b.event for b in s.val], int),
+            np.array([b.time for b in s.val], float),
+            model.predict(bag_rows(s.val)),
+        )
+        for s in order
+        if s.val
+    }
+    return {"beta": model.coef_.tolist(), "iterations": model.n_iter_}, arrays
 
 
-def _summary(per_site: dict[str, dict[str, float]]) -> dict[str, Any]:
-    counts = [
-        (m["n_concordant"], m["n_comparable"], m.get("n_tied_risk", 0.0)) for m in per_site.values()
-    ]
+def _summary(
+    arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """The C-index over within-site validation pairs (with its basis and a stratified
+    bootstrap CI, ``total``) and each site's (``per_site``; ``per_site_c_index`` the values)."""
+    from pathfl.survival.metrics import stratified_c_summary
+
+    total, per = stratified_c_summary(
+        arrays, n_boot=train_config(cfg).n_boot, seed=int(cfg["seed"])
+    )
     return {
-        "federated_c_index": aggregate.federated_c_index(counts),
-        "per_site_c_index": {k: float(m["c_index"]) for k, m in per_site.items()},
+        "federated_c_index": total["c_index"],
+        "total": total,
+        "per_site": per,
+        "per_site_c_index": {k: float(m["c_index"]) for k, m in per.items()},
     }
 
 
@@ -115,78 +120,98 @@ def run_baselines(specs: list[Any], cfg: dict[str, Any]) -> dict:
     import torch
 
     sites = load_sites(specs, cfg)
-    local: dict[str, dict[str, float]] = {}
+    local: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same as each federated site's worker
     try:
         fits = fit_baselines(sites, cfg)
         for s in sites:
-            local.update(_scores(fits[f"local_{s.site}"], [s], cfg))
-        pooled = _scores(fits["pooled"], sites, cfg)
+            local.update(_site_arrays(fits[f"local_{s.site}"], [s], cfg))
+        pooled = _site_arrays(fits["pooled"], sites, cfg)
     finally:
         torch.set_num_threads(threads)
+    lc_fit, lc_arrays = linear_cox_pooled(sites, cfg)
     return {
-        "local_only": _summary(local),
-        "pooled": _summary(pooled),
-        "linear_cox_pooled": linear_cox_pooled(sites, cfg),
+        "local_only": _summary(local, cfg),
+        "pooled": _summary(pooled, cfg),
+        "linear_cox_pooled": {**_summary(lc_arrays, cfg), **lc_fit},
     }
+
+
+FED_NO_CI = "no CI: sites share pair counts only"
+
+
+def federated_entry(per_site: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``total``/``per_site`` of a federated result from the sites' ``val_*`` metrics (pair
+    counts, patients, events; no patient-level data, hence no bootstrap CI)."""
+    from pathfl.survival.metrics import c_index_from_counts
+
+    per = {
+        k: {f: m.get(f"val_{f}") for f in ("c_index", "n_samples", "n_events", "n_comparable")}
+        for k, m in per_site.items()
+        if "val_n_comparable" in m
+    }
+    tot = {
+        f: float(sum(float(m.get(f"val_{f}", 0.0)) for m in per_site.values()))
+        for f in ("n_concordant", "n_comparable", "n_tied_risk", "n_samples", "n_events")
+    }
+    tot["c_index"] = c_index_from_counts(
+        tot["n_concordant"], tot["n_comparable"], tot["n_tied_risk"]
+    )
+    return {"total": tot, "per_site": per}
 
 
 def comparison_rows(federated: dict[str, Any], baselines: dict[str, Any]) -> list[dict]:
-    fed_sites = {
-        k: float(v.get("val_c_index", float("nan")))
-        for k, v in federated.get("final_per_site", {}).items()
-    }
-    rows = [
-        {
-            "method": "federated",
-            "c_index": federated["federated_c_index"],
-            **{f"c_index_{k}": v for k, v in sorted(fed_sites.items())},
-        }
-    ]
+    """One row per method: ``method``, ``total`` (C over within-site validation pairs with its
+    basis) and ``per_site`` ({site: metrics}) — the fields :func:`format_c_index` prints."""
+    rows = [{"method": "federated", **federated_entry(federated.get("final_per_site", {}))}]
     lc = federated.get("linear_cox") or {}
-    if "federated_c_index" in lc:
-        rows.append(
-            {
-                "method": "linear-cox (federated)",
-                "c_index": lc["federated_c_index"],
-                **{f"c_index_{k}": v for k, v in sorted(lc["per_site_c_index"].items())},
-            }
-        )
+    if lc.get("per_site_val"):
+        rows.append({"method": "linear-cox (federated)", **federated_entry(lc["per_site_val"])})
     names = {
-        "local_only": "local_only",
+        "local_only": "local_only (each site's own model)",
         "pooled": "pooled",
         "linear_cox_pooled": "linear-cox (pooled, site-stratified)",
     }
     for key, label in names.items():
-        if key not in baselines:
-            continue
-        b = baselines[key]
-        rows.append(
-            {
-                "method": label,
-                "c_index": b["federated_c_index"],
-                **{f"c_index_{k}": v for k, v in sorted(b["per_site_c_index"].items())},
-            }
-        )
+        if key in baselines and "total" in baselines[key]:
+            b = baselines[key]
+            rows.append({"method": label, "total": b["total"], "per_site": b["per_site"]})
     return rows
 
 
 def write_comparison(path: Path, rows: list[dict]) -> str:
-    """Write the comparison CSV; return it as a Markdown table."""
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
+    """Write the comparison CSV (numbers: C, CI, patients, events, comparable pairs, overall
+    and per site); return it as a Markdown table of :func:`format_c_index` cells."""
+    from pathfl.survival.metrics import format_c_index
+
+    sites = sorted({s for r in rows for s in r["per_site"]})
+    fields = ("c_index", "ci_low", "ci_high", "n", "n_events", "n_comparable")
+
+    def numbers(m: dict[str, Any]) -> list[Any]:
+        lo, hi = m.get("c_index_ci95") or (float("nan"), float("nan"))
+        n = m.get("n", m.get("n_samples"))
+        return [m.get("c_index"), lo, hi, n, m.get("n_events"), m.get("n_comparable")]
+
+    header = ["method"] + [
+        f"{f}{suffix}" for suffix in ["", *(f"_{s}" for s in sites)] for f in fields
+    ]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
         for r in rows:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
-    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    body = "".join(
-        "| "
-        + " | ".join(
-            f"{r.get(c):.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols
-        )
-        + " |\n"
-        for r in rows
-    )
-    return head + body
+            cells = numbers(r["total"])
+            for s in sites:
+                cells += numbers(r["per_site"][s]) if s in r["per_site"] else [""] * len(fields)
+            w.writerow([r["method"], *(f"{v:.4f}" if isinstance(v, float) else v for v in cells)])
+    cols = ["method", "all sites (within-site pairs)", *sites]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        no_ci = FED_NO_CI if "federated" in r["method"] else "no CI"
+        cells = [format_c_index(r["total"], no_ci=no_ci)]
+        cells += [
+            format_c_index(r["per_site"][s], no_ci=no_ci) if s in r["per_site"] else "—"
+            for s in sites
+        ]
+        out.append("| " + " | ".join([r["method"], *cells]) + " |")
+    return "\n".join(out) + "\n"

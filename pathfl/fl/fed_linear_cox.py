@@ -153,6 +153,9 @@ def fit(run: Any) -> dict[str, Any]:
         "per_site_c_index": {
             s: float(m.get("val_c_index", float("nan"))) for s, m in per_site.items()
         },
+        "per_site_val": {  # the basis of each C (patients, events, pairs) for the tables
+            s: {k: v for k, v in m.items() if k.startswith("val_")} for s, m in per_site.items()
+        },
         "seconds": time.monotonic() - t0,
         "seconds_per_wave": waves,
     }

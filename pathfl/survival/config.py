@@ -52,6 +52,7 @@ class TrainConfig:
     covariates: list[str] = field(default_factory=list)
     n_boot: int = 200
     linear_cox_alpha: float = 1.0  # ridge penalty of the linear-cox baseline (per patient)
+    time_unit: str = ""  # unit of the clinical time column ("" = not stated), shown on plots
 
     def __post_init__(self) -> None:
         from pathfl.survival.heads import create_head
@@ -126,6 +127,7 @@ FIELD_HELP: dict[str, str] = {
     "covariates": "Clinical columns fused with the bag embedding.",
     "n_boot": "Bootstrap replicates for CIs.",
     "linear_cox_alpha": "Ridge penalty per patient of the linear-cox baseline.",
+    "time_unit": "Unit of the clinical table's time column (days, months...), shown on plots.",
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from pathfl.io import write_json_atomic
 from pathfl.survival.data import PatientBag, bags_fingerprint, make_folds, targets
 from pathfl.survival.linear_cox import LinearCox, bag_rows
-from pathfl.survival.metrics import survival_metrics
+from pathfl.survival.metrics import format_c_index, survival_metrics
 from pathfl.survival.run import save_run, write_predictions
 from pathfl.survival.scaling import BagScaler
 from pathfl.survival.train import (
@@ -179,7 +179,7 @@ def _run_fold(
     oof.high[va] = p.risk > median_train
     oof.surv[k] = (va, p.surv_fn)
     oof.lc_risk[va] = linear_cox_fold(bags, tr, va, config)
-    logger.info("fold %d: C-index %.3f (n=%d)", k + 1, m["c_index"], m["n"])
+    logger.info("fold %d: C-index %s", k + 1, format_c_index(m))
     for j, i in enumerate(va):
         oof.rows.append(
             {
@@ -228,14 +228,12 @@ def _pooled_metrics(
         ev_all,
         oof.high,
         run_dir / "plots" / "km_risk_groups.png",
-        title=f"{config.model}/{config.loss}: out-of-fold risk groups "
-        f"(split at each training fold's median)",
+        title=f"{config.model}/{config.loss}: out-of-fold risk groups ({len(bags)} patients)",
+        split_note="high = above the median risk of the fold's own training patients",
+        time_unit=config.time_unit,
     )
-    logger.info(
-        "pooled OOF C-index %.3f (95%% CI %.3f-%.3f)",
-        out["pooled_oof"]["c_index"],
-        *out["pooled_oof"].get("c_index_ci95", (np.nan, np.nan)),
-    )
+    out["km_logrank"]["cut_points"] = [m["train_median_risk"] for m in oof.folds]
+    logger.info("pooled OOF C-index %s", format_c_index(out["pooled_oof"]))
     return out
 
 

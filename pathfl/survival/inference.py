@@ -4,6 +4,7 @@ and heatmaps (``pathfl predict`` / ``pathfl heatmap``)."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import tempfile
@@ -129,6 +130,13 @@ def _open_for_heatmap(
         raise ValueError(str(e)) from e
 
 
+RISK_MEANING = {
+    "cox": "the model's log-risk (Cox linear predictor): higher = worse; only differences "
+    "between patients mean something (+0.69 = twice the hazard)",
+    "nll": "minus the sum of the predicted survival over the time bins: higher = worse",
+}
+
+
 def slide_heatmap(
     run_dir: str | os.PathLike[str],
     features_dir: str | os.PathLike[str],
@@ -141,10 +149,11 @@ def slide_heatmap(
     thumb_px: int = 1024,
     n_top: int = 16,
 ) -> list[Path]:
-    """Heatmap PNG + ``<out>_top_tiles.png`` montage + ``<out>_scores.csv`` for one slide."""
+    """Heatmap PNG + ``<out>_top_tiles.png`` montage + ``<out>_scores.csv`` +
+    ``<out>_tiles.geojson`` (QuPath) for one slide."""
     from pathfl.io import atomic_path
     from pathfl.slide.base import slide_id_from_path
-    from pathfl.survival.plots import heatmap_png, top_tiles_montage
+    from pathfl.survival.heatmaps import heatmap_png, top_tiles_montage, write_tiles_geojson
 
     slide_path = Path(slide_path)
     sid = slide_id or slide_id_from_path(slide_path)
@@ -152,10 +161,12 @@ def slide_heatmap(
     if not h5.is_file():
         raise FileNotFoundError(f"{h5}: no features file for slide {sid}")
     coords, scores, attrs, risk = slide_tile_scores(run_dir, h5)
+    loss = json.loads((Path(run_dir) / "config.json").read_text()).get("loss")
     tile_l0 = float(attrs.get("patch_size_level0", attrs.get("tile_size", 224)))
     out_png = Path(out_png)
-    montage = out_png.with_name(out_png.stem + "_top_tiles.png")
-    scores_csv = out_png.with_name(out_png.stem + "_scores.csv")
+    stem = out_png.with_name(out_png.stem)
+    paths = [out_png, Path(f"{stem}_top_tiles.png"), Path(f"{stem}_scores.csv")]
+    paths.append(Path(f"{stem}_tiles.geojson"))
     with _open_for_heatmap(slide_path, attrs, backend, mpp_override, sid) as s:
         heatmap_png(
             s,
@@ -164,14 +175,15 @@ def slide_heatmap(
             tile_size_l0=tile_l0,
             out_png=out_png,
             thumb_px=thumb_px,
-            title=f"{sid}: tile scores (slide risk {risk:.3g})",
+            title=f"{sid}: slide risk {risk:.3g} = {RISK_MEANING.get(loss, 'higher = worse')}",
         )
         top_tiles_montage(
-            s, coords, scores, tile_size_l0=round(tile_l0), out_png=montage, n_tiles=n_top
+            s, coords, scores, tile_size_l0=round(tile_l0), out_png=paths[1], n_tiles=n_top
         )
-    with atomic_path(scores_csv) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(paths[2]) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["x", "y", "score"])
         w.writerows((int(x), int(y), f"{v:.6g}") for (x, y), v in zip(coords, scores, strict=True))
+    write_tiles_geojson(paths[3], coords, scores, tile_l0=tile_l0, slide_id=sid)
     logger.info("heatmap of %s (%d tiles) -> %s", sid, len(scores), out_png)
-    return [out_png, montage, scores_csv]
+    return paths

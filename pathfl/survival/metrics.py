@@ -4,7 +4,7 @@ counts that federated evaluation sums across sites. Risk convention: higher = wo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,10 @@ def concordance_counts(event: Any, time: Any, risk: Any) -> tuple[int, int, int]
     event = np.asarray(event).astype(bool)
     if event.sum() == 0 or len(event) < 2:
         return 0, 0, 0
-    _, conc, disc, tied, _ = concordance_index_censored(
-        event, np.asarray(time, dtype=float), np.asarray(risk, dtype=float)
-    )
+    with np.errstate(invalid="ignore", divide="ignore"):  # no comparable pair: C is 0/0
+        _, conc, disc, tied, _ = concordance_index_censored(
+            event, np.asarray(time, dtype=float), np.asarray(risk, dtype=float)
+        )
     return int(conc), int(conc + disc + tied), int(tied)
 
 
@@ -192,3 +193,119 @@ def survival_metrics(
             seed=seed,
         )
     return out
+
+
+#: fewer comparable pairs than this and a C-index is shown as "—" (too few pairs to mean much)
+MIN_COMPARABLE_PAIRS = 10
+
+
+def c_index_summary(
+    event: Any, time: Any, risk: Any, *, n_boot: int = 200, seed: int = 0
+) -> dict[str, Any]:
+    """Harrell C with what it rests on: ``n``, ``n_events``, the pair counts and a percentile
+    bootstrap 95 % CI (``c_index_ci95``; NaNs with fewer than :data:`MIN_COMPARABLE_PAIRS`
+    comparable pairs or ``n_boot = 0``) — the fields :func:`format_c_index` prints."""
+    event = np.asarray(event).astype(int)
+    time, risk = np.asarray(time, float), np.asarray(risk, float)
+    conc, comp, tied = concordance_counts(event, time, risk)
+    ci = (float("nan"), float("nan"))
+    if n_boot > 0 and comp >= MIN_COMPARABLE_PAIRS:
+        ci = bootstrap_ci(
+            lambda i: harrell_c(event[i], time[i], risk[i]), len(event), n_boot=n_boot, seed=seed
+        )
+    return {
+        "c_index": c_index_from_counts(conc, comp, tied),
+        "n": len(event),
+        "n_events": int(event.sum()),
+        "n_concordant": conc,
+        "n_comparable": comp,
+        "n_tied_risk": tied,
+        "c_index_ci95": ci,
+    }
+
+
+def _first(m: Mapping[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if m.get(k) is not None:
+            return m[k]
+    return None
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and bool(np.isfinite(x))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def format_c_index(m: Mapping[str, Any], *, prefix: str = "", no_ci: str = "no CI") -> str:
+    """The one way pathfl prints a C-index: ``0.712 (95% CI 0.60–0.81; 40 patients, 12 events,
+    310 comparable pairs)``, or ``— (3 patients, 0 events, 0 comparable pairs)`` when it is
+    undefined or rests on fewer than :data:`MIN_COMPARABLE_PAIRS` comparable pairs.
+
+    ``m`` is a metrics dict (keys ``c_index``, ``n``/``n_samples``, ``n_events``,
+    ``n_comparable``, ``c_index_ci95``/``ci95``; with ``prefix``, e.g. ``"val_"``, the keys
+    of a site's metrics). ``no_ci`` says why a C without CI has none."""
+    c = _first(m, f"{prefix}c_index")
+    n = _first(m, f"{prefix}n", f"{prefix}n_samples")
+    ev = _first(m, f"{prefix}n_events")
+    pairs = _first(m, f"{prefix}n_comparable", "comparable_pairs")
+    ci = _first(m, f"{prefix}c_index_ci95", f"{prefix}ci95")
+    basis = [
+        _plural(int(n), "patient") if _finite(n) else None,
+        _plural(int(ev), "event") if _finite(ev) else None,
+        _plural(int(pairs), "comparable pair") if _finite(pairs) else None,
+    ]
+    basis_text = ", ".join(b for b in basis if b)
+    if not _finite(c) or (_finite(pairs) and pairs < MIN_COMPARABLE_PAIRS):
+        short = f" < {MIN_COMPARABLE_PAIRS}" if _finite(pairs) and pairs > 0 else ""
+        return f"— ({basis_text or 'no data'}{short})"
+    if ci is not None and len(ci) == 2 and all(_finite(v) for v in ci):
+        ci_text = f"95% CI {ci[0]:.2f}–{ci[1]:.2f}"
+    else:
+        ci_text = no_ci
+    return f"{c:.3f} ({ci_text}; {basis_text})" if basis_text else f"{c:.3f} ({ci_text})"
+
+
+def stratified_c_summary(
+    groups: Mapping[str, tuple[Any, Any, Any]], *, n_boot: int = 200, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Harrell C over within-group pairs only (e.g. within-site pairs of a federation: the
+    summed pair counts of each group's ``(event, time, risk)``) with its basis and a
+    stratified bootstrap 95 % CI (patients resampled within each group); and each group's
+    :func:`c_index_summary`. Returns ``(total, {group: summary})``."""
+    data = {
+        k: (np.asarray(e).astype(int), np.asarray(t, float), np.asarray(r, float))
+        for k, (e, t, r) in groups.items()
+    }
+    per = {k: c_index_summary(*g, n_boot=n_boot, seed=seed) for k, g in data.items()}
+    counts = np.array(
+        [[m["n_concordant"], m["n_comparable"], m["n_tied_risk"]] for m in per.values()]
+    )
+    summed = counts.sum(axis=0) if len(counts) else np.zeros(3)
+    ci = (float("nan"), float("nan"))
+    if n_boot > 0 and summed[1] >= MIN_COMPARABLE_PAIRS:
+        rng = np.random.default_rng(seed)
+        vals = []
+        for _ in range(n_boot):
+            c = np.zeros(3)
+            for e, t, r in data.values():
+                if len(e) == 0:
+                    continue
+                i = rng.integers(0, len(e), size=len(e))
+                c += concordance_counts(e[i], t[i], r[i])
+            if c[1] > 0:
+                vals.append(c_index_from_counts(*c))
+        if len(vals) >= max(10, n_boot // 10):
+            ci = tuple(float(v) for v in np.quantile(vals, [0.025, 0.975]))  # type: ignore[assignment]
+    total = {
+        "c_index": c_index_from_counts(*summed),
+        "n": int(sum(m["n"] for m in per.values())),
+        "n_events": int(sum(m["n_events"] for m in per.values())),
+        "n_concordant": int(summed[0]),
+        "n_comparable": int(summed[1]),
+        "n_tied_risk": int(summed[2]),
+        "c_index_ci95": ci,
+    }
+    return total, per

@@ -1,10 +1,14 @@
-"""Figures: Kaplan–Meier curves of risk groups (with log-rank p) and tile-score heatmaps over
-slide thumbnails plus a montage of the top-scoring tiles."""
+"""Kaplan–Meier figures as clinicians read them: one step curve per risk group with censoring
+marks (+), the number at risk under the axis, the log-rank p, the time axis in the unit the
+user stated, and risk groups split at a cut point fixed on training data (said in the title).
+Heatmaps are in :mod:`pathfl.survival.heatmaps`."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +19,133 @@ from pathfl.survival.data import survival_array
 
 logger = logging.getLogger(__name__)
 
+GROUPS = (("low risk", "tab:blue"), ("high risk", "tab:red"))
+
+
+def time_axis_label(time_unit: str) -> str:
+    """``time (months)``; says so when the unit was never stated."""
+    return f"time ({time_unit})" if time_unit else "time (unit not stated: set time_unit)"
+
 
 def logrank(time: Any, event: Any, group: Any) -> dict[str, float]:
-    """Log-rank test between groups (``sksurv.compare.compare_survival``)."""
+    """Log-rank test between groups (``sksurv.compare.compare_survival``); NaN when there is
+    one group only or no event."""
     from sksurv.compare import compare_survival
 
-    group = np.asarray(group)
-    if len(np.unique(group)) < 2:
+    group, event = np.asarray(group), np.asarray(event).astype(bool)
+    if len(np.unique(group)) < 2 or not event.any():
         return {"chisq": float("nan"), "p_value": float("nan")}
-    chisq, p = compare_survival(survival_array(event, time), group)
+    try:
+        chisq, p = compare_survival(survival_array(event, time), group)
+    except ValueError as e:
+        logger.warning("log-rank test failed: %s", e)
+        return {"chisq": float("nan"), "p_value": float("nan")}
     return {"chisq": float(chisq), "p_value": float(p)}
+
+
+def at_risk(time: Any, ticks: Any) -> list[int]:
+    """Number at risk at each tick: patients whose follow-up time is ≥ the tick."""
+    time = np.asarray(time, float)
+    return [int((time >= t).sum()) for t in np.asarray(ticks, float)]
+
+
+def split_at(risk: Any, cut: float) -> np.ndarray:
+    """High-risk mask: risk above ``cut`` (a cut point fixed on training data)."""
+    return np.asarray(risk, float) > float(cut)
+
+
+@dataclass
+class KMPanel:
+    """One KM panel: patients' ``time``/``event``, the high-risk mask and how it was split."""
+
+    name: str
+    time: np.ndarray
+    event: np.ndarray
+    high: np.ndarray
+    split_note: str = ""
+
+
+def _km_curve(ax: Any, time: np.ndarray, event: np.ndarray, colour: str, label: str) -> None:
+    """Step curve from S(0)=1, + at each censored time (on the curve)."""
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    t, s = kaplan_meier_estimator(event, time)
+    t, s = np.r_[0.0, t], np.r_[1.0, s]
+    ax.step(t, s, where="post", color=colour, label=label)
+    cens = time[~event]
+    if cens.size:
+        level = s[np.searchsorted(t, cens, side="right") - 1]
+        ax.plot(cens, level, "+", color=colour, ms=8, mew=1.2, ls="none")
+
+
+def _draw_panel(ax: Any, table_ax: Any, panel: KMPanel, time_unit: str) -> dict[str, Any]:
+    time = np.asarray(panel.time, float)
+    event = np.asarray(panel.event).astype(bool)
+    high = np.asarray(panel.high).astype(bool)
+    groups = [(lab, col, m) for (lab, col), m in zip(GROUPS, (~high, high), strict=True)]
+    for label, colour, m in groups:
+        if m.any():
+            n_ev = int(event[m].sum())
+            n_text = f"n={int(m.sum())}, {n_ev} event{'' if n_ev == 1 else 's'}"
+            _km_curve(ax, time[m], event[m], colour, f"{label} ({n_text})")
+    test = logrank(time, event, high.astype(int))
+    p = test["p_value"]
+    p_text = f"log-rank p = {p:.2g}" if np.isfinite(p) else "log-rank p undefined"
+    ax.set_title(f"{panel.name}\n{panel.split_note}; {p_text}".strip("; \n"), fontsize=9)
+    ax.set_ylabel("survival probability")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlim(left=0)
+    ax.plot([], [], "+", color="grey", label="censored")
+    ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    table_ax.set_xlim(ax.get_xlim())
+    table_ax.set_ylim(-0.5, len(groups) - 0.5)
+    table_ax.set_xticks(ticks)
+    table_ax.set_yticks(range(len(groups)), [g[0] for g in groups][::-1], fontsize=7)
+    for row, (_, colour, m) in enumerate(groups[::-1]):
+        table_ax.get_yticklabels()[row].set_color(colour)
+        for t, n in zip(ticks, at_risk(time[m], ticks), strict=True):
+            table_ax.text(t, row, str(n), ha="center", va="center", fontsize=7, color=colour)
+    table_ax.tick_params(axis="y", length=0, pad=14)
+    for side in ("top", "right", "left"):
+        table_ax.spines[side].set_visible(False)
+    table_ax.set_title("number at risk", fontsize=7, loc="left")
+    table_ax.set_xlabel(time_axis_label(time_unit))
+    ax.tick_params(labelbottom=False)
+    return {**test, "n_low": int((~high).sum()), "n_high": int(high.sum())}
+
+
+def km_panels(
+    out_png: str | os.PathLike[str],
+    panels: Sequence[KMPanel],
+    *,
+    time_unit: str = "",
+    suptitle: str = "",
+) -> list[dict[str, Any]]:
+    """One column per panel: KM curves of the low/high risk groups over the number-at-risk
+    table. Returns each panel's log-rank test and group sizes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        2,
+        len(panels),
+        figsize=(5.4 * len(panels), 5.4),
+        dpi=120,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [4, 1]},
+    )
+    results = [_draw_panel(axes[0, j], axes[1, j], p, time_unit) for j, p in enumerate(panels)]
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return results
 
 
 def km_plot(
@@ -34,129 +155,11 @@ def km_plot(
     out_png: str | os.PathLike[str],
     *,
     title: str = "Kaplan-Meier by risk group",
-    time_unit: str = "time",
+    time_unit: str = "",
+    split_note: str = "",
 ) -> dict[str, Any]:
-    """KM curves of low/high risk groups with the log-rank p in the legend title; returns
-    the test result and group sizes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sksurv.nonparametric import kaplan_meier_estimator
-
-    time, event = np.asarray(time, float), np.asarray(event).astype(bool)
-    high = np.asarray(high_risk).astype(bool)
-    test = logrank(time, event, high.astype(int))
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    for label, mask, color in (("low risk", ~high, "tab:blue"), ("high risk", high, "tab:red")):
-        if mask.sum() == 0:
-            continue
-        t, s, (lo, hi) = kaplan_meier_estimator(event[mask], time[mask], conf_type="log-log")
-        ax.step(t, s, where="post", color=color, label=f"{label} (n={mask.sum()})")
-        ax.fill_between(t, lo, hi, step="post", color=color, alpha=0.15)
-    p = test["p_value"]
-    ax.legend(title=f"log-rank p = {p:.2g}" if np.isfinite(p) else "log-rank p n/a")
-    ax.set_xlabel(time_unit)
-    ax.set_ylabel("survival probability")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return {**test, "n_low": int((~high).sum()), "n_high": int(high.sum()), "png": str(out_png)}
-
-
-def _rank_normalise(scores: np.ndarray) -> np.ndarray:
-    """Scores -> [0, 1] by rank (robust to the tiny spread of softmax attention)."""
-    if len(scores) < 2:
-        return np.ones_like(scores, dtype=float)
-    r = np.argsort(np.argsort(scores)).astype(float)
-    return r / (len(scores) - 1)
-
-
-def heatmap_png(
-    slide: Any,
-    coords: np.ndarray,
-    scores: np.ndarray,
-    *,
-    tile_size_l0: float,
-    out_png: str | os.PathLike[str],
-    thumb_px: int = 1024,
-    alpha: float = 0.5,
-    title: str = "",
-) -> Path:
-    """Paint ``scores`` (one per tile at level-0 ``coords``) over the slide thumbnail, side by
-    side with the plain thumbnail."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import colormaps
-
-    thumb = np.asarray(slide.get_thumbnail(thumb_px).convert("RGB")).astype(float) / 255
-    w0, h0 = slide.dimensions
-    sx, sy = thumb.shape[1] / w0, thumb.shape[0] / h0
-    values = np.full(thumb.shape[:2], np.nan)
-    norm = _rank_normalise(np.asarray(scores, float))
-    for (x, y), v in zip(np.asarray(coords), norm, strict=True):
-        x0, y0 = int(x * sx), int(y * sy)
-        x1 = max(x0 + 1, round((x + tile_size_l0) * sx))
-        y1 = max(y0 + 1, round((y + tile_size_l0) * sy))
-        values[y0:y1, x0:x1] = v
-    rgba = colormaps["jet"](np.nan_to_num(values))[..., :3]
-    mask = ~np.isnan(values)
-    overlay = thumb.copy()
-    overlay[mask] = (1 - alpha) * thumb[mask] + alpha * rgba[mask]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6 * thumb.shape[0] / thumb.shape[1] + 0.6), dpi=110)
-    axes[0].imshow(thumb)
-    axes[0].set_title("slide")
-    im = axes[1].imshow(overlay)
-    axes[1].set_title(title or "tile scores (rank-normalised)")
-    for ax in axes:
-        ax.axis("off")
-    sm = plt.cm.ScalarMappable(cmap="jet")
-    sm.set_array([0, 1])
-    fig.colorbar(sm, ax=axes[1], fraction=0.046, label="score percentile")
-    del im
-    fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out_png
-
-
-def top_tiles_montage(
-    slide: Any,
-    coords: np.ndarray,
-    scores: np.ndarray,
-    *,
-    tile_size_l0: int,
-    out_png: str | os.PathLike[str],
-    n_tiles: int = 16,
-    tile_px: int = 160,
-) -> Path:
-    """Grid of the ``n_tiles`` highest-scoring tiles read from the slide at their coords."""
-    from PIL import Image, ImageDraw
-
-    order = np.argsort(-np.asarray(scores, float))[:n_tiles]
-    cols = int(np.ceil(np.sqrt(len(order)))) or 1
-    rows = int(np.ceil(len(order) / cols)) or 1
-    level = slide.best_level_for_downsample(max(1.0, tile_size_l0 / tile_px))
-    ds = slide.level_downsamples[level]
-    size = max(1, round(tile_size_l0 / ds))
-    canvas = Image.new("RGB", (cols * (tile_px + 4), rows * (tile_px + 20)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for k, i in enumerate(order):
-        x, y = (int(v) for v in coords[i])
-        img = slide.read_region((x, y), level, (size, size)).convert("RGB")
-        img = img.resize((tile_px, tile_px))
-        cx, cy = (k % cols) * (tile_px + 4), (k // cols) * (tile_px + 20)
-        canvas.paste(img, (cx, cy + 18))
-        draw.text((cx + 2, cy + 2), f"#{k + 1} ({x},{y}) s={scores[i]:.3g}", fill="black")
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        canvas.save(tmp, format="PNG")
-    return out_png
+    """KM curves of low/high risk groups (one panel, :func:`km_panels`); returns the log-rank
+    test and group sizes."""
+    panel = KMPanel(title, np.asarray(time), np.asarray(event), np.asarray(high_risk), split_note)
+    res = km_panels(out_png, [panel], time_unit=time_unit)[0]
+    return {**res, "png": str(out_png)}
