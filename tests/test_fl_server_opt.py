@@ -42,6 +42,8 @@ def test_fedadam_two_steps_hand_computed() -> None:
     # m1 = 0.1 D1 = [0.05, -0.1]; v1 = 0.01 D1² = [0.0025, 0.01]; sqrt(v1) = [0.05, 0.1]
     w1_hand = [1.0 + 0.1 * 0.05 / (0.05 + 1e-3), 2.0 + 0.1 * -0.1 / (0.1 + 1e-3)]
     np.testing.assert_allclose(w1[0], w1_hand, rtol=1e-13)
+    np.testing.assert_allclose(s1.m[0], [0.05, -0.1], rtol=1e-13)
+    np.testing.assert_allclose(s1.v[0], [0.0025, 0.01], rtol=1e-13)
     # m2 = 0.9 m1 + 0.1 D2 = [0.025, -0.05]; v2 = 0.99 v1 + 0.01 D2² = [0.002875, 0.0115]
     np.testing.assert_allclose(s2.m[0], [0.025, -0.05], rtol=1e-13)
     np.testing.assert_allclose(s2.v[0], [0.002875, 0.0115], rtol=1e-13)

@@ -265,8 +265,9 @@ def handle(
     """The site's answer to one request, as plain Python (the ClientApp turns it into Flower
     records and checks it against the whitelist): ``query`` → info + counts + moments,
     ``train`` → arrays + metrics, ``evaluate`` → metrics, ``query.linear_cox`` →
-    derivatives + metrics (:mod:`pathfl.fl.fed_linear_cox`)."""
-    from pathfl.fl.trust.records import LINEAR_COX
+    derivatives + metrics (:mod:`pathfl.fl.fed_linear_cox`), ``query.breslow`` → Breslow
+    sums + metrics (:mod:`pathfl.fl.fed_breslow`)."""
+    from pathfl.fl.trust.records import BRESLOW, LINEAR_COX
 
     data = (cache or SiteCache()).get(node_config, cfg)
     if kind == "query":
@@ -288,4 +289,8 @@ def handle(
         from pathfl.fl.fed_linear_cox import site_derivatives
 
         return site_derivatives(data, cfg, arrays)
+    if kind == BRESLOW:
+        from pathfl.fl.fed_breslow import site_sums
+
+        return site_sums(data, cfg, arrays)
     raise ValueError(f"unknown request kind {kind!r}")

@@ -42,6 +42,8 @@ def run_federation(
     grid: Any, cfg: dict[str, Any], run_dir: RunDir, *, run_id: str, resume: bool
 ) -> None:
     """The whole server side of one run; status.json says how it ended."""
+    from pathfl.fl import fed_breslow
+
     t0 = time.time()
     run_dir.write_status("running", run_id=run_id)
     run = FederatedRun(grid, cfg, run_dir, run_id=run_id)
@@ -74,6 +76,7 @@ def run_federation(
             run_dir.write_status("running", run_id=run_id, completed_round=r)
         final = run.final_evaluation(int(cfg["rounds"]))
         final["linear_cox"] = _linear_cox(run)
+        final["breslow"] = fed_breslow.fit(run)
         _save_final(run, cfg, run_dir, rows, final, seconds=time.time() - t0)
         run.audit.append("finish", metrics={"federated_c_index": final["federated_c_index"]})
         run_dir.write_status("completed", run_id=run_id, rounds=int(cfg["rounds"]))
@@ -134,6 +137,7 @@ def _save_final(
     *,
     seconds: float,
 ) -> None:
+    from pathfl.fl import fed_breslow
     from pathfl.fl.fl_config import strategy_name
     from pathfl.fl.site import train_config
     from pathfl.fl.trust.records import arrays_to_state
@@ -162,6 +166,7 @@ def _save_final(
         "n_train_patients": run.n_train,
         "steps_per_round": run.steps_per_round,
         "linear_cox": final.get("linear_cox", {}),
+        "breslow": final.get("breslow", {}),
         "seconds": seconds,
         "note": "federated C-index = within-site pairs pooled over sites; cross-site pairs "
         "are not compared",
@@ -176,4 +181,5 @@ def _save_final(
         scaler=run.scaler,
         metrics=metrics,
         predictions=None,
+        baseline=fed_breslow.baseline_of(final.get("breslow")),
     )
