@@ -164,3 +164,22 @@ def test_state_checkpoint_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(cont[0], resumed[0])
     assert server_opt.save_state(tmp_path, 3, OptState()) == {}
     assert server_opt.load_state(tmp_path, {}) == OptState()
+
+
+def test_state_stays_on_the_server(tmp_path) -> None:
+    """What a request carries (the run config + global weights) holds no optimiser state."""
+    import json
+
+    from pathfl.fl.coordinator import FederatedRun
+    from pathfl.fl.rundir import RunDir
+    from pathfl.fl.trust import records
+
+    cfg = effective_config({"aggregation": "fedadam", "time_grid_max": 1.0})
+    run = FederatedRun(None, cfg, RunDir(tmp_path), run_id="r")
+    _, _, _, run.opt_state = _two_adaptive_steps("adam")
+    sent = json.dumps(run.run_config(3), default=str)
+    assert "server_opt" not in sent and "0.002875" not in sent and "m_t" not in sent
+    content = run._content(3, arrays=W0)
+    assert set(content.keys()) == {"config", "arrays"}
+    got = records.from_array_record(content["arrays"])
+    assert len(got) == 1 and np.array_equal(got[0], W0[0])
