@@ -161,6 +161,7 @@ def test_breslow_skipped_with_reasons(two_sites, tmp_path) -> None:
         effective_config({"loss": "nll", "time_grid_max": 5.0})
     )
     assert "time_grid_max" in fed_breslow.skip_reason({**cfg, "time_grid_max": 0.0})
+    assert "breslow: false" in fed_breslow.skip_reason({**cfg, "breslow": False})
     dp = effective_config({"loss": "cox", "dp": True, "dp_noise_multiplier": 1.0})
     assert "DP" in fed_breslow.skip_reason(dp)
     run = _StubRun({**cfg, "time_grid_max": 0.0}, nodes, arrays)

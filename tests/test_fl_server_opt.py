@@ -183,3 +183,26 @@ def test_state_stays_on_the_server(tmp_path) -> None:
     assert set(content.keys()) == {"config", "arrays"}
     got = records.from_array_record(content["arrays"])
     assert len(got) == 1 and np.array_equal(got[0], W0[0])
+
+
+def test_resume_restores_the_optimiser_state(tmp_path) -> None:
+    """The coordinator's checkpoint of round 2 names the state file; the ServerApp's resume
+    check gives a fresh run exactly that state."""
+    from pathfl.fl.coordinator import FederatedRun
+    from pathfl.fl.flower.server_app import _check_resume
+    from pathfl.fl.rundir import RunDir
+
+    cfg = effective_config({"aggregation": "fedyogi", "time_grid_max": 1.0})
+    run = FederatedRun(None, cfg, RunDir(tmp_path), run_id="r")
+    run.names, run.arrays = ["w"], W0
+    _, _, _, run.opt_state = _two_adaptive_steps("yogi")
+    run._save_checkpoint(2)
+    state, names, _ = RunDir(tmp_path).load_checkpoint()
+    assert state["server_opt"]["arrays"] == "rounds/server_opt_002.npz" and names == ["w"]
+    fresh = FederatedRun(None, cfg, RunDir(tmp_path), run_id="r2")
+    assert fresh.opt_state == OptState()
+    _check_resume(fresh, state)
+    assert fresh.opt_state.t == 2
+    got, want = fresh.opt_state, run.opt_state
+    for a, b in zip((*got.m, *got.v), (*want.m, *want.v), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -130,34 +130,26 @@ def _adaptive(rule: str, lr: float, b1: float, b2: float, tau: float) -> Aggrega
     return ServerOptimizer(rule, float(lr), beta1=float(b1), beta2=float(b2), tau=float(tau))
 
 
-@AGGREGATORS.register(
-    "fedadam",
-    summary="FedAvg + server Adam (Reddi et al. 2021; lr 0.1, betas 0.9/0.99, tau 1e-3)",
-    options=_ADAPTIVE,
-)
-def _fedadam(
-    *,
-    server_lr: float = 0.1,
-    server_beta1: float = 0.9,
-    server_beta2: float = 0.99,
-    server_tau: float = 1e-3,
-) -> Aggregator:
-    return _adaptive("adam", server_lr, server_beta1, server_beta2, server_tau)
+def _register_adam_like(name: str, rule: str, *, lr: float, paper: str) -> None:
+    """``name``: FedAvg + server ``rule`` with Flower's defaults (betas 0.9/0.99, tau 1e-3)."""
+
+    @AGGREGATORS.register(
+        name,
+        summary=f"FedAvg + server {paper} (Reddi et al. 2021; lr {lr:g}, betas 0.9/0.99, tau 1e-3)",
+        options=_ADAPTIVE,
+    )
+    def _factory(
+        *,
+        server_lr: float = lr,
+        server_beta1: float = 0.9,
+        server_beta2: float = 0.99,
+        server_tau: float = 1e-3,
+    ) -> Aggregator:
+        return _adaptive(rule, server_lr, server_beta1, server_beta2, server_tau)
 
 
-@AGGREGATORS.register(
-    "fedyogi",
-    summary="FedAvg + server Yogi (Reddi et al. 2021; lr 0.01, betas 0.9/0.99, tau 1e-3)",
-    options=_ADAPTIVE,
-)
-def _fedyogi(
-    *,
-    server_lr: float = 0.01,
-    server_beta1: float = 0.9,
-    server_beta2: float = 0.99,
-    server_tau: float = 1e-3,
-) -> Aggregator:
-    return _adaptive("yogi", server_lr, server_beta1, server_beta2, server_tau)
+_register_adam_like("fedadam", "adam", lr=0.1, paper="Adam")
+_register_adam_like("fedyogi", "yogi", lr=0.01, paper="Yogi")
 
 
 @AGGREGATORS.register(

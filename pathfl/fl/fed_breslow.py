@@ -15,9 +15,9 @@ from its own sums, is kept in metrics.json for reference). Stored as the run's
 ``breslow_baseline`` (config.json), the same slot ``pathfl train`` fills, so ``pathfl
 predict --times`` gives ``S(t | x) = exp(-H0(t) · exp(r))`` for both.
 
-Skipped (with a logged reason) for heads whose survival comes from time bins (nll), when DP
-is on (the sums are exact functions of the training patients' risks, not DP) and without a
-grid (``time_grid_max`` unset).
+Skipped (with a logged reason) with ``breslow: false``, for heads whose survival comes from
+time bins (nll), when DP is on (the sums are exact functions of the training patients' risks,
+not DP) and without a grid (``time_grid_max`` unset).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def skip_reason(cfg: Mapping[str, Any]) -> str:
     from pathfl.fl.site import train_config
     from pathfl.fl.trust.privacy import DPConfig
 
+    if not cfg.get("breslow", True):
+        return "breslow: false in the run config"
     if train_config(cfg).head.survival != "breslow":
         return f"the {cfg['loss']} head gives survival functions from its time bins"
     if DPConfig.from_run_config(cfg).enabled:

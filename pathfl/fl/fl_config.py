@@ -27,8 +27,8 @@ FL_DEFAULTS: dict[str, Any] = {
     "aggregation": "fedavg",  # fedavg | median | trimmed-mean | fedavgm | fedadam | fedyogi
     # | fedadagrad (pathfl.fl.aggregate)
     "trim_fraction": 0.2,  # trimmed-mean: fraction dropped at each end, per coordinate
-    # server optimisers (pathfl.fl.server_opt); None = the optimiser's own default, listed
-    # with its registry entry (`pathfl fl simulate --list aggregation`) and in docs/federation.md
+    # server optimisers (pathfl.fl.server_opt); None = the optimiser's own default (its
+    # registry entry in pathfl.fl.aggregate; table in docs/federation.md)
     "server_lr": None,  # server learning rate eta
     "server_momentum": None,  # fedavgm momentum
     "server_beta1": None,  # fedadam/fedyogi/fedadagrad first-moment decay
@@ -49,6 +49,7 @@ FL_DEFAULTS: dict[str, Any] = {
     "reject_norm_factor": 5.0,  # update-norm outlier test (robust z), 0 = off
     "reject_norm_ratio": 0.0,  # reject norm > ratio * median, 0 = off
     "linear_cox": True,  # fit the federated linear-cox baseline (Newton) after the rounds
+    "breslow": True,  # Cox runs: federated Breslow baseline hazard after the rounds
     # client-side DP-SGD (pathfl.fl.trust.privacy), off by default
     "dp": False,
     "dp_noise_multiplier": None,
@@ -154,9 +155,9 @@ def aggregator_for(cfg: Mapping[str, Any]) -> Any:
 
 def strategy_name(cfg: Mapping[str, Any]) -> str:
     """The run's strategy as recorded in ``metrics.json``: the server aggregation (``fedavg``,
-    ``median``, ``trimmed-mean``), with ``fedprox`` for a local objective with ``proximal_mu
-    > 0`` (``fedprox`` alone when the aggregation is the weighted mean, else
-    ``fedprox+median`` / ``fedprox+trimmed-mean``)."""
+    ``median``, ``trimmed-mean``, ``fedadam``, ...), with ``fedprox`` for a local objective
+    with ``proximal_mu > 0`` (``fedprox`` alone when the aggregation is the weighted mean, else
+    ``fedprox+median`` / ``fedprox+fedadam`` ...)."""
     aggregation = str(cfg["aggregation"])
     if float(cfg["proximal_mu"]) <= 0:
         return aggregation
