@@ -6,7 +6,6 @@ estimate on the same grid (1e-8)."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -50,41 +49,52 @@ def test_exact_breslow_is_the_one_cell_per_event_time_case() -> None:
     np.testing.assert_allclose(h, h_ref, rtol=1e-12)
 
 
-class _StubRun:
-    """What :func:`pathfl.fl.fed_breslow.fit` uses of a FederatedRun, answering each request
-    with the real site handler and the ClientApp's reply whitelist (no network)."""
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch):
+    """Inside a flwr-clientapp process Flower sets the task identity; here we do."""
+    from flwr.supercore.task_identity import TaskIdentity
 
-    def __init__(self, cfg: dict, nodes: dict[int, dict], arrays: list[np.ndarray]) -> None:
-        self.cfg, self.nodes, self.arrays = cfg, nodes, arrays
-        self.sites = {n: nc["site"] for n, nc in nodes.items()}
-        self.audit = SimpleNamespace(events=[])
-        self.audit.append = lambda event, **kw: self.audit.events.append((event, kw))
-        self.sent: list[tuple[str, dict]] = []
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
-    def _name(self, node: int) -> str:
-        return self.sites[node]
 
-    def _send(self, kind, wave, nodes, *, arrays, group):
-        from flwr.app import MetricRecord, RecordDict
+def _federated_run(cfg: dict, nodes: dict[int, dict], arrays: list, tmp_path: Path):
+    """A real :class:`FederatedRun` whose requests go to the real ClientApp in this process
+    (Flower messages and reply whitelist as in a deployment; no SuperLink, no network)."""
+    from flwr.app import Context, Message, RecordDict
 
-        from pathfl.fl.server_loop import Collected
-        from pathfl.fl.site import handle
-        from pathfl.fl.trust import records
+    from pathfl.fl.coordinator import FederatedRun
+    from pathfl.fl.flower.client_app import app
+    from pathfl.fl.rundir import RunDir
+    from pathfl.fl.server_loop import Collected
 
-        cfg = {**self.cfg, "round": wave}
-        self.sent.append((kind, cfg))
+    run = FederatedRun(None, cfg, RunDir(tmp_path / "run"), run_id="t")
+    run.sites = {n: nc["site"] for n, nc in nodes.items()}
+    run.arrays = arrays
+    run.sent = []
+
+    def send(kind, round_no, to, *, arrays, group=None):
         got = Collected()
-        for n in nodes:
-            out = handle(kind, self.nodes[n], cfg, arrays)
-            content = RecordDict(
-                {
-                    "breslow": records.to_named_array_record(out["breslow"]),
-                    "metrics": MetricRecord(out["metrics"]),
-                }
-            )
-            records.check_reply(kind, content)
-            got.ok[n] = SimpleNamespace(content=content)
+        for n in to:
+            content = run._content(round_no, arrays=arrays)
+            run.sent.append((kind, records_json(content)))
+            msg = Message(content, dst_node_id=n, message_type=kind, group_id=str(round_no))
+            ctx = Context(run_id=1, node_id=n, node_config=nodes[n], state=RecordDict(),
+                          run_config={})  # fmt: skip
+            reply = app(msg, ctx)
+            if reply.has_error():
+                got.failed[n] = reply.error.reason
+            else:
+                got.ok[n] = reply
         return got
+
+    run._send = send
+    return run
+
+
+def records_json(content) -> str:
+    return str(content["config"]["json"])
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +108,7 @@ def two_sites(tmp_path_factory):
     return split_into_sites(cohort, root, ["site_a", "site_b"])
 
 
-def _setup(dirs: list[Path], tmp_path: Path):
+def _setup(dirs: list[Path], tmp_path: Path, **overrides):
     import torch
 
     from pathfl.fl import fed_stats
@@ -109,7 +119,7 @@ def _setup(dirs: list[Path], tmp_path: Path):
 
     cfg = effective_config(
         {"loss": "cox", "model": "meanpool", "hidden_dim": 8, "time_grid_max": 20.0,
-         "time_grid_cells": 16, "val_folds": 3, "seed": 1}
+         "time_grid_cells": 16, "val_folds": 3, "seed": 1, "rounds": 2, **overrides}
     )  # fmt: skip
     nodes = {
         i + 1: {"site": d.name, "features": str(d / "features"),
@@ -117,30 +127,30 @@ def _setup(dirs: list[Path], tmp_path: Path):
         for i, d in enumerate(dirs)
     }  # fmt: skip
     moments = {nc["site"]: handle("query", nc, cfg, None)["moments"] for nc in nodes.values()}
-    cfg["scaler"] = fed_stats.federated_scaler(moments, cfg).to_dict()
+    scaler = fed_stats.federated_scaler(moments, cfg)
     torch.manual_seed(0)
     model = build_model(train_config(cfg), feature_dim=5)
-    return cfg, nodes, state_to_arrays(model.state_dict())[1], model
+    run = _federated_run(cfg, nodes, state_to_arrays(model.state_dict())[1], tmp_path)
+    run.scaler = scaler
+    return run, nodes, model
 
 
 def test_federated_breslow_equals_pooled_on_the_grid(two_sites, tmp_path) -> None:
-    from pathfl.fl import fed_breslow
     from pathfl.fl.site import load_site, train_config
-    from pathfl.survival.scaling import BagScaler
     from pathfl.survival.train import predict
 
-    cfg, nodes, arrays, model = _setup(two_sites, tmp_path)
-    run = _StubRun(cfg, nodes, arrays)
-    fed = fed_breslow.fit(run)
+    run, nodes, model = _setup(two_sites, tmp_path)
+    final = run.final_evaluation(2)  # the coordinator's last request wave
+    fed = final["breslow"]
     assert "skipped" not in fed, fed
-    assert [k for k, _ in run.sent] == ["query.breslow"]
-    assert "server_opt" not in run.sent[0][1] and run.audit.events[0][0] == "breslow"
+    assert [k for k, _ in run.sent] == ["evaluate", "evaluate"]  # no extra wave
+    assert "server_opt" not in run.sent[0][1]
+    assert fed["missing_sites"] == [] and 0.0 <= final["federated_c_index"] <= 1.0
 
     # pooled: every site's (same split) training bags, the same scaler, one naive Breslow on
     # event times rounded down to the grid's cell starts
-    scaler = BagScaler.from_dict(cfg["scaler"])
-    pooled = [b for nc in nodes.values() for b in load_site(nc, cfg).train]
-    p = predict(model, scaler.apply(pooled), train_config(cfg), time_bins=None)
+    pooled = [b for nc in nodes.values() for b in load_site(nc, run.cfg).train]
+    p = predict(model, run.scaler.apply(pooled), train_config(run.cfg), time_bins=None)
     starts = np.linspace(0.0, 20.0, 17)[:-1]
     floored = starts[np.searchsorted(starts, p.time, side="right") - 1]
     t_ref, h_ref = _naive_breslow(p.risk, p.event, floored)
@@ -156,14 +166,14 @@ def test_breslow_skipped_with_reasons(two_sites, tmp_path) -> None:
     from pathfl.fl import fed_breslow
     from pathfl.fl.fl_config import effective_config
 
-    cfg, nodes, arrays, _ = _setup(two_sites, tmp_path)
-    assert "time bins" in fed_breslow.skip_reason(
-        effective_config({"loss": "nll", "time_grid_max": 5.0})
-    )
-    assert "time_grid_max" in fed_breslow.skip_reason({**cfg, "time_grid_max": 0.0})
+    run, _, _ = _setup(two_sites, tmp_path, time_grid_max=0.0)
+    final = run.final_evaluation(2)
+    assert "time_grid_max" in final["breslow"]["skipped"]
+    assert 0.0 <= final["federated_c_index"] <= 1.0  # the evaluation itself is unaffected
+    cfg = run.cfg
+    nll = effective_config({"loss": "nll", "time_grid_max": 5.0})
+    assert "time bins" in fed_breslow.skip_reason(nll)
     assert "breslow: false" in fed_breslow.skip_reason({**cfg, "breslow": False})
     dp = effective_config({"loss": "cox", "dp": True, "dp_noise_multiplier": 1.0})
     assert "DP" in fed_breslow.skip_reason(dp)
-    run = _StubRun({**cfg, "time_grid_max": 0.0}, nodes, arrays)
-    assert "skipped" in fed_breslow.fit(run) and not run.sent
     assert fed_breslow.baseline_of({"skipped": "x"}) is None

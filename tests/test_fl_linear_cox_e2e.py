@@ -189,10 +189,12 @@ def test_federated_breslow_equals_pooled_and_serves_predict(federation, tmp_path
     times, cumhaz = extras["baseline"]
     np.testing.assert_array_equal(times, t_ref)
     np.testing.assert_allclose(cumhaz, h_ref, rtol=1e-8, atol=0)
-    # each site answered one breslow request, logged in its own audit log
+    assert fed["missing_sites"] == []
+    # the sums rode on each site's final evaluation reply, logged in its own audit log
     for site in ("site_a", "site_b"):
         log = out / "federation" / "sites" / site / "audit.jsonl"
-        assert [json.loads(x)["event"] for x in log.read_text().splitlines()].count("breslow") == 1
+        entries = [json.loads(x) for x in log.read_text().splitlines()]
+        assert [e.get("breslow_sums_sent") for e in entries if e["event"] == "evaluate"] == [True]
 
     # S(t | x) from predict on the federated run
     site, pred_csv = dirs[0], tmp_path / "pred.csv"

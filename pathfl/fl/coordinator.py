@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pathfl.fl import aggregate
+from pathfl.fl import aggregate, fed_breslow
 from pathfl.fl.fl_config import aggregator_for
 from pathfl.fl.rundir import RunDir
 from pathfl.fl.server_loop import (
@@ -392,4 +392,5 @@ class FederatedRun:
             "per_site": per_site,
             "failed": {self._name(n): r for n, r in got.failed.items()},
             "missing": [self._name(n) for n in got.missing],
+            "breslow": fed_breslow.from_replies(self, got),  # Cox runs' baseline hazard
         }

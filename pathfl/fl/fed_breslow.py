@@ -1,8 +1,9 @@
 """Survival curves from a federated Cox model: the Breslow baseline cumulative hazard,
-computed in the federation after the last round (message kind ``query.breslow``).
+computed in the federation with the final evaluation (no extra request wave).
 
-The server sends the final global model; each site computes the log-risks of its own
-(standardised) training patients and replies, per cell ``k = [e_k, e_{k+1})`` of the run's
+The server sends the final global model (the ``evaluate`` request); besides its validation
+metrics each site computes the log-risks of its own (standardised) training patients and
+replies, in the ``breslow`` array record, per cell ``k = [e_k, e_{k+1})`` of the run's
 event-time grid (``time_grid_max`` / ``time_grid_cells``, the grid of the check-in histogram;
 follow-up beyond the grid in the last cell), two sums
 (:func:`pathfl.survival.losses.breslow_sums`): ``events`` ``d_k`` (the same counts as its
@@ -59,21 +60,18 @@ def grid_starts(cfg: Mapping[str, Any]) -> np.ndarray:
     return edges[:-1]
 
 
-def site_sums(data: Any, cfg: Mapping[str, Any], arrays: list[np.ndarray]) -> dict[str, Any]:
-    """A site's reply: the Breslow sums of the global model ``arrays`` on its training part."""
-    from pathfl.fl.site import build_global_model, train_config
+def site_part(model: Any, data: Any, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``breslow`` part of a site's ``evaluate`` reply: the Breslow sums of the global
+    ``model`` on its training part (empty when the run computes no baseline)."""
+    from pathfl.fl.site import train_config
     from pathfl.survival.losses import breslow_sums
     from pathfl.survival.train import predict
 
-    reason = skip_reason(cfg)
-    if reason:
-        raise ValueError(f"no Breslow sums for this run: {reason}")
-    model = build_global_model(cfg, data.feature_dim, arrays)
-    train = data.scaled(cfg)[0]
-    p = predict(model, train, train_config(cfg), time_bins=None)
+    if skip_reason(cfg) or not data.train:
+        return {}
+    p = predict(model, data.scaled(cfg)[0], train_config(cfg), time_bins=None)
     d, s = breslow_sums(p.risk, p.event, p.time, grid_starts(cfg))
-    metrics = {"num-examples": float(len(train)), "n_events": float(np.sum(p.event))}
-    return {RECORD: {"events": d, "exp_risk_sums": s}, "metrics": metrics}
+    return {RECORD: {"events": d, "exp_risk_sums": s}}
 
 
 def combine(parts: Mapping[str, tuple[np.ndarray, np.ndarray]], starts: np.ndarray) -> dict:
@@ -95,40 +93,44 @@ def combine(parts: Mapping[str, tuple[np.ndarray, np.ndarray]], starts: np.ndarr
     }
 
 
-def fit(run: Any) -> dict[str, Any]:
-    """The ``breslow`` entry of metrics.json for ``run`` (a
-    :class:`pathfl.fl.coordinator.FederatedRun` after its rounds): the baseline, or
-    ``skipped`` with the reason. A failed request wave is recorded, never fatal."""
+def from_replies(run: Any, got: Any) -> dict[str, Any]:
+    """The ``breslow`` entry of metrics.json from the final evaluation's replies ``got``
+    (:class:`pathfl.fl.server_loop.Collected`) of ``run`` (a
+    :class:`pathfl.fl.coordinator.FederatedRun`): the baseline, or ``skipped`` with the
+    reason. It covers the sites that answered (those that did not are listed in
+    ``missing_sites``: the baseline is then the one of the answering sites' patients); a
+    failure is recorded, never fatal."""
     reason = skip_reason(run.cfg)
     if reason:
         logger.info("federated Breslow baseline skipped: %s", reason)
         return {"skipped": reason}
+    starts = grid_starts(run.cfg)
     try:
-        replies = _ask(run)
-        starts = grid_starts(run.cfg)
-        parts = {s: _sums(a, len(starts), s) for s, (a, _) in replies.items()}
-        result = combine(parts, starts)
+        lacking = sorted(run._name(n) for n in (*got.failed, *got.missing))
+        if not got.ok:
+            raise FederationError(f"no final-evaluation reply from any site ({lacking})")
+        parts = {
+            run._name(n): _sums(r.content, len(starts), run._name(n)) for n, r in got.ok.items()
+        }
+        result = combine(dict(sorted(parts.items())), starts)
     except (FederationError, KeyError, ValueError) as e:
         logger.warning("federated Breslow baseline failed: %s", e)
         run.audit.append("breslow_failed", reason=str(e))
         return {"skipped": f"failed: {e}"}
     result["grid"] = {"max": float(run.cfg["time_grid_max"]), "cells": len(starts)}
+    result["missing_sites"] = lacking
+    if lacking:
+        logger.warning("Breslow baseline without site(s) %s (no final-evaluation reply)", lacking)
     run.audit.append("breslow", n_events=result["n_events"], sites=sorted(parts))
     n_events, cells = result["n_events"], len(starts)
     logger.info("federated Breslow baseline: %d event(s), %d-cell grid", n_events, cells)
     return result
 
 
-def _ask(run: Any) -> dict[str, tuple[dict, dict]]:
-    from pathfl.fl.fed_linear_cox import ask_every_site
-
-    rounds = int(run.cfg["rounds"])
-    return ask_every_site(
-        run, records.BRESLOW, run.arrays, wave=rounds, group="breslow", record=RECORD
-    )
-
-
-def _sums(arrays: Mapping[str, np.ndarray], n_cells: int, site: str) -> tuple:
+def _sums(content: Any, n_cells: int, site: str) -> tuple:
+    if RECORD not in content:
+        raise ValueError(f"site {site!r} sent no Breslow sums with its final evaluation")
+    arrays = records.from_named_array_record(content[RECORD])
     d, s = (np.asarray(arrays[k], np.float64) for k in ("events", "exp_risk_sums"))
     if d.shape != (n_cells,) or s.shape != (n_cells,) or not np.all(np.isfinite(s)):
         raise ValueError(f"site {site!r} sent invalid Breslow sums ({d.shape}, {s.shape})")

@@ -75,32 +75,28 @@ def site_derivatives(data: Any, cfg: Mapping[str, Any], arrays: list[np.ndarray]
     return {"derivatives": {"gradient": grad, "hessian": hess}, "metrics": metrics}
 
 
-def ask_every_site(
-    run: Any, kind: str, arrays: list[np.ndarray], *, wave: int, group: str, record: str
-) -> dict[str, tuple[dict, dict]]:
-    """One request wave of ``kind`` (carrying ``arrays``) to every accepted site; {site:
-    (the reply's named arrays ``record``, metrics)} in site order. Every site must answer (a
-    missing site would change the result) — else :class:`FederationError`."""
+def _ask(run: Any, beta: np.ndarray, it: int) -> dict[str, tuple[dict, dict]]:
+    """One request wave to every accepted site; {site: (derivative arrays, metrics)}.
+    Every site must answer (a missing stratum would change the model)."""
     nodes = sorted(run.sites, key=run._name)
-    got = run._send(kind, wave, nodes, arrays=arrays, group=group)
+    got = run._send(
+        records.LINEAR_COX,
+        it,
+        nodes,
+        arrays=[np.asarray(beta, np.float64)],
+        group=f"linear-cox-{it}",
+    )
     if got.failed or got.missing:
         failed = {run._name(n): r for n, r in got.failed.items()}
         raise FederationError(
-            f"{group}: failed={failed}, no reply={[run._name(n) for n in got.missing]}"
+            f"linear-cox iteration {it}: failed={failed}, "
+            f"no reply={[run._name(n) for n in got.missing]}"
         )
     out = {}
     for node, reply in got.ok.items():
-        named = records.from_named_array_record(reply.content[record])
-        out[run._name(node)] = (named, dict(reply.content["metrics"]))
+        arrays = records.from_named_array_record(reply.content["derivatives"])
+        out[run._name(node)] = (arrays, dict(reply.content["metrics"]))
     return dict(sorted(out.items()))
-
-
-def _ask(run: Any, beta: np.ndarray, it: int) -> dict[str, tuple[dict, dict]]:
-    """One Newton request wave; {site: (derivative arrays, metrics)}."""
-    beta = np.asarray(beta, np.float64)
-    return ask_every_site(
-        run, records.LINEAR_COX, [beta], wave=it, group=f"linear-cox-{it}", record="derivatives"
-    )
 
 
 def fit(run: Any) -> dict[str, Any]:

@@ -3,11 +3,11 @@
 Handlers: ``query`` (site name, feature fingerprint, patient/event counts, optional event-time
 histogram, moments of the training bags for the federation's scaler), ``train`` (evaluate the
 received global model, train it locally, return weights), ``evaluate`` (metrics of the final
-global model), ``query.linear_cox`` (one Newton step of the federated linear-cox: derivatives
-of the site's Cox partial likelihood at the received β, validation pair counts),
-``query.breslow`` (per-grid-cell event counts and sums of exp(risk) of the final model on the
-site's training part, :mod:`pathfl.fl.fed_breslow`). Each train/evaluate/linear_cox/breslow
-request is checked against the site's policy file first (refusal =
+global model; for Cox runs also the Breslow sums of its training part, see
+:mod:`pathfl.fl.fed_breslow`), ``query.linear_cox`` (one Newton step of the federated
+linear-cox: derivatives of the site's Cox partial likelihood at the received β, validation
+pair counts). Each
+train/evaluate/linear_cox request is checked against the site's policy file first (refusal =
 an error reply plus a logged, audited reason); every reply passes
 :func:`pathfl.fl.trust.records.check_reply` before it leaves; the site's own audit log gets
 one entry per request.
@@ -139,35 +139,23 @@ def train(msg: Message, context: Context) -> Message:
     return reply
 
 
-def _named_arrays_reply(msg: Message, context: Context, kind: str, record: str) -> Message:
-    """A policy-checked request whose reply is one named-array ``record`` + metrics."""
+@app.query("linear_cox")
+def linear_cox(msg: Message, context: Context) -> Message:
+    """One Newton step of the federated linear-cox (checked against the site policy)."""
     t0 = time.perf_counter()
-    cfg, round_no, arrays_in = _accept_round(msg, context)
-    result = _compute(kind, context, cfg, arrays_in)
+    cfg, round_no, beta = _accept_round(msg, context)
+    result = _compute(records.LINEAR_COX, context, cfg, beta)
     metrics = result["metrics"]
     metrics["compute_s"] = time.perf_counter() - t0
     content = RecordDict(
         {
-            record: records.to_named_array_record(result[record]),
+            "derivatives": records.to_named_array_record(result["derivatives"]),
             "metrics": MetricRecord(metrics),
         }
     )
-    reply = _reply(msg, kind, content)
-    event = kind.split(".", 1)[1]
-    _audit(context, cfg, event, iteration=round_no, n_examples=int(metrics["num-examples"]))
+    reply = _reply(msg, records.LINEAR_COX, content)
+    _audit(context, cfg, "linear_cox", iteration=round_no, n_examples=int(metrics["num-examples"]))
     return reply
-
-
-@app.query("linear_cox")
-def linear_cox(msg: Message, context: Context) -> Message:
-    """One Newton step of the federated linear-cox (checked against the site policy)."""
-    return _named_arrays_reply(msg, context, records.LINEAR_COX, "derivatives")
-
-
-@app.query("breslow")
-def breslow(msg: Message, context: Context) -> Message:
-    """Breslow sums of the final model on the site's training part (policy-checked)."""
-    return _named_arrays_reply(msg, context, records.BRESLOW, "breslow")
 
 
 @app.evaluate()
@@ -176,9 +164,13 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     t0 = time.perf_counter()
     cfg, round_no, arrays_in = _accept_round(msg, context)
-    metrics = _compute(records.EVALUATE, context, cfg, arrays_in)["metrics"]
+    result = _compute(records.EVALUATE, context, cfg, arrays_in)
+    metrics = result["metrics"]
     metrics["compute_s"] = time.perf_counter() - t0
-    reply = _reply(msg, records.EVALUATE, RecordDict({"metrics": MetricRecord(metrics)}))
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if result.get("breslow"):  # Cox runs: the Breslow sums on the training part (fed_breslow)
+        content["breslow"] = records.to_named_array_record(result["breslow"])
+    reply = _reply(msg, records.EVALUATE, content)
     _audit(
         context,
         cfg,
@@ -187,5 +179,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         model_in_sha256=hash_arrays(arrays_in),
         n_examples=int(metrics["num-examples"]),
         metrics=metrics,
+        breslow_sums_sent="breslow" in content,
     )
     return reply

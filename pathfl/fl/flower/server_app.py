@@ -42,8 +42,6 @@ def run_federation(
     grid: Any, cfg: dict[str, Any], run_dir: RunDir, *, run_id: str, resume: bool
 ) -> None:
     """The whole server side of one run; status.json says how it ended."""
-    from pathfl.fl import fed_breslow
-
     t0 = time.time()
     run_dir.write_status("running", run_id=run_id)
     run = FederatedRun(grid, cfg, run_dir, run_id=run_id)
@@ -76,7 +74,6 @@ def run_federation(
             run_dir.write_status("running", run_id=run_id, completed_round=r)
         final = run.final_evaluation(int(cfg["rounds"]))
         final["linear_cox"] = _linear_cox(run)
-        final["breslow"] = fed_breslow.fit(run)
         _save_final(run, cfg, run_dir, rows, final, seconds=time.time() - t0)
         run.audit.append("finish", metrics={"federated_c_index": final["federated_c_index"]})
         run_dir.write_status("completed", run_id=run_id, rounds=int(cfg["rounds"]))

@@ -8,8 +8,8 @@ records other than the model weights of a ``train`` reply must hold exactly name
 arrays: the ``query`` reply's ``moments`` (sums over the site's training patients, see
 :mod:`pathfl.fl.fed_stats`) and the ``query.linear_cox`` reply's ``derivatives`` (gradient and
 Hessian of the site's Cox partial likelihood, :mod:`pathfl.fl.fed_linear_cox`) and the
-``query.breslow`` reply's ``breslow`` (per-grid-cell event counts and sums of exp(risk) over the
-risk set, :mod:`pathfl.fl.fed_breslow`). No patient ids, times, risks or per-patient values can
+final ``evaluate`` reply's ``breslow`` (per-grid-cell event counts and sums of exp(risk) over
+the risk set, :mod:`pathfl.fl.fed_breslow`). No patient ids, times, risks or per-patient values can
 pass.
 """
 
@@ -27,7 +27,6 @@ from pathfl.survival.fingerprint import FINGERPRINT_FIELDS
 # message kinds (Flower message types are "<category>" or "<category>.<action>")
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
 LINEAR_COX = "query.linear_cox"  # one Newton–Raphson step of the federated linear-cox
-BRESLOW = "query.breslow"  # per-grid-cell Breslow sums of the final model (fed_breslow)
 
 EVAL_KEYS = (
     "c_index",
@@ -81,6 +80,7 @@ REPLY_WHITELIST: dict[str, dict[str, tuple[str, frozenset[str] | None]]] = {
             "metric",
             frozenset({"num-examples", "compute_s"} | {f"val_{k}" for k in EVAL_KEYS}),
         ),
+        "breslow": ("array", BRESLOW_KEYS),
     },
     LINEAR_COX: {
         "derivatives": ("array", DERIVATIVE_KEYS),
@@ -91,10 +91,6 @@ REPLY_WHITELIST: dict[str, dict[str, tuple[str, frozenset[str] | None]]] = {
                 | {f"val_{k}" for k in EVAL_KEYS if k != "loss"}
             ),
         ),
-    },
-    BRESLOW: {
-        "breslow": ("array", BRESLOW_KEYS),
-        "metrics": ("metric", frozenset({"num-examples", "compute_s", "n_events"})),
     },
 }
 LIST_METRICS = frozenset({"time_hist"})
