@@ -1,7 +1,9 @@
 """One real federation (processes on 127.0.0.1, TLS + site auth) of two sites with a clinical
 covariate: the federated scaler equals a pooled fit on the sites' training bags, the final run
 dir serves `pathfl predict` with that scaler, each site took the steps the server fixed, and
-the federated Newton–Raphson linear-cox equals the pooled site-stratified fit."""
+the federated Newton–Raphson linear-cox equals the pooled site-stratified fit; the federated
+Breslow baseline equals the pooled one on the run's grid and `pathfl predict --times` gives
+S(t | x) from it; the server optimiser (FedAdam) state is checkpointed, never sent."""
 
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ FL_CFG = {
     "round_timeout_s": 240,
     "connect_timeout_s": 180,
     "seed": 2,
+    "aggregation": "fedadam",
+    "server_lr": 0.01,
 }
 
 
@@ -155,3 +159,67 @@ def test_site_lacking_a_covariate_fails_check_in_clearly(federation, tmp_path) -
     with pytest.raises(ClinicalError) as e:
         handle("query", node, {**cfg, "round": 0}, None)
     assert str(clinical) in str(e.value) and "age" in str(e.value)
+
+
+def test_federated_breslow_equals_pooled_and_serves_predict(federation, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from pathfl.cli import app
+    from pathfl.fl.aggregate import time_grid
+    from pathfl.fl.baselines import load_sites
+    from pathfl.fl.fl_config import effective_config
+    from pathfl.fl.flower.simulate import site_specs
+    from pathfl.survival.losses import baseline_from_sums, breslow_sums, cox_survival
+    from pathfl.survival.run import load_run
+    from pathfl.survival.train import predict
+
+    dirs, out, _ = federation
+    model, cfg, extras = load_run(out)
+    fed = json.loads((out / "metrics.json").read_text())["breslow"]
+    assert "skipped" not in fed, fed
+    run_cfg = json.loads((out / "fl_config.json").read_text())["config"]
+    starts = time_grid(float(run_cfg["time_grid_max"]), int(run_cfg["time_grid_cells"]))[:-1]
+    # pooled: the union of the sites' training parts (same split), the run's scaler
+    sites = load_sites(site_specs(dirs), effective_config({**FL_CFG, "num_sites": 2}))
+    preds = [predict(model, extras["scaler"].apply(s.train), cfg, time_bins=None) for s in sites]
+    risk, event, time_ = (
+        np.concatenate([getattr(p, k) for p in preds]) for k in ("risk", "event", "time")
+    )
+    t_ref, h_ref = baseline_from_sums(*breslow_sums(risk, event, time_, starts), starts)
+    times, cumhaz = extras["baseline"]
+    np.testing.assert_array_equal(times, t_ref)
+    np.testing.assert_allclose(cumhaz, h_ref, rtol=1e-8, atol=0)
+    assert fed["missing_sites"] == []
+    # the sums rode on each site's final evaluation reply, logged in its own audit log
+    for site in ("site_a", "site_b"):
+        log = out / "federation" / "sites" / site / "audit.jsonl"
+        entries = [json.loads(x) for x in log.read_text().splitlines()]
+        assert [e.get("breslow_sums_sent") for e in entries if e["event"] == "evaluate"] == [True]
+
+    # S(t | x) from predict on the federated run
+    site, pred_csv = dirs[0], tmp_path / "pred.csv"
+    t_mid = float(np.median(times))
+    r = CliRunner().invoke(
+        app,
+        ["predict", "--run", str(out), "--features", str(site / "features"), "--clinical",
+         str(site / "clinical.csv"), "--out", str(pred_csv), "--times", f"{t_mid:g}"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "integrated brier" in r.output
+    with open(pred_csv) as f:
+        rows = list(csv.DictReader(f))
+    got = np.array([float(row[f"surv_{t_mid:g}"]) for row in rows])
+    want = cox_survival(np.array([float(row["risk"]) for row in rows]), (times, cumhaz),
+                        np.array([float(f"{t_mid:g}")]))[:, 0]  # fmt: skip
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert 0.0 < got.min() < got.max() < 1.0
+
+
+def test_server_optimiser_state_is_checkpointed(federation) -> None:
+    _, out, _ = federation
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["server_opt"] == {"t": FL_CFG["rounds"], "arrays": "rounds/server_opt_002.npz"}
+    with np.load(out / state["server_opt"]["arrays"]) as z:
+        assert any(k.startswith("m") for k in z.files) and any(k.startswith("v") for k in z.files)
+    assert json.loads((out / "metrics.json").read_text())["aggregation"] == "fedadam"

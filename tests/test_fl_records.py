@@ -131,7 +131,11 @@ def test_client_app_replies_hold_only_whitelisted_content(site, tmp_path) -> Non
 
     e = app(_request("evaluate", run_cfg, got), ctx)
     assert not e.has_error(), e.error
-    assert set(e.content.keys()) == {"metrics"}
+    # a Cox run's evaluation also carries the Breslow sums: one value per grid cell
+    assert set(e.content.keys()) == {"metrics", "breslow"}
+    sums = records.from_named_array_record(e.content["breslow"])
+    assert sums["events"].shape == sums["exp_risk_sums"].shape == (cfg["time_grid_cells"],)
+    assert sums["events"].sum() == sum(b.event for b in data.train)
     assert 0.0 <= e.content["metrics"]["val_c_index"] <= 1.0
     _assert_nothing_personal(e, site)
     assert build_global_model(run_cfg, 8, got) is not None

@@ -104,6 +104,9 @@ def test_train_predict_heatmap(cohort) -> None:
         pred = list(csv.DictReader(f))
     assert [(p["patient_id"], p["time"]) for p in pred] == [("X", ""), ("Y", "")]
 
+    # S(t | x) at --times from the stored Breslow baseline; IBS / td-AUC with outcomes
+    _check_survival_columns(run, c, root / "surv.csv")
+
     png = root / "heat.png"
     r = _invoke(
         "heatmap",
@@ -129,6 +132,29 @@ def test_train_predict_heatmap(cohort) -> None:
     assert n_scores == len(c.signal["P0000_S0"])
     gj = json.loads((root / "heat_tiles.geojson").read_text())  # QuPath: one tile per score
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == n_scores
+
+
+def _check_survival_columns(run: Path, c, out_csv: Path) -> None:
+    import numpy as np
+
+    from pathfl.survival.losses import cox_survival
+
+    args = ["predict", "--run", run, "--features", c.features_dir, "--clinical", c.clinical_csv]
+    r = _invoke(*args, "--out", out_csv, "--times", "0.3,0.9")
+    assert r.exit_code == 0, r.output
+    assert "integrated brier on these patients: 0." in r.output and "mean auc" in r.output
+    with open(out_csv) as f:
+        pred = list(csv.DictReader(f))
+    s_early, s_late = (np.array([float(p[k]) for p in pred]) for k in ("surv_0.3", "surv_0.9"))
+    assert np.all((s_late <= s_early) & (s_early <= 1.0) & (s_late > 0.0)) and np.any(
+        s_late < s_early
+    )
+    bl = json.loads((run / "config.json").read_text())["breslow_baseline"]
+    risk = np.array([float(p["risk"]) for p in pred])
+    want = cox_survival(risk, (bl["times"], bl["cumhaz"]), np.array([0.3, 0.9]))
+    np.testing.assert_allclose(np.c_[s_early, s_late], want, rtol=1e-4, atol=1e-5)  # csv: 6 digits
+    r = _invoke(*args, "--out", out_csv, "--times", "0.3,soon")
+    assert r.exit_code == 2 and "'soon' is not a number" in r.output
 
 
 def test_bad_inputs_exit_2(cohort, tmp_path: Path) -> None:

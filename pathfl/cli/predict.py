@@ -34,14 +34,24 @@ def predict(
         "", "--slides", help="Without --clinical: comma-separated slide ids (one patient each)."
     ),
     out: Path = typer.Option(None, "--out", "-o", help="CSV of patient_id, risk[, time, event]."),
+    times: str = typer.Option(
+        "", "--times", help="Comma-separated times (clinical unit): adds columns surv_<t> = S(t|x)."
+    ),
     config: Path = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
 ) -> None:
-    """Risk scores of new patients with a trained run (every tile used)."""
+    """Risk scores (and survival probabilities at --times) of new patients with a trained run
+    (every tile used)."""
     v = _merged(ctx, config, "run", "features", "out")
     run, features, out = Path(v["run"]), Path(v["features"]), Path(v["out"])
     clinical = None if v["clinical"] is None else Path(v["clinical"])
     p, has_outcome = _predict(run, features, clinical=clinical, slides=split_list(v["slides"]))
+    from pathfl.survival.curves import curve_metrics, parse_times, survival_columns
     from pathfl.survival.run import write_predictions
+
+    try:
+        surv = survival_columns(p, parse_times(split_list(v["times"])))
+    except ValueError as e:
+        raise usage_error(f"{run}: {e}") from None
 
     rows = [
         {
@@ -50,8 +60,9 @@ def predict(
             "time": float(t) if has_outcome else "",
             "event": int(e) if has_outcome else "",
             "fold": "",
+            **sc,
         }
-        for pid, r, t, e in zip(p.patient_ids, p.risk, p.time, p.event, strict=True)
+        for pid, r, t, e, sc in zip(p.patient_ids, p.risk, p.time, p.event, surv, strict=True)
     ]
     write_predictions(out, rows)
     typer.echo(f"wrote {len(rows)} risks to {out}")
@@ -60,6 +71,10 @@ def predict(
 
         c = c_index_summary(p.event, p.time, p.risk)
         typer.echo(f"Harrell C-index on these patients: {format_c_index(c)}")
+    if has_outcome and len(rows) > 1:  # survival-function metrics (runs that have S(t))
+        for k, val in curve_metrics(p).items():
+            if k != "auc_times":
+                typer.echo(f"{k.replace('_', ' ')} on these patients: {val:.3f}")
 
 
 def _predict(

@@ -24,8 +24,16 @@ FL_DEFAULTS: dict[str, Any] = {
     "local_steps": 0,  # optimizer steps per site and round (0 = auto: the pooled budget / rounds)
     "local_epochs": 0,  # alternative: passes over each site's bags per round (0 = unset)
     "proximal_mu": 0.0,  # FedProx mu (0 = FedAvg)
-    "aggregation": "fedavg",  # fedavg | median | trimmed-mean (pathfl.fl.aggregate)
+    "aggregation": "fedavg",  # fedavg | median | trimmed-mean | fedavgm | fedadam | fedyogi
+    # | fedadagrad (pathfl.fl.aggregate)
     "trim_fraction": 0.2,  # trimmed-mean: fraction dropped at each end, per coordinate
+    # server optimisers (pathfl.fl.server_opt); None = the optimiser's own default (its
+    # registry entry in pathfl.fl.aggregate; table in docs/federation.md)
+    "server_lr": None,  # server learning rate eta
+    "server_momentum": None,  # fedavgm momentum
+    "server_beta1": None,  # fedadam/fedyogi/fedadagrad first-moment decay
+    "server_beta2": None,  # fedadam/fedyogi second-moment decay
+    "server_tau": None,  # fedadam/fedyogi/fedadagrad adaptivity (added to sqrt(v))
     "min_sites": 2,  # fewer replies in a round -> the run stops with an error
     "num_sites": 0,  # sites to wait for before round 1 (0 = min_sites)
     "connect_timeout_s": 300.0,  # how long to wait for num_sites to connect
@@ -41,6 +49,7 @@ FL_DEFAULTS: dict[str, Any] = {
     "reject_norm_factor": 5.0,  # update-norm outlier test (robust z), 0 = off
     "reject_norm_ratio": 0.0,  # reject norm > ratio * median, 0 = off
     "linear_cox": True,  # fit the federated linear-cox baseline (Newton) after the rounds
+    "breslow": True,  # Cox runs: federated Breslow baseline hazard after the rounds
     # client-side DP-SGD (pathfl.fl.trust.privacy), off by default
     "dp": False,
     "dp_noise_multiplier": None,
@@ -112,7 +121,7 @@ def _validate(cfg: dict[str, Any]) -> None:
     if float(cfg["proximal_mu"]) < 0:
         raise ConfigError("proximal_mu must be >= 0")
     try:
-        create_aggregator(str(cfg["aggregation"]), trim_fraction=float(cfg["trim_fraction"]))
+        aggregator_for(cfg)
     except (KeyError, ValueError) as e:  # UnknownNameError lists the valid names
         raise ConfigError(f"aggregation: {e}") from None
     if cfg["compat_policy"] not in ("refuse", "exclude"):
@@ -133,11 +142,22 @@ def _validate(cfg: dict[str, Any]) -> None:
             )
 
 
+def aggregation_options(cfg: Mapping[str, Any]) -> dict[str, float | None]:
+    """The settings of the aggregation rules in ``cfg`` (None = the rule's default)."""
+    keys = ("trim_fraction", *(k for k in FL_DEFAULTS if k.startswith("server_")))
+    return {k: None if cfg.get(k) is None else float(cfg[k]) for k in keys}
+
+
+def aggregator_for(cfg: Mapping[str, Any]) -> Any:
+    """The run's aggregation rule (:func:`pathfl.fl.aggregate.create_aggregator`)."""
+    return create_aggregator(str(cfg["aggregation"]), **aggregation_options(cfg))
+
+
 def strategy_name(cfg: Mapping[str, Any]) -> str:
     """The run's strategy as recorded in ``metrics.json``: the server aggregation (``fedavg``,
-    ``median``, ``trimmed-mean``), with ``fedprox`` for a local objective with ``proximal_mu
-    > 0`` (``fedprox`` alone when the aggregation is the weighted mean, else
-    ``fedprox+median`` / ``fedprox+trimmed-mean``)."""
+    ``median``, ``trimmed-mean``, ``fedadam``, ...), with ``fedprox`` for a local objective
+    with ``proximal_mu > 0`` (``fedprox`` alone when the aggregation is the weighted mean, else
+    ``fedprox+median`` / ``fedprox+fedadam`` ...)."""
     aggregation = str(cfg["aggregation"])
     if float(cfg["proximal_mu"]) <= 0:
         return aggregation

@@ -264,8 +264,9 @@ def handle(
 ) -> dict[str, Any]:
     """The site's answer to one request, as plain Python (the ClientApp turns it into Flower
     records and checks it against the whitelist): ``query`` → info + counts + moments,
-    ``train`` → arrays + metrics, ``evaluate`` → metrics, ``query.linear_cox`` →
-    derivatives + metrics (:mod:`pathfl.fl.fed_linear_cox`)."""
+    ``train`` → arrays + metrics, ``evaluate`` → metrics (+ the Breslow sums of Cox runs,
+    :mod:`pathfl.fl.fed_breslow`), ``query.linear_cox`` → derivatives + metrics
+    (:mod:`pathfl.fl.fed_linear_cox`)."""
     from pathfl.fl.trust.records import LINEAR_COX
 
     data = (cache or SiteCache()).get(node_config, cfg)
@@ -280,10 +281,12 @@ def handle(
         new, metrics = train_round(data, cfg, arrays, round_no=int(cfg["round"]))
         return {"arrays": new, "metrics": metrics}
     if kind == "evaluate":
+        from pathfl.fl.fed_breslow import site_part
+
         model = build_global_model(cfg, data.feature_dim, arrays)
         metrics = evaluate_site(model, data, cfg)
         metrics["num-examples"] = float(len(data.val))
-        return {"metrics": metrics}
+        return {"metrics": metrics, **site_part(model, data, cfg)}
     if kind == LINEAR_COX:
         from pathfl.fl.fed_linear_cox import site_derivatives
 

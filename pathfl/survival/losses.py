@@ -96,19 +96,44 @@ def nll_risk(logits: torch.Tensor) -> torch.Tensor:
 # --- Breslow baseline for Cox survival functions ------------------------------------------------
 
 
+def breslow_sums(
+    risk: np.ndarray, event: np.ndarray, time: np.ndarray, starts: np.ndarray, *, shift: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two sums of the Breslow estimator per cell ``k = [starts[k], starts[k+1])`` (the
+    last cell open to the right; patients with ``time < starts[0]`` are in no cell):
+    ``d_k`` = events in the cell, ``s_k = Σ_{j: time_j ≥ starts[k]} exp(risk_j − shift)`` (the
+    risk set at the cell's start). Both add up over disjoint groups of patients (sites)."""
+    risk, event, time = (np.asarray(a, dtype=float) for a in (risk, event, time))
+    starts = np.asarray(starts, dtype=float)
+    cell = np.searchsorted(starts, time, side="right") - 1
+    inside = cell >= 0
+    cell, risk, event = cell[inside], risk[inside], event[inside]
+    d = np.bincount(cell[event > 0], minlength=len(starts)).astype(float)
+    per_cell = np.bincount(cell, weights=np.exp(risk - shift), minlength=len(starts))
+    return d, np.cumsum(per_cell[::-1])[::-1]
+
+
+def baseline_from_sums(
+    d: np.ndarray, s: np.ndarray, starts: np.ndarray, *, shift: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Breslow cumulative baseline hazard from :func:`breslow_sums`: ``H0`` jumps by
+    ``d_k / s_k`` at ``starts[k]`` for every cell with events. Returns ``(times, H0)``."""
+    d, s, starts = (np.asarray(a, dtype=float) for a in (d, s, starts))
+    keep = d > 0
+    return starts[keep], np.cumsum(d[keep] / s[keep]) * np.exp(-shift)
+
+
 def breslow_baseline(
     risk: np.ndarray, event: np.ndarray, time: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Breslow cumulative baseline hazard ``H0`` at the distinct event times of the training
-    data (``risk`` = log-risk). Returns ``(event_times, H0)``."""
+    data (``risk`` = log-risk): :func:`breslow_sums` with one cell per distinct event time.
+    Returns ``(event_times, H0)``."""
     risk, event, time = (np.asarray(a, dtype=float) for a in (risk, event, time))
-    exp_r = np.exp(risk - risk.max())  # shift for stability; undone below
     uniq = np.unique(time[event > 0])
-    h = np.empty(len(uniq))
-    for i, t in enumerate(uniq):
-        d = float(((time == t) & (event > 0)).sum())
-        h[i] = d / exp_r[time >= t].sum()
-    return uniq, np.cumsum(h) * np.exp(-risk.max())
+    shift = float(risk.max())  # for stability; undone in baseline_from_sums
+    d, s = breslow_sums(risk, event, time, uniq, shift=shift)
+    return baseline_from_sums(d, s, uniq, shift=shift)
 
 
 def cox_survival(

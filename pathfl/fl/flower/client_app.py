@@ -3,8 +3,10 @@
 Handlers: ``query`` (site name, feature fingerprint, patient/event counts, optional event-time
 histogram, moments of the training bags for the federation's scaler), ``train`` (evaluate the
 received global model, train it locally, return weights), ``evaluate`` (metrics of the final
-global model), ``query.linear_cox`` (one Newton step of the federated linear-cox: derivatives
-of the site's Cox partial likelihood at the received β, validation pair counts). Each
+global model; for Cox runs also the Breslow sums of its training part, see
+:mod:`pathfl.fl.fed_breslow`), ``query.linear_cox`` (one Newton step of the federated
+linear-cox: derivatives of the site's Cox partial likelihood at the received β, validation
+pair counts). Each
 train/evaluate/linear_cox request is checked against the site's policy file first (refusal =
 an error reply plus a logged, audited reason); every reply passes
 :func:`pathfl.fl.trust.records.check_reply` before it leaves; the site's own audit log gets
@@ -162,9 +164,13 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     t0 = time.perf_counter()
     cfg, round_no, arrays_in = _accept_round(msg, context)
-    metrics = _compute(records.EVALUATE, context, cfg, arrays_in)["metrics"]
+    result = _compute(records.EVALUATE, context, cfg, arrays_in)
+    metrics = result["metrics"]
     metrics["compute_s"] = time.perf_counter() - t0
-    reply = _reply(msg, records.EVALUATE, RecordDict({"metrics": MetricRecord(metrics)}))
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if result.get("breslow"):  # Cox runs: the Breslow sums on the training part (fed_breslow)
+        content["breslow"] = records.to_named_array_record(result["breslow"])
+    reply = _reply(msg, records.EVALUATE, content)
     _audit(
         context,
         cfg,
@@ -173,5 +179,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         model_in_sha256=hash_arrays(arrays_in),
         n_examples=int(metrics["num-examples"]),
         metrics=metrics,
+        breslow_sums_sent="breslow" in content,
     )
     return reply

@@ -7,8 +7,10 @@ the fixed-length event-time histogram of the ``query`` reply, see docs/federatio
 records other than the model weights of a ``train`` reply must hold exactly named float
 arrays: the ``query`` reply's ``moments`` (sums over the site's training patients, see
 :mod:`pathfl.fl.fed_stats`) and the ``query.linear_cox`` reply's ``derivatives`` (gradient and
-Hessian of the site's Cox partial likelihood, :mod:`pathfl.fl.fed_linear_cox`). No patient ids,
-times, risks or per-patient values can pass.
+Hessian of the site's Cox partial likelihood, :mod:`pathfl.fl.fed_linear_cox`) and the
+final ``evaluate`` reply's ``breslow`` (per-grid-cell event counts and sums of exp(risk) over
+the risk set, :mod:`pathfl.fl.fed_breslow`). No patient ids, times, risks or per-patient values can
+pass.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ TRAIN_KEYS = (
 FINGERPRINT_KEYS = (*FINGERPRINT_FIELDS, "n_files")
 MOMENT_KEYS = frozenset(f"{g}_{s}" for g in ("tile", "cov", "row") for s in ("n", "sum", "sumsq"))
 DERIVATIVE_KEYS = frozenset({"gradient", "hessian"})
+BRESLOW_KEYS = frozenset({"events", "exp_risk_sums"})
 
 # reply whitelists: record name -> (record type, allowed keys or None for arrays)
 REPLY_WHITELIST: dict[str, dict[str, tuple[str, frozenset[str] | None]]] = {
@@ -77,6 +80,7 @@ REPLY_WHITELIST: dict[str, dict[str, tuple[str, frozenset[str] | None]]] = {
             "metric",
             frozenset({"num-examples", "compute_s"} | {f"val_{k}" for k in EVAL_KEYS}),
         ),
+        "breslow": ("array", BRESLOW_KEYS),
     },
     LINEAR_COX: {
         "derivatives": ("array", DERIVATIVE_KEYS),
