@@ -46,3 +46,55 @@ def _members(pgid: int) -> int:
         for line in out.splitlines()
         if line.split()[0] == str(pgid) and line.split()[1][0] not in "ZX"
     )
+
+
+def test_supernode_idle_polls_and_reply_waits_are_capped_separately(monkeypatch) -> None:
+    """Flower's 3 s idle poll is capped at the poll cap, its 0.5 s reply waits at the (shorter)
+    wait cap; a sleep below a cap is left as it is."""
+    from pathfl.fl.flower import fast_supernode
+
+    slept: list[float] = []
+    monkeypatch.setattr(fast_supernode._time, "sleep", slept.append)
+    capped = fast_supernode._CappedTime(0.5, 0.05)
+    for s in (3, 0.5, 0.01):
+        capped.sleep(s)
+    assert slept == [0.5, 0.05, 0.01]
+    assert capped.monotonic is fast_supernode._time.monotonic  # the rest is the time module
+
+
+def test_clientapp_shim_runs_flowers_clientapp_without_the_supernode(tmp_path) -> None:
+    """The ``flwr-clientapp`` the SuperExec finds first on PATH execs fast_clientapp, which
+    reaches Flower's own ``flwr-clientapp`` command (its ``--help``) without importing the
+    SuperNode."""
+    import os
+    import subprocess
+
+    from pathfl.fl.flower import fast_clientapp
+    from pathfl.fl.flower.processes import flower_env
+
+    env = flower_env(None)
+    old_path = os.environ["PATH"]
+    try:
+        assert fast_clientapp.install_shim(tmp_path / "bin")
+        path = os.environ["PATH"]
+    finally:
+        os.environ["PATH"] = old_path
+    assert path.split(os.pathsep)[0] == str((tmp_path / "bin").resolve())
+    check = (
+        "import sys;"
+        "import pathfl.fl.flower.fast_clientapp as f; f._skip_cli_package_init();"
+        "from flwr.supernode.cli.flwr_clientapp import flwr_clientapp;"
+        "print('SUPERNODE', 'flwr.supernode.cli.flower_supernode' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "SUPERNODE False" in out.stdout, out.stderr
+    shim = subprocess.run(
+        ["flwr-clientapp", "--help"],
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shim.returncode == 0 and "Run a Flower ClientApp" in shim.stdout, shim.stderr
