@@ -30,6 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
+from pathfl.fl.flower.lifetime import ENV_PARENT_PID
 from pathfl.fl.flower.simulate import simulate, site_specs
 
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -71,8 +72,9 @@ MODES = {
 
 class ProcTrace:
     """Samples /proc every ``every_s`` in a thread: the lifetime (start from /proc/PID/stat,
-    end = last seen) of every process whose command line names ``flwr-clientapp`` or
-    ``fast_clientapp``: the per-message ClientApp processes."""
+    end = last seen) of every ClientApp process (command line with ``clientapp`` and
+    ``--token``) started below this process (its environment names this process as the pathfl
+    parent: other jobs' federations on the machine do not count)."""
 
     def __init__(self, every_s: float = 0.02) -> None:
         import threading
@@ -82,6 +84,7 @@ class ProcTrace:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._tick = os.sysconf("SC_CLK_TCK")
+        self._tag = f"{ENV_PARENT_PID}={os.getpid()}".encode()
         self._boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
 
     def _run(self) -> None:
@@ -92,6 +95,8 @@ class ProcTrace:
                 try:
                     cmd = (d / "cmdline").read_bytes()
                     if b"clientapp" not in cmd or b"--token" not in cmd:
+                        continue
+                    if self._tag not in (d / "environ").read_bytes().split(b"\0"):
                         continue
                     stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
                 except OSError:
