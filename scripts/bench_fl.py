@@ -2,12 +2,17 @@
 
 For 3 synthetic sites it measures, per round: wall time, the slowest site's ClientApp handler
 time and the engine overhead (= round wall time - slowest handler time: message transport,
-polling, process start-up), plus bytes sent per site per round (model arrays up, global model
-down) — once with Flower's defaults (fresh ``flwr-clientapp`` process per message loading torch
-and the data itself, SuperNode idle poll 3 s, SuperExec task poll 1 s, server pull every 3 s as
-``Grid.send_and_receive`` does) and once with pathfl's settings (long-running site worker,
-SuperNode poll 0.5 s, SuperExec poll 0.2 s, server pull 0.2 s). It also times pooled training on
-the union of the sites' training parts with the same total number of epochs.
+polling, process start-up), the lifetime of the per-message ``flwr-clientapp`` processes (sampled
+from /proc), plus bytes sent per site per round (model arrays up, global model down) — with
+Flower's defaults (fresh ``flwr-clientapp`` process per message loading torch and the data
+itself, SuperNode idle poll 3 s, SuperExec task poll 1 s, server pull every 3 s as
+``Grid.send_and_receive`` does), with pathfl's previous settings (long-running site worker,
+SuperNode poll 0.5 s and reply wait 0.5 s, Flower's ``flwr-clientapp`` script, SuperExec poll
+0.2 s, server pull 0.2 s) and with pathfl's settings now (reply wait 0.05 s and the lean
+ClientApp start of ``pathfl.fl.flower.fast_clientapp``). Pooled training on the union of the
+sites' training parts with the same total number of epochs is timed before and after the
+federations (one torch thread, as each site worker); "rounds wall / pooled" is the sum of the
+round wall times (training + the per-round validation) over that.
 
     .venv/bin/python scripts/bench_fl.py --out bench_out/fl [--rounds 3] [--patients 120]
 
@@ -25,6 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
+from pathfl.fl.flower.lifetime import ENV_PARENT_PID
 from pathfl.fl.flower.simulate import simulate, site_specs
 
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -46,20 +52,86 @@ def make_sites(root: Path, *, n_patients: int, n_sites: int = 3) -> list[Path]:
     return split_into_sites(cohort, root, [f"site_{k}" for k in range(n_sites)])
 
 
-def run_mode(name: str, dirs: list[Path], cfg: dict, out: Path, *, tuned: bool) -> dict:
-    env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2" if tuned else "1.0"}
-    cfg = {**cfg, "poll_interval_s": 0.2 if tuned else 3.0}
+# mode -> (environment, server pull interval s, site worker, pathfl's SuperNode entry point)
+MODES = {
+    "flower-defaults": ({"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}, 3.0, False, False),
+    # pathfl before the lean ClientApp start and the short SuperNode reply wait (2026-12-01)
+    "pathfl-previous": (
+        {
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
+            "PATHFL_SUPERNODE_WAIT_S": "0.5",
+            "PATHFL_FULL_CLIENTAPP": "1",
+        },
+        0.2,
+        True,
+        True,
+    ),
+    "pathfl": ({}, 0.2, True, True),
+}
+
+
+class ProcTrace:
+    """Samples /proc every ``every_s`` in a thread: the lifetime (start from /proc/PID/stat,
+    end = last seen) of every ClientApp process (command line with ``clientapp`` and
+    ``--token``) started below this process (its environment names this process as the pathfl
+    parent: other jobs' federations on the machine do not count)."""
+
+    def __init__(self, every_s: float = 0.02) -> None:
+        import threading
+
+        self.every_s = every_s
+        self.seen: dict[int, list[float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._tag = f"{ENV_PARENT_PID}={os.getpid()}".encode()
+        self._boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for d in Path("/proc").iterdir():
+                if not d.name.isdigit():
+                    continue
+                try:
+                    cmd = (d / "cmdline").read_bytes()
+                    if b"clientapp" not in cmd or b"--token" not in cmd:
+                        continue
+                    if self._tag not in (d / "environ").read_bytes().split(b"\0"):
+                        continue
+                    stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                start = self._boot + int(stat[19]) / self._tick
+                self.seen.setdefault(int(d.name), [start, start])[1] = time.time()
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> ProcTrace:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def lifetimes(self) -> list[float]:
+        return [end - start for start, end in self.seen.values()]
+
+
+def run_mode(name: str, dirs: list[Path], cfg: dict, out: Path) -> dict:
+    env, pull_s, worker, fast = MODES[name]
+    cfg = {**cfg, "poll_interval_s": pull_s}
     t0 = time.perf_counter()
-    summary = simulate(
-        site_specs(dirs),
-        cfg,
-        out / name,
-        tls=True,
-        baselines=False,
-        env_extra=env,
-        use_worker=tuned,
-        fast_poll=tuned,
-    )
+    with ProcTrace() as trace:
+        summary = simulate(
+            site_specs(dirs),
+            cfg,
+            out / name,
+            tls=True,
+            baselines=False,
+            env_extra=env,
+            use_worker=worker,
+            fast_poll=fast,
+        )
     total = time.perf_counter() - t0
     rows = [json.loads(x) for x in (out / name / "rounds.jsonl").read_text().splitlines()]
     per_round = [
@@ -74,13 +146,18 @@ def run_mode(name: str, dirs: list[Path], cfg: dict, out: Path, *, tuned: bool) 
         for r in rows
     ]
     later = per_round[1:] or per_round  # round 1 includes loading data and first imports
+    lives = trace.lifetimes()
     return {
         "mode": name,
         "total_s": total,
         "federated_c_index": summary["federated_c_index"],
         "rounds": per_round,
+        "sum_round_wall_s": sum(r["wall_s"] for r in per_round),
         "median_round_wall_s": statistics.median(r["wall_s"] for r in later),
         "median_overhead_s": statistics.median(r["overhead_s"] for r in later),
+        "median_handler_s": statistics.median(r["slowest_handler_s"] for r in later),
+        "clientapp_processes": len(lives),
+        "median_clientapp_process_s": statistics.median(lives) if lives else None,
     }
 
 
@@ -97,6 +174,10 @@ def pooled_time(dirs: list[Path], cfg: dict) -> float:
     bags = [b for s in sites for b in s.train]
     bins = fit_time_bins([b.time for b in bags], [b.event for b in bags], n_bins=4)
     model = build_model(train_config(full), feature_dim=sites[0].feature_dim)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every site worker (OMP_NUM_THREADS=1): same compute per step
     t0 = time.perf_counter()
     train_local(
         model,
@@ -106,7 +187,9 @@ def pooled_time(dirs: list[Path], cfg: dict) -> float:
         time_bins=np.asarray(bins),
         seed=0,
     )
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    torch.set_num_threads(threads)
+    return seconds
 
 
 def main() -> None:
@@ -115,7 +198,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--local-epochs", type=int, default=1)
     ap.add_argument("--patients", type=int, default=120)
-    ap.add_argument("--modes", default="flower-defaults,pathfl")
+    ap.add_argument("--modes", default="flower-defaults,pathfl-previous,pathfl")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     dirs = make_sites(args.out / "data", n_patients=args.patients)
@@ -127,11 +210,17 @@ def main() -> None:
         "min_sites": 3,
         "round_timeout_s": 900,
         "connect_timeout_s": 300,
+        "linear_cox": False,  # after the rounds: not part of the per-round figures
     }
     result = {"load_avg_start": os.getloadavg(), "cpus": os.cpu_count(), "config": cfg, "modes": []}
+    pooled = [pooled_time(dirs, cfg)]  # before and after the federations: load drifts
     for mode in args.modes.split(","):
-        result["modes"].append(run_mode(mode, dirs, cfg, args.out, tuned=(mode == "pathfl")))
-    result["pooled_train_s_same_epochs"] = pooled_time(dirs, cfg)
+        result["modes"].append(run_mode(mode, dirs, cfg, args.out))
+    pooled.append(pooled_time(dirs, cfg))
+    result["pooled_train_s_same_epochs"] = statistics.mean(pooled)
+    result["pooled_train_s_runs"] = pooled
+    for m in result["modes"]:
+        m["federated_over_pooled"] = m["sum_round_wall_s"] / result["pooled_train_s_same_epochs"]
     result["load_avg_end"] = os.getloadavg()
     (args.out / "bench_fl.json").write_text(json.dumps(result, indent=2))
     print(
@@ -139,20 +228,25 @@ def main() -> None:
         f"{result['cpus']} CPUs"
     )
     print(
-        "| mode | total s | median round s (rounds 2..) | median engine overhead s | "
-        "bytes up/site/round | bytes down/site/round | fed. C-index |"
+        "| mode | total s | rounds wall s | rounds wall / pooled | median round s (rounds 2..) "
+        "| median engine overhead s | median slowest handler s | median ClientApp process s "
+        "| bytes up/site/round | bytes down/site/round | fed. C-index |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m in result["modes"]:
         up = next(iter(m["rounds"][0]["bytes_up_per_site"].values()))
+        life = m["median_clientapp_process_s"]
         print(
-            f"| {m['mode']} | {m['total_s']:.1f} | {m['median_round_wall_s']:.1f} | "
-            f"{m['median_overhead_s']:.1f} | {up} | {m['rounds'][0]['bytes_down_per_site']} | "
-            f"{m['federated_c_index']:.3f} |"
+            f"| {m['mode']} | {m['total_s']:.1f} | {m['sum_round_wall_s']:.1f} | "
+            f"{m['federated_over_pooled']:.1f}x | {m['median_round_wall_s']:.1f} | "
+            f"{m['median_overhead_s']:.1f} | {m['median_handler_s']:.2f} | "
+            f"{life if life is None else round(life, 1)} ({m['clientapp_processes']}) | "
+            f"{up} | {m['rounds'][0]['bytes_down_per_site']} | {m['federated_c_index']:.3f} |"
         )
     print(
         f"pooled training, same total epochs ({args.rounds * args.local_epochs}): "
-        f"{result['pooled_train_s_same_epochs']:.1f} s"
+        f"{result['pooled_train_s_same_epochs']:.2f} s (one torch thread, as each site worker; "
+        f"runs before/after: {', '.join(f'{x:.2f}' for x in pooled)})"
     )
 
 

@@ -56,6 +56,9 @@ FL_CFG = {
     "dropout": 0.0,
     "val_folds": 3,
     "min_sites": 3,
+    # the federated Newton fit (one message per site per iteration) and its equality with the
+    # pooled fit are tested in tests/test_fl_linear_cox_e2e.py; here it would only repeat them
+    "linear_cox": False,
     "round_timeout_s": 240,
     "connect_timeout_s": 180,
     "seed": 1,

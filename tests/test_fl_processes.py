@@ -46,3 +46,48 @@ def _members(pgid: int) -> int:
         for line in out.splitlines()
         if line.split()[0] == str(pgid) and line.split()[1][0] not in "ZX"
     )
+
+
+def test_supernode_idle_polls_and_reply_waits_are_capped_separately(monkeypatch) -> None:
+    """Flower's 3 s idle poll is capped at the poll cap, its 0.5 s reply waits at the (shorter)
+    wait cap; a sleep below a cap is left as it is."""
+    from pathfl.fl.flower import fast_supernode
+
+    slept: list[float] = []
+    monkeypatch.setattr(fast_supernode._time, "sleep", slept.append)
+    capped = fast_supernode._CappedTime(0.5, 0.05)
+    for s in (3, 0.5, 0.01):
+        capped.sleep(s)
+    assert slept == [0.5, 0.05, 0.01]
+    assert capped.monotonic is fast_supernode._time.monotonic  # the rest is the time module
+
+
+def test_clientapp_shim_runs_flowers_clientapp_without_the_supernode(tmp_path) -> None:
+    """The ``flwr-clientapp`` the SuperExec finds first on PATH execs fast_clientapp, which
+    reaches Flower's own ``flwr-clientapp`` command (its ``--help``) without importing the
+    SuperNode."""
+    import os
+    import subprocess
+
+    from pathfl.fl.flower import fast_clientapp
+    from pathfl.fl.flower.processes import flower_env
+
+    env = flower_env(None)
+    old_path = os.environ["PATH"]
+    try:
+        assert fast_clientapp.install_shim(tmp_path / "bin")
+        path = os.environ["PATH"]
+    finally:
+        os.environ["PATH"] = old_path
+    assert path.split(os.pathsep)[0] == str((tmp_path / "bin").resolve())
+    shim = subprocess.run(
+        ["flwr-clientapp", "--help"],
+        env={**env, "PATH": path, "PYTHONPROFILEIMPORTTIME": "1"},  # imports listed on stderr
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    imported = {line.rsplit("|", 1)[-1].strip() for line in shim.stderr.splitlines()}
+    assert "flwr.supernode.cli.flwr_clientapp" in imported, shim.stderr[-2000:]
+    assert "flwr.supernode.cli.flower_supernode" not in imported
+    assert shim.returncode == 0 and "Run a Flower ClientApp" in shim.stdout, shim.stderr
