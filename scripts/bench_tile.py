@@ -30,12 +30,16 @@ REPO = Path(__file__).resolve().parents[1]
 CMU = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 
 
-def ensure_big_slide(cache: Path, size: int, workers: int) -> tuple[Path, float | None]:
-    """The generated slide (cached); returns (path, seconds spent generating or None)."""
+def ensure_big_slide(
+    cache: Path, size: int, workers: int, *, tissue_bias: float = 0.0
+) -> tuple[Path, float | None]:
+    """The generated slide (cached); returns (path, seconds spent generating or None).
+    ``tissue_bias`` > 0 makes less tissue (0.25: ~3 % of the area)."""
     sys.path.insert(0, str(REPO / "tests"))
     from slides import write_procedural_tiff
 
-    path = cache / f"synthetic_{size}x{size}_0.25mpp.tif"
+    sparse = f"_bias{tissue_bias:g}" if tissue_bias else ""
+    path = cache / f"synthetic_{size}x{size}_0.25mpp{sparse}.tif"
     if path.is_file():
         return path, None
     cache.mkdir(parents=True, exist_ok=True)
@@ -44,7 +48,9 @@ def ensure_big_slide(cache: Path, size: int, workers: int) -> tuple[Path, float 
     while size // 2**levels >= 1024 and levels < 8:
         levels += 1
     t0 = time.perf_counter()
-    write_procedural_tiff(tmp, size, size, mpp=0.25, levels=levels, workers=workers)
+    write_procedural_tiff(
+        tmp, size, size, mpp=0.25, levels=levels, workers=workers, tissue_bias=tissue_bias
+    )
     os.replace(tmp, path)
     return path, time.perf_counter() - t0
 
