@@ -262,8 +262,10 @@ def table(results: dict, slides: dict) -> list[str]:
     for name in slides:
         header += [f"(b) e2e {name}", "b/a"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    cpu = ["| encoder | precision | mode | tiles/s | user s | sys s | peak RSS MiB |"]
-    cpu.append("|---|---|---|---:|---:|---:|---:|")
+    cpu = [
+        "| encoder | precision | mode | tiles/s | tiles per CPU s | user s | sys s | peak RSS MiB |"
+    ]
+    cpu.append("|---|---|---|---:|---:|---:|---:|---:|")
     for (enc, prec), m in results.items():
         a0, a = m["forward-untuned"]["rate"], m["forward-tuned"]["rate"]
         cells = [enc, prec, f"{a0:,.1f}", f"{a:,.1f}", f"{a / a0:.2f}"]
@@ -272,8 +274,9 @@ def table(results: dict, slides: dict) -> list[str]:
             cells += [f"{b['rate']:,.1f} ({b['n']:.0f} tiles)", f"{b['rate'] / a:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
         for label, f in m.items():
+            per_cpu = f["n"] / max(1e-9, f["user"] + f["sys"])
             cpu.append(
-                f"| {enc} | {prec} | {label} | {f['rate']:,.1f} | {f['user']:.2f} "
+                f"| {enc} | {prec} | {label} | {f['rate']:,.1f} | {per_cpu:,.1f} | {f['user']:.2f} "
                 f"| {f['sys']:.2f} | {f['rss_mib']:.0f} |"
             )
     return [*lines, "", *cpu]
@@ -324,7 +327,10 @@ def main() -> None:
         f"torch {torch.__version__}"
     )
     print("tiles/s; (r) read-only loader: " + ", ".join(f"{k} {v:,.0f}" for k, v in reads.items()))
-    print("user/sys: CPU seconds of the encoder process during the measurement (not workers).")
+    print(
+        "user/sys: CPU seconds of the encoder process during the measurement (not workers); "
+        "tiles per CPU s = tiles / (user + sys), the load-independent view of a/a0."
+    )
     for note in notes:
         print(f"note: {note}")
     print()
