@@ -152,9 +152,29 @@ def detect_tissue_saturation(s: Saturation, params: TissueParams, *, mpp: float)
         # closing a 0/1 image gives a 0/1 image: viewed as bool without a copy
         mask = cv2.morphologyEx(mask.view(np.uint8), cv2.MORPH_CLOSE, kernel).view(bool)
     px_area = mpp * mpp
-    mask = _remove_small(mask, round(params.min_object_um2 / px_area))
-    mask = _fill_small_holes(mask, round(params.max_hole_um2 / px_area))
+    mask = _clean_within_bbox(
+        mask,
+        min_px=round(params.min_object_um2 / px_area),
+        max_hole_px=round(params.max_hole_um2 / px_area),
+    )
     return TissueMask(mask=mask, scale_x=1.0, scale_y=1.0, threshold=thr / 255)
+
+
+def _clean_within_bbox(mask: np.ndarray, *, min_px: int, max_hole_px: int) -> np.ndarray:
+    """Small-object removal and hole filling on the tissue's bounding box plus a 1-px margin
+    only (the result is the same as on the whole mask: every tissue piece lies inside, and a
+    background piece touching the box's edge reaches the slide's border through the glass
+    around the box); on a slide with little tissue the connected-component passes shrink."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
+        return mask
+    y0, y1 = max(0, rows[0] - 1), min(mask.shape[0], rows[-1] + 2)
+    x0, x1 = max(0, cols[0] - 1), min(mask.shape[1], cols[-1] + 2)
+    box = np.ascontiguousarray(mask[y0:y1, x0:x1])
+    box = _fill_small_holes(_remove_small(box, min_px), max_hole_px)
+    mask[:] = False
+    mask[y0:y1, x0:x1] = box
+    return mask
 
 
 def detect_tissue_rgb(rgb: np.ndarray, params: TissueParams, *, mpp: float) -> TissueMask:
