@@ -91,3 +91,18 @@ def test_cmu_coords_bit_identical_to_float64_implementation(cmu_slide, tmp_path)
     assert hashlib.sha256(c.tobytes()).hexdigest() == CMU_COORDS_SHA
     f32 = np.ascontiguousarray(frac, dtype="<f4")
     assert hashlib.sha256(f32.tobytes()).hexdigest() == CMU_FRAC_SHA
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cleaning_on_the_tissue_bounding_box_equals_whole_mask(seed):
+    from pathfl.tiling.tissue import _clean_within_bbox, _fill_small_holes, _remove_small
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((120, 150), dtype=bool)
+    y, x = rng.integers(0, 60), rng.integers(0, 80)
+    mask[y : y + 55, x : x + 65] = rng.random((55, 65)) < 0.7  # specks, pieces and holes
+    if seed == 2:
+        mask[:, 0] = True  # tissue on the slide's border: no margin on that side
+    whole = _fill_small_holes(_remove_small(mask.copy(), 6), 9)
+    assert np.array_equal(_clean_within_bbox(mask.copy(), min_px=6, max_hole_px=9), whole)
+    assert not np.array_equal(whole, mask)  # the cleaning did something
