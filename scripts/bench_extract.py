@@ -1,7 +1,11 @@
-"""Benchmark `pathfl extract`: (a) encoder forward tiles/s on in-memory uint8 tensors,
-(b) end-to-end tiles/s (read + decode + resize + forward + HDF5 write) on the CMU slide and on a
-generated larger slide, (c) b/a, plus (r) read-only tiles/s of the tile loader (what bounds b
-when compute is fast). Prints a markdown table.
+"""Benchmark `pathfl extract`: (a) encoder forward tiles/s on in-memory uint8 tensors, with
+glibc's default malloc (a0, "untuned") and with pathfl's malloc tuning (a, "tuned",
+pathfl.features.malloc), (b) end-to-end tiles/s (read + decode + resize + forward + HDF5 write,
+the default path, i.e. tuned) on the CMU slide and on a generated larger slide, b/a, plus (r)
+read-only tiles/s of the tile loader (what bounds b when compute is fast). Every figure comes
+from a fresh process (malloc settings are per process), repeated ``--repeats`` times in
+interleaved order (a0, a, b, a0, a, b, ...) so the ratios see the same machine load; the table
+gives medians, the main process's user and sys CPU seconds, and its peak RSS. Prints markdown.
 
     .venv/bin/python scripts/bench_extract.py [--quick] [--device cuda] [--precisions fp32 bf16]
 
@@ -12,8 +16,12 @@ only; the table says so)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +48,15 @@ def parse_args() -> argparse.Namespace:
         help="list the generated slide N times (longer e2e runs for fast GPUs)",
     )
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
+    p.add_argument("--repeats", type=int, default=0, help="interleaved repeats (0: 3, quick 2)")
+    p.add_argument(
+        "--e2e-untuned",
+        action="store_true",
+        help="also end-to-end with PATHFL_MALLOC_TUNING=0 (its speed and peak RSS)",
+    )
+    p.add_argument("--n-batches", type=int, default=0, help="forward batches (0: 10, quick 2)")
+    p.add_argument("--weights", default="", help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # child: MODE ENC PREC [TILES]
     return p.parse_args()
 
 
@@ -147,83 +164,177 @@ def read_only_rate(tiles: Path, *, batch_size: int, workers: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    args = parse_args()
-    sys.path.insert(0, str(REPO))
+def encoder_weights(encoders: list[str], work: Path, notes: list[str]) -> dict[str, Path | None]:
+    """Weights per encoder: packaged/cached ones (None), or random ResNet50 ones (timing only)."""
+    import torch
+
+    from pathfl.features.weights import cached_resnet50
+
+    weights: dict[str, Path | None] = {}
+    if "resnet50-trunc" in encoders and cached_resnet50() is None:
+        import torchvision
+
+        rnd = work / "resnet50-random.pth"
+        torch.save(torchvision.models.resnet50().state_dict(), rnd)
+        weights["resnet50-trunc"] = rnd
+        notes.append("resnet50-trunc: RANDOM weights (no ImageNet file here) — timing only")
+    return weights
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measurement in this fresh process; prints JSON (rate, n, user/sys s, peak RSS)."""
     import torch
 
     from pathfl.features.encoders import create_encoder
     from pathfl.features.inference import InferenceRunner
+    from pathfl.features.malloc import tune_malloc
     from pathfl.features.options import ExtractOptions
-    from pathfl.features.pipeline import default_workers
-    from pathfl.features.weights import cached_resnet50
 
+    mode, enc_name, precision, *rest = args.one
+    weights = Path(args.weights) if args.weights else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    workers = default_workers() if args.workers < 0 else args.workers
-    large_px = args.large_px or (4096 if args.quick else 16384)
-    n_batches = 2 if args.quick else 10
-    tmp = tempfile.TemporaryDirectory(prefix="bench_extract_")
-    work = args.work or Path(tmp.name)
-    work.mkdir(parents=True, exist_ok=True)
-    notes = []
-    weights: dict[str, Path | None] = {"mobilenet-v2": None}
-    if "resnet50-trunc" in args.encoders:
-        if cached_resnet50() is None:
-            import torchvision
+    c0, n = os.times(), 0
+    if mode.startswith("forward"):
+        applied = tune_malloc(enabled=mode == "forward-tuned")
+        runner = InferenceRunner(
+            create_encoder(enc_name, weights=weights), device=args.device, precision=precision
+        )
+        c0 = os.times()
+        rate = forward_rate(
+            runner, batch_size=args.batch_size, n_batches=args.n_batches, device=args.device
+        )
+        n = args.batch_size * args.n_batches
+    else:  # e2e: extract() tunes malloc itself unless PATHFL_MALLOC_TUNING=0
+        opts = ExtractOptions(
+            encoder=enc_name,
+            weights=weights,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision=precision,
+            workers=args.workers,
+            threads=args.threads or None,
+        )
+        rate, n = end_to_end(Path(rest[0]), Path(rest[1]), opts)
+        applied = tune_malloc(enabled=None)
+    c1 = os.times()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    fig = {"rate": rate, "n": n, "user": c1.user - c0.user, "sys": c1.system - c0.system}
+    print(json.dumps({**fig, "rss_mib": rss, "tuned": bool(applied)}))
 
-            rnd = work / "resnet50-random.pth"
-            torch.save(torchvision.models.resnet50().state_dict(), rnd)
-            weights["resnet50-trunc"] = rnd
-            notes.append("resnet50-trunc: RANDOM weights (no ImageNet file here) — timing only")
-        else:
-            weights["resnet50-trunc"] = None
-    slides = make_tiles(work, large_px, args.copies)
-    reads = {
-        name: read_only_rate(t, batch_size=args.batch_size, workers=workers)
-        for name, t in slides.items()
+
+def run_child(cmd: list[str], env: dict[str, str]) -> dict:
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    try:
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise RuntimeError(f"{cmd[3:]} failed: {res.stderr.strip()[-800:]}") from None
+
+
+def measure(args, enc: str, precision: str, weights: Path | None, slides: dict, work: Path):
+    """Interleaved repeats of every mode for one (encoder, precision); medians per mode."""
+    base = [sys.executable, __file__, "--batch-size", str(args.batch_size)]
+    base += ["--device", args.device, "--threads", str(args.threads), "--workers"]
+    base += [str(args.workers), "--n-batches", str(args.n_batches)]
+    base += ["--weights", str(weights) if weights else ""]
+    modes = [("forward-untuned", None, "0"), ("forward-tuned", None, "1")]
+    for name, tiles in slides.items():
+        modes.append((f"e2e {name}", tiles, "1"))
+        if args.e2e_untuned:
+            modes.append((f"e2e-untuned {name}", tiles, "0"))
+    got: dict[str, list[dict]] = {m[0]: [] for m in modes}
+    for rep in range(args.repeats):
+        for label, tiles, tuning in modes:
+            cmd = [*base, "--one", label.split()[0], enc, precision]
+            if tiles is not None:
+                cmd += [str(tiles), str(work / f"out_{rep}")]
+            env = {**os.environ, "PATHFL_MALLOC_TUNING": tuning, "PYTHONPATH": str(REPO)}
+            got[label].append(run_child(cmd, env))
+            print(f"  {enc}/{precision} rep {rep}: {label} {got[label][-1]}", file=sys.stderr)
+    return {
+        label: {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "tuned"}
+        for label, runs in got.items()
     }
-    header = ["encoder", "precision", "(a) forward"]
+
+
+def table(results: dict, slides: dict) -> list[str]:
+    header = ["encoder", "precision", "(a0) forward untuned", "(a) forward tuned", "a/a0"]
     for name in slides:
         header += [f"(b) e2e {name}", "b/a"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for enc_name in args.encoders:
-        encoder = create_encoder(enc_name, weights=weights.get(enc_name))
-        for precision in args.precisions:
-            runner = InferenceRunner(encoder, device=args.device, precision=precision)
-            a = forward_rate(
-                runner, batch_size=args.batch_size, n_batches=n_batches, device=args.device
+    cpu = [
+        "| encoder | precision | mode | tiles/s | tiles per CPU s | user s | sys s | peak RSS MiB |"
+    ]
+    cpu.append("|---|---|---|---:|---:|---:|---:|---:|")
+    for (enc, prec), m in results.items():
+        a0, a = m["forward-untuned"]["rate"], m["forward-tuned"]["rate"]
+        cells = [enc, prec, f"{a0:,.1f}", f"{a:,.1f}", f"{a / a0:.2f}"]
+        for name in slides:
+            b = m[f"e2e {name}"]
+            cells += [f"{b['rate']:,.1f} ({b['n']:.0f} tiles)", f"{b['rate'] / a:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+        for label, f in m.items():
+            per_cpu = f["n"] / max(1e-9, f["user"] + f["sys"])
+            cpu.append(
+                f"| {enc} | {prec} | {label} | {f['rate']:,.1f} | {per_cpu:,.1f} | {f['user']:.2f} "
+                f"| {f['sys']:.2f} | {f['rss_mib']:.0f} |"
             )
-            cells = [enc_name, precision, f"{a:,.1f}"]
-            for tiles in slides.values():
-                opts = ExtractOptions(
-                    encoder=enc_name,
-                    weights=weights.get(enc_name),
-                    batch_size=args.batch_size,
-                    device=args.device,
-                    precision=precision,
-                    workers=workers,
-                    threads=args.threads or None,
-                )
-                b, n = end_to_end(tiles, work / "out", opts)
-                cells += [f"{b:,.1f} ({n} tiles)", f"{b / a:.2f}"]
-            lines.append("| " + " | ".join(cells) + " |")
-            print(lines[-1], flush=True)
-    print()
+    return [*lines, "", *cpu]
+
+
+def main() -> None:
+    args = parse_args()
+    sys.path.insert(0, str(REPO))
+    args.n_batches = args.n_batches or (2 if args.quick else 10)
+    if args.one:
+        child(args)
+        return
+    import torch
+
+    from pathfl.features.pipeline import default_workers
+
+    args.workers = default_workers() if args.workers < 0 else args.workers
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    large_px = args.large_px or (4096 if args.quick else 16384)
+    tmp = tempfile.TemporaryDirectory(prefix="bench_extract_")
+    work = args.work or Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    weights = encoder_weights(args.encoders, work, notes)
+    load0 = os.getloadavg()
+    slides = make_tiles(work, large_px, args.copies)
+    reads = {
+        name: read_only_rate(t, batch_size=args.batch_size, workers=args.workers)
+        for name, t in slides.items()
+    }
+    results = {}
+    for enc_name in args.encoders:
+        for precision in args.precisions:
+            results[enc_name, precision] = measure(
+                args, enc_name, precision, weights.get(enc_name), slides, work
+            )
     if args.device.startswith("cuda"):
         hw = torch.cuda.get_device_name()
     else:
         hw = f"{os.cpu_count()} CPU cores"
+    load = (
+        "/".join(f"{x:.1f}" for x in load0) + " → " + "/".join(f"{x:.1f}" for x in os.getloadavg())
+    )
     print(
-        f"device={args.device} ({hw}), "
-        f"torch threads={torch.get_num_threads()}, loader workers={workers}, "
-        f"batch={args.batch_size}, torch {torch.__version__}"
+        f"device={args.device} ({hw}), torch threads={args.threads or torch.get_num_threads()}, "
+        f"loader workers={args.workers}, batch={args.batch_size}, {args.n_batches} forward "
+        f"batches, medians of {args.repeats} interleaved repeats, load average {load}, "
+        f"torch {torch.__version__}"
     )
     print("tiles/s; (r) read-only loader: " + ", ".join(f"{k} {v:,.0f}" for k, v in reads.items()))
+    print(
+        "user/sys: CPU seconds of the encoder process during the measurement (not workers); "
+        "tiles per CPU s = tiles / (user + sys), the load-independent view of a/a0."
+    )
     for note in notes:
         print(f"note: {note}")
     print()
-    print("\n".join(lines))
+    print("\n".join(table(results, slides)))
     tmp.cleanup()
 
 

@@ -86,8 +86,10 @@ class TissueField:
         *,
         nucleus_px: float = 7.0,
         pen: bool = False,
+        tissue_bias: float = 0.0,
     ) -> None:
         self.height, self.width, self.seed = int(height), int(width), int(seed)
+        self.tissue_bias = tissue_bias  # > 0: less tissue (0.25: ~3 % of the area)
         self.nucleus_px = nucleus_px
         self.pen = pen
         self._blob_cell = max(self.height, self.width) / 5.0
@@ -100,7 +102,7 @@ class TissueField:
         # fade towards the borders so tissue sits on a glass margin
         cy, cx = (ys / self.height - 0.5) * 2, (xs / self.width - 0.5) * 2
         r = np.maximum(np.abs(cy)[:, None], np.abs(cx)[None, :])
-        return n - 0.42 - 0.45 * np.clip(r - 0.55, 0, None) / 0.45
+        return n - 0.42 - self.tissue_bias - 0.45 * np.clip(r - 0.55, 0, None) / 0.45
 
     def render(
         self, y0: int, x0: int, height: int, width: int, downsample: float = 1.0
@@ -403,6 +405,7 @@ def write_procedural_tiff(
     tile: int = 256,
     seed: int = 0,
     workers: int = 1,
+    tissue_bias: float = 0.0,
 ) -> Path:
     """Large pyramidal JPEG-tiled TIFF rendered tile by tile (memory stays ~ a few rows of
     tiles); ``workers`` processes render rows in parallel. Every level is rendered from the
@@ -410,7 +413,7 @@ def write_procedural_tiff(
     import multiprocessing as mp
 
     path = Path(path)
-    field = TissueField(height, width, seed)
+    field = TissueField(height, width, seed, tissue_bias=tissue_bias)
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
     with contextlib.ExitStack() as stack, tifffile.TiffWriter(path, bigtiff=True) as tw:
         if pool is not None:

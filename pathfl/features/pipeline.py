@@ -32,6 +32,7 @@ from pathfl.features.dataset import (
 )
 from pathfl.features.encoders import Encoder, EncoderSpec, create_encoder
 from pathfl.features.inference import InferenceRunner, PendingFeatures
+from pathfl.features.malloc import tune_malloc
 from pathfl.features.options import ExtractOptions
 from pathfl.features.plan import Plan, make_plan
 from pathfl.features.transform import (
@@ -291,6 +292,7 @@ def extract(
     opts = options or ExtractOptions()
     opts.check()
     tiles_dir, out_dir = Path(tiles_dir), Path(out_dir)
+    tune_malloc()  # before the encoder's buffers exist (PATHFL_MALLOC_TUNING=0 disables it)
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     encoder = create_encoder(opts.encoder, weights=opts.weights, options=opts.encoder_options)

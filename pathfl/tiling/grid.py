@@ -85,15 +85,23 @@ def grid_coords(slide: Slide, plan: ReadPlan) -> np.ndarray:
     return np.stack([gx.ravel(), gy.ravel()], axis=1)
 
 
+def mask_integral(mask: np.ndarray) -> np.ndarray:
+    """Summed-area table of a boolean mask, (h + 1, w + 1) with a zero first row and column:
+    int32 (4 bytes per pixel; the float64 cumsum it replaces needed ~24), int64-exact float64
+    when the mask has 2**31 pixels or more. The counts are exact integers either way."""
+    import cv2
+
+    depth = cv2.CV_32S if mask.size < 2**31 else cv2.CV_64F
+    return cv2.integral(np.ascontiguousarray(mask).view(np.uint8), sdepth=depth)
+
+
 def tissue_fractions(coords: np.ndarray, size_l0: int, tissue: TissueMask) -> np.ndarray:
     """Fraction of each tile's area covered by the tissue mask (box-filtered integral image;
     partial mask pixels are counted in proportion)."""
     if len(coords) == 0:
         return np.zeros(0)
-    m = tissue.mask.astype(np.float64)
-    mh, mw = m.shape
-    integral = np.zeros((mh + 1, mw + 1))
-    integral[1:, 1:] = m.cumsum(0).cumsum(1)
+    integral = mask_integral(tissue.mask)
+    mh, mw = tissue.mask.shape
 
     def area_to(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Tissue area in [0, x) x [0, y) (mask px, fractional) by bilinear integral lookup."""

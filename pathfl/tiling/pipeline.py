@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -43,7 +44,7 @@ from pathfl.tiling.coords import build_attrs
 from pathfl.tiling.grid import grid_coords, plan_read, tissue_fractions
 from pathfl.tiling.params import GridParams, TissueParams
 from pathfl.tiling.qc import draw_qc, tissue_geojson, write_geojson, write_png
-from pathfl.tiling.tissue import detect_tissue, read_overview
+from pathfl.tiling.tissue import Saturation, detect_tissue, overview_saturation, read_overview
 
 logger = logging.getLogger(__name__)
 
@@ -168,23 +169,25 @@ def tile_slide(job: SlideJob, out_dir: str | os.PathLike[str], config: TileConfi
     return result
 
 
-def _overviews(slide: Slide, config: TileConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The QC thumbnail (longer side ``thumbnail_px``) and the tissue-mask image (at
-    ``tissue.mask_mpp``); one slide read when the thumbnail is fine enough for both."""
+def _overviews(slide: Slide, config: TileConfig) -> tuple[np.ndarray, Saturation]:
+    """The QC thumbnail (longer side ``thumbnail_px``) and the saturation of the tissue-mask
+    image (at ``tissue.mask_mpp``; the RGB is freed on return); one slide read when the
+    thumbnail is fine enough for both."""
+    saturation = functools.partial(overview_saturation, remove_pen=config.tissue.remove_pen)
     assert slide.mpp is not None
     w0, h0 = slide.dimensions
     tissue_mpp = max(config.tissue.mask_mpp, slide.mpp)
     thumb_mpp = max(slide.mpp, max(w0, h0) * slide.mpp / config.thumbnail_px)
     thumb = read_overview(slide, thumb_mpp)
     if abs(thumb_mpp - tissue_mpp) / tissue_mpp < 1e-3:
-        return thumb, thumb
+        return thumb, saturation(thumb)
     if thumb_mpp < tissue_mpp:  # the thumbnail is finer: derive the mask image from it
         size = (
             max(1, round(w0 * slide.mpp / tissue_mpp)),
             max(1, round(h0 * slide.mpp / tissue_mpp)),
         )
-        return thumb, cv2.resize(thumb, size, interpolation=cv2.INTER_AREA)
-    return thumb, read_overview(slide, tissue_mpp)
+        return thumb, saturation(cv2.resize(thumb, size, interpolation=cv2.INTER_AREA))
+    return thumb, saturation(read_overview(slide, tissue_mpp))
 
 
 def _tile(job: SlideJob, out_dir: Path, config: TileConfig, fp: str, result: SlideResult) -> None:
@@ -196,8 +199,8 @@ def _tile(job: SlideJob, out_dir: Path, config: TileConfig, fp: str, result: Sli
         result.warnings = list(slide.warnings)
         plan = plan_read(slide, config.grid)
         w0, h0 = slide.dimensions
-        thumb, mask_rgb = _overviews(slide, config)
-        tissue = detect_tissue(slide, config.tissue, overview=mask_rgb)
+        thumb, saturation = _overviews(slide, config)
+        tissue = detect_tissue(slide, config.tissue, saturation=saturation)
         coords = grid_coords(slide, plan)
         frac = tissue_fractions(coords, plan.size_l0, tissue)
         keep = frac >= config.grid.min_tissue_fraction

@@ -11,9 +11,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
-from shapely.geometry import MultiPolygon, Polygon, mapping
-from shapely.validation import make_valid
 
 from pathfl.io import atomic_path
 from pathfl.tiling.tissue import TissueMask
@@ -66,15 +63,24 @@ def draw_qc(
 
 
 def write_png(path: str | os.PathLike[str], rgb: np.ndarray) -> Path:
+    """``rgb`` as a PNG (zlib level 1: the QC picture is written once and read by people; OpenCV's
+    encoder took ~15 % less CPU than Pillow's at the same level and size here)."""
     path = Path(path)
+    ok, png = cv2.imencode(
+        ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
     with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
+        tmp.write_bytes(png.tobytes())
         os.chmod(tmp, 0o644)
     return path
 
 
-def _polygons(geom: Any) -> list[Polygon]:
+def _polygons(geom: Any) -> list[Any]:
     """Flatten (Multi)Polygons out of any geometry (make_valid may return collections)."""
+    from shapely.geometry import Polygon
+
     if isinstance(geom, Polygon):
         return [] if geom.is_empty else [geom]
     return [p for g in getattr(geom, "geoms", []) for p in _polygons(g)]
@@ -85,6 +91,9 @@ def tissue_geojson(
 ) -> dict[str, Any]:
     """FeatureCollection of tissue polygons (with holes) in level-0 pixel coordinates,
     ``objectType: annotation`` and classification "Tissue", as QuPath reads them."""
+    from shapely.geometry import MultiPolygon, Polygon, mapping  # lazy: ~0.1 s to import
+    from shapely.validation import make_valid
+
     tol = simplify_px if simplify_px is not None else 0.5 * max(tissue.scale_x, tissue.scale_y)
     features = []
     for i, rings in enumerate(tissue.polygons_level0()):
