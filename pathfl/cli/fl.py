@@ -268,6 +268,10 @@ def run_cmd(
         budget = timeout_s or run_timeout_s(run.config)
         result = follow_run(home, run_id, out, timeout_s=budget)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "log_tail"}, indent=2))
+    from pathfl.fl.report import write_run_report
+
+    if (report := write_run_report(out)) is not None:
+        typer.echo(f"report: {report}")
     if result.get("state") != "completed":
         raise typer.Exit(1)
 
@@ -304,6 +308,8 @@ def simulate_cmd(
     typer.echo(f"federated C-index (within-site pairs): {summary['federated_c_index']:.4f}")
     if "table" in summary:
         typer.echo(summary["table"])
+    if summary.get("report"):
+        typer.echo(f"report: {summary['report']}")
 
 
 def register(app: typer.Typer) -> None:

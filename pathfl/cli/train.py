@@ -133,7 +133,12 @@ def _train(ctx: typer.Context, config: Path | None) -> None:
     with atomic_dir(out) as tmp:
         metrics = _cross_validate(bags, cfg, tmp)
         metrics = rebase_run_paths(tmp, final=out.absolute()) or metrics
+        from pathfl.report.sections import write_report_safely
+
+        report = write_report_safely("train", tmp, name=out.name)
     _print_summary(metrics, out)
+    if report is not None:
+        typer.echo(f"report: {out / report.name}")
 
 
 def _cross_validate(bags: list[Any], cfg: Any, run_dir: Path) -> dict[str, Any]:

@@ -79,4 +79,10 @@ def write_report(state: Any) -> Path:
     parts.append(sec.reproduce_section(state))
     path = c.out / "report.md"
     write_text_atomic(path, "\n".join(p for p in parts if p))
+    from pathfl.report.sections import markdown_report
+
+    try:  # the same report, self-contained (pictures embedded) for a browser
+        markdown_report(path, title="pathfl demo report")
+    except Exception as e:  # report.md is written; the HTML is a convenience
+        log.warning("report.html not written: %s", e)
     return path

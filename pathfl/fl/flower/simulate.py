@@ -110,4 +110,7 @@ def simulate(
         table = write_comparison(out / "comparison.csv", comparison_rows(metrics, base))
         (out / "comparison.md").write_text(table)
         summary.update(baselines=base, table=table)
+    from pathfl.fl.report import write_run_report
+
+    summary["report"] = str(write_run_report(out) or "")
     return summary
