@@ -87,6 +87,7 @@ def test_train_predict_heatmap(cohort) -> None:
     with open(out_csv) as f:
         pred = list(csv.DictReader(f))
     assert [p["patient_id"] for p in pred] == ["P0000_S0", "P0001_S0"]
+    assert list(pred[0]) == ["patient_id", "risk", "time", "event"]  # no empty fold column
     assert all(float(p["risk"]) == float(p["risk"]) for p in pred)  # finite numbers
 
     no_outcome = root / "new_patients.csv"

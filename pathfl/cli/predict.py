@@ -41,7 +41,7 @@ def predict(
     run, features, out = Path(v["run"]), Path(v["features"]), Path(v["out"])
     clinical = None if v["clinical"] is None else Path(v["clinical"])
     p, has_outcome = _predict(run, features, clinical=clinical, slides=split_list(v["slides"]))
-    from pathfl.survival.run import write_predictions
+    from pathfl.survival.run import PREDICT_COLUMNS, write_predictions
 
     rows = [
         {
@@ -49,11 +49,10 @@ def predict(
             "risk": float(r),
             "time": float(t) if has_outcome else "",
             "event": int(e) if has_outcome else "",
-            "fold": "",
         }
         for pid, r, t, e in zip(p.patient_ids, p.risk, p.time, p.event, strict=True)
     ]
-    write_predictions(out, rows)
+    write_predictions(out, rows, columns=PREDICT_COLUMNS)  # no fold: these are new patients
     typer.echo(f"wrote {len(rows)} risks to {out}")
     if has_outcome and len(rows) > 1:
         from pathfl.survival.metrics import harrell_c
