@@ -280,16 +280,28 @@ def _comparison(page: Page, path: Path) -> None:
 
 
 def markdown_report(
-    md_path: str | os.PathLike[str], *, title: str, out: str | os.PathLike[str] | None = None
+    md_path: str | os.PathLike[str],
+    *,
+    title: str,
+    out: str | os.PathLike[str] | None = None,
+    fingerprints: Mapping[str, Mapping[str, Any]] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> Path:
     """``report.md`` (images relative to its folder) → a self-contained ``report.html``
-    beside it (or at ``out``); the Markdown's own ``# title`` line is replaced by ``title``."""
+    beside it (or at ``out``); the Markdown's own ``# title`` line is replaced by ``title``.
+    ``fingerprints`` (source → fingerprint dict) and ``config`` are added as sections."""
     md_path = Path(md_path)
     lines = md_path.read_text().splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
     page = Page(title, subtitle=f"pathfl {__version__}")
     page.raw(markdown.to_html("\n".join(lines), base=md_path.parent))
+    if fingerprints:
+        page.heading("Features of each site (fingerprints)")
+        page.table(fingerprint_rows(fingerprints))
+    if config:
+        page.heading("Configuration")
+        page.json_block(dict(config), summary="configuration of this run")
     return page.write(Path(out) if out else md_path.with_suffix(".html"))
 
 
