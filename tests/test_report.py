@@ -106,7 +106,11 @@ def train_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     args += ["--hidden-dim", "16", "--threads", "1"]
     r = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert f"report: {run / 'report.html'}" in " ".join(r.output.split())
+    text = " ".join(r.output.split())
+    assert f"report: {run / 'report.html'}" in text
+    # progress without a terminal: a few plain lines per fold, and each fold's validation C
+    assert re.search(r"fold 1/2: val C \d\.\d{3} \(n 12, \d+ events\)", text), text
+    assert "fold 2/2: epoch 8/8 loss" in text and "final (all data): epoch" in text
     return run
 
 

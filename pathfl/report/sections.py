@@ -238,7 +238,11 @@ def fl_report(
     _comparison(page, run_dir / "comparison.csv")
     _pictures(page, run_dir)
     page.heading("Audit trail")
-    page.paragraph("Append-only, hash-chained logs (check with `pathfl fl audit verify`).")
+    page.raw(
+        "<p>"
+        + markdown.inline("Append-only, hash-chained logs (check with `pathfl fl audit verify`).")
+        + "</p>"
+    )
     page.table(list(audit_rows))
     page.heading("Configuration")
     page.json_block(fl_cfg, summary="effective federated configuration (fl_config.json)")
