@@ -27,7 +27,8 @@ h3{font-size:1.05em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f2f2f2}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.nw{white-space:nowrap}
 figure{margin:1em 0}
 figure img{max-width:100%;height:auto;border:1px solid #ddd}
 figcaption{font-size:.9em;color:#444}
@@ -57,7 +58,8 @@ def _cell(value: Any) -> str:
         return f'<td class="num">{esc(_number(value))}</td>'
     if isinstance(value, int) and not isinstance(value, bool):
         return f'<td class="num">{value}</td>'
-    return f"<td>{esc(value)}</td>"
+    text = esc(value)
+    return f'<td class="nw">{text}</td>' if len(str(value)) <= 24 else f"<td>{text}</td>"
 
 
 def _number(x: float, nd: int = 3) -> str:

@@ -96,8 +96,10 @@ def train_report(
             "patients": cfg.get("n_patients", "—"),
             "folds": cfg.get("folds", "—"),
             "covariates": (cfg.get("train_config") or {}).get("covariates") or "none",
-            "final model": f"{final.get('epochs')} epochs on {final.get('trained_on')}, "
-            f"training loss {final.get('train_loss', float('nan')):.3f}"
+            "final model": f"trained on {final.get('trained_on')}: "
+            f"{final.get('passes_run', final.get('epochs'))} passes (epochs "
+            f"{final.get('epochs')}, at least min_steps optimizer steps), training loss "
+            f"{final.get('train_loss', float('nan')):.3f}"
             if final
             else "none (cross-validation only)",
         }

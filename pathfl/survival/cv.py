@@ -281,6 +281,7 @@ def cross_validate(
     metrics["final_model"] = {
         "trained_on": "all patients",
         "epochs": epochs,
+        "passes_run": int(fit["stats"]["epochs_run"]),  # epochs, raised to reach min_steps
         "train_loss": fit["stats"]["loss"],
     }
     save_run(
