@@ -33,17 +33,17 @@ def permutation_threshold(
 
 
 def _check_html_report(page, *, n_figures: int) -> None:
-    """report.html embeds every figure of report.md and the sites' fingerprints; in Chromium
-    (when installed) every image decodes and nothing else is fetched."""
+    """report.html embeds every figure of report.md (at least ``n_figures``) and the sites'
+    fingerprints; in Chromium (when installed) every image decodes and nothing is fetched."""
     from browser import chromium, probe
 
     text = page.read_text()
-    assert text.count("data:image/png;base64,") == n_figures and 'src="figures/' not in text
+    assert text.count("data:image/png;base64,") >= n_figures and 'src="figures/' not in text
     assert "weights SHA-256" in text and "mobilenet-v2" in text
     if chromium() is not None:
         seen = probe(page)
         assert seen["errors"] == [] and seen["broken"] == [] and seen["resources"] == [], seen
-        assert seen["images"] == n_figures
+        assert seen["images"] >= n_figures and all(w > 100 for w in seen["widths"]), seen
 
 
 @pytest.mark.slow
