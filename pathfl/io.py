@@ -155,7 +155,9 @@ class ManifestRow:
     def as_dict(self) -> dict[str, str]:
         return {
             "slide_id": self.slide_id,
-            "path": self.path,
+            # absolute in every stage's manifest (tile: the slide, extract: the features
+            # file), so a manifest means the same whatever folder the command ran in
+            "path": os.path.abspath(self.path) if self.path else "",
             "status": self.status,
             "n_tiles": str(int(self.n_tiles)),
             "mpp": "" if self.mpp is None else f"{self.mpp:.6g}",

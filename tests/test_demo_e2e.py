@@ -32,6 +32,20 @@ def permutation_threshold(
     return float(np.quantile(null, q))
 
 
+def _check_html_report(page, *, n_figures: int) -> None:
+    """report.html embeds every figure of report.md (at least ``n_figures``) and the sites'
+    fingerprints; in Chromium (when installed) every image decodes and nothing is fetched."""
+    from browser import chromium, probe
+
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") >= n_figures and 'src="figures/' not in text
+    assert "weights SHA-256" in text and "mobilenet-v2" in text
+    if chromium() is not None:
+        seen = probe(page)
+        assert seen["errors"] == [] and seen["broken"] == [] and seen["resources"] == [], seen
+        assert seen["images"] >= n_figures and all(w > 100 for w in seen["widths"]), seen
+
+
 @pytest.mark.slow
 def test_tiny_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
@@ -53,6 +67,7 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert "Incomplete" not in report
     assert "| federated |" in report and "| oracle (true risk) |" in report
     assert "verified" in report and "BROKEN" not in report  # audit chains checked
+    _check_html_report(out / "report.html", n_figures=5)
 
     ev = json.loads((out / "work" / "evaluation.json").read_text())
     with open(out / "work" / "val_predictions.csv", newline="") as f:

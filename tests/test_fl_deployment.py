@@ -119,6 +119,10 @@ def test_documented_deployment_commands(site_dirs, tmp_path) -> None:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert '"state": "completed"' in res.stdout
         assert (run_dir / "model.pt").is_file() and (run_dir / "config.json").is_file()
+        # progress: one line per round on stderr; the run's report.html
+        assert re.findall(r"round (\d)/\d: \d/\d sites answered", res.stderr), res.stderr[-2000:]
+        assert "report: " in res.stdout and "report.html" in res.stdout
+        assert "sites aggregated" in (run_dir / "report.html").read_text()
 
         site_logs = [tmp_path / f"{name}_audit.jsonl" for name in SITES]
         for audit_log in (run_dir / "audit.jsonl", *site_logs):

@@ -73,7 +73,16 @@ def test_three_sites_three_rounds_tls_auth(three_sites, tmp_path) -> None:
     from pathfl.survival.run import load_run
 
     out = tmp_path / "run"
-    summary = simulate(site_specs(three_sites), FL_CFG, out, tls=True)
+    rounds_seen: list = []
+    summary = simulate(site_specs(three_sites), FL_CFG, out, tls=True, on_round=rounds_seen.append)
+    # progress: one RoundInfo per round as it finished; the run's report.html
+    assert [(r.round, r.total, r.answered, r.n_sites) for r in rounds_seen] == [
+        (i, 3, 3, 3) for i in (1, 2, 3)
+    ]
+    report = (out / "report.html").read_text()
+    assert summary["report"] == str(out / "report.html")
+    for needle in ("hosp_c", "comparable pairs", "3/3", "local_only", "verified", "weights SHA"):
+        assert needle in report, needle
 
     # every Flower process (and its children) is gone
     assert summary["pids"] and all(_group_gone(p) for p in summary["pids"])

@@ -67,6 +67,9 @@ def test_train_predict_heatmap(cohort) -> None:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24 and {r["fold"] for r in rows} == {"0", "1"}
     assert Image.open(run / "plots" / "km_risk_groups.png").size[0] > 300
+    report = (run / "report.html").read_text()  # self-contained: the KM plot is embedded
+    assert "data:image/png;base64," in report and 'src="plots/' not in report
+    assert "Harrell C [95% CI]" in report and f"run {run.name}" in report
 
     out_csv = root / "new.csv"
     r = _invoke(
@@ -84,6 +87,7 @@ def test_train_predict_heatmap(cohort) -> None:
     with open(out_csv) as f:
         pred = list(csv.DictReader(f))
     assert [p["patient_id"] for p in pred] == ["P0000_S0", "P0001_S0"]
+    assert list(pred[0]) == ["patient_id", "risk", "time", "event"]  # no empty fold column
     assert all(float(p["risk"]) == float(p["risk"]) for p in pred)  # finite numbers
 
     no_outcome = root / "new_patients.csv"

@@ -7,24 +7,26 @@ Exit codes (DESIGN): 0 = every slide ok, 1 = some slides failed (see the manifes
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import typer
 
 from pathfl import __version__
 from pathfl.cli import demo, extract, fl, predict, tile, train
+from pathfl.cli.options import CommandGroup
 from pathfl.config import ConfigError
 from pathfl.interrupts import Interrupted, handling_signals
 from pathfl.registry import UnknownNameError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 
+
 app = typer.Typer(
     name="pathfl",
+    cls=CommandGroup,
     help="Tile whole-slide images, extract features, train MIL survival models, federate.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     pretty_exceptions_enable=False,
 )
 
@@ -37,21 +39,27 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v info, -vv debug."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    verbose: int = typer.Option(
+        0,
+        "--verbose",
+        "-v",
+        count=True,
+        metavar="",
+        show_default=False,
+        help="More detail, repeatable: -v what each step did, -vv debug, -vvv third-party "
+        "libraries' debug too.",
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress; only results, warnings and errors."
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
     ),
 ) -> None:
-    from rich.logging import RichHandler
+    """-q/-v mean the same in every command (see :mod:`pathfl.cli.verbosity`)."""
+    from pathfl.cli.verbosity import configure
 
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(
-        level=level,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=verbose > 1)],
-        force=True,
-    )
+    configure(verbose=verbose, quiet=quiet)
 
 
 for _module in (tile, extract, train, predict, fl, demo):

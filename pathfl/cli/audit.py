@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from pathfl.cli.options import CommandGroup
+
 EXIT_OK, EXIT_TAMPERED, EXIT_USAGE = 0, 1, 2
 
 SHOW_COLUMNS = ("seq", "time", "event", "round", "sites", "n", "model in", "out/update", "info")
@@ -20,6 +22,7 @@ def register_audit(fl_app: typer.Typer) -> None:
     """Add the ``audit`` sub-group (``verify``, ``show``, ``cross-check``) to ``pathfl fl``."""
     audit_app = typer.Typer(
         name="audit",
+        cls=CommandGroup,
         help="Check (verify), list (show) or compare (cross-check) hash-chained audit logs.",
         no_args_is_help=True,
     )

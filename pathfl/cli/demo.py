@@ -26,7 +26,9 @@ HELP = (
 def demo(
     ctx: typer.Context,
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Output folder."),
-    tiny: bool = typer.Option(False, "--tiny", help="Small cohort for CI (3 × 8 patients)."),
+    tiny: bool = typer.Option(
+        False, "--tiny", help="Small cohort for CI (3 sites × 12 patients, one small slide each)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the cohort, split and training."),
     workers: int = typer.Option(2, "--workers", "-j", help="Processes for generation/tiling."),
     rounds: int = typer.Option(None, "--rounds", help="Federated rounds (default: by size)."),

@@ -124,6 +124,8 @@ def _run_with_progress(
         TimeRemainingColumn,
     )
 
+    from pathfl.cli.verbosity import CURRENT
+
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -133,6 +135,7 @@ def _run_with_progress(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         transient=False,
+        disable=CURRENT.quiet,  # -q: no progress bar
     )
     state: dict[str, Any] = {"task": None}
 

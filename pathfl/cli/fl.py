@@ -10,13 +10,14 @@ from typing import Any
 
 import typer
 
-from pathfl.cli.options import listing_command, registry_names, split_list
+from pathfl.cli.options import CommandGroup, listing_command, registry_names, split_list
 from pathfl.fl.flower.lifetime import STOP_REQUESTS, stop_on_signals
 
 logger = logging.getLogger(__name__)
 
 fl_app = typer.Typer(
     name="fl",
+    cls=CommandGroup,
     help="Federated training across sites (Flower): certs, server, site, run, simulate, audit.",
     no_args_is_help=True,
 )
@@ -42,6 +43,16 @@ def _load_user_config(config: Path | None, overrides: dict[str, Any]) -> dict[st
 _AGGREGATIONS = listing_command(
     {"aggregation": registry_names("pathfl.fl.aggregate", "list_aggregators")}
 )
+
+
+def _round_lines() -> Any:
+    """The progress callback of a federated run: one line per round on stderr (rounds,
+    sites answered, round time, federated C); None with ``-q``."""
+    from pathfl.cli.verbosity import CURRENT
+
+    if CURRENT.quiet:
+        return None
+    return lambda info: typer.echo(info.line(), err=True)
 
 
 def _foreground(proc: Any) -> None:
@@ -266,8 +277,12 @@ def run_cmd(
         )
         typer.echo(f"submitted run {run_id}; run dir {out}")
         budget = timeout_s or run_timeout_s(run.config)
-        result = follow_run(home, run_id, out, timeout_s=budget)
+        result = follow_run(home, run_id, out, timeout_s=budget, on_round=_round_lines())
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "log_tail"}, indent=2))
+    from pathfl.fl.report import write_run_report
+
+    if (report := write_run_report(out)) is not None:
+        typer.echo(f"report: {report}")
     if result.get("state") != "completed":
         raise typer.Exit(1)
 
@@ -293,9 +308,12 @@ def simulate_cmd(
 
     tuning = {"rounds": rounds, "local_epochs": local_epochs, "proximal_mu": proximal_mu}
     user = _load_user_config(config, {**tuning, "aggregation": aggregation})
+    specs = site_specs(site, policy=policy)
+    if (on_round := _round_lines()) is not None:
+        typer.echo(f"starting {len(specs)} sites on 127.0.0.1 (one process each)...", err=True)
     try:
         summary = simulate(
-            site_specs(site, policy=policy), user, out, tls=not insecure, baselines=not no_baselines
+            specs, user, out, tls=not insecure, baselines=not no_baselines, on_round=on_round
         )
     except (FederatedRunError, TimeoutError) as e:  # data/config problems exit 2 via main()
         typer.secho(f"error: {e}", err=True, fg="red")
@@ -304,6 +322,8 @@ def simulate_cmd(
     typer.echo(f"federated C-index (within-site pairs): {_federated_c_text(summary)}")
     if "table" in summary:
         typer.echo(summary["table"])
+    if summary.get("report"):
+        typer.echo(f"report: {summary['report']}")
 
 
 def _federated_c_text(summary: dict) -> str:

@@ -19,8 +19,9 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+import click
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 F = TypeVar("F", bound=Callable[..., Any])
 CHOICES = "{choices}"
@@ -138,3 +139,18 @@ def usage_error(msg: str) -> typer.Exit:
     """Print ``error: msg`` in red on stderr; the returned exit (code 2) is to be raised."""
     typer.secho(f"error: {msg}", err=True, fg="red")
     return typer.Exit(2)
+
+
+class CommandGroup(TyperGroup):
+    """A command group (``typer.Typer(cls=CommandGroup)``) whose unknown-command error says
+    "Did you mean 'x'?" once: Typer adds it to the message and Click (≥ 8.4) again when it
+    prints the error; Click's is kept."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            head, sep, _ = e.message.partition(" Did you mean ")
+            if sep and getattr(e, "possibilities", None):
+                e.message = head.rstrip(".") + "."
+            raise

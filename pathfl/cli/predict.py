@@ -46,7 +46,7 @@ def predict(
     clinical = None if v["clinical"] is None else Path(v["clinical"])
     p, has_outcome = _predict(run, features, clinical=clinical, slides=split_list(v["slides"]))
     from pathfl.survival.curves import curve_metrics, parse_times, survival_columns
-    from pathfl.survival.run import write_predictions
+    from pathfl.survival.run import PREDICT_COLUMNS, write_predictions
 
     try:
         surv = survival_columns(p, parse_times(split_list(v["times"])))
@@ -59,12 +59,11 @@ def predict(
             "risk": float(r),
             "time": float(t) if has_outcome else "",
             "event": int(e) if has_outcome else "",
-            "fold": "",
             **sc,
         }
         for pid, r, t, e, sc in zip(p.patient_ids, p.risk, p.time, p.event, surv, strict=True)
     ]
-    write_predictions(out, rows)
+    write_predictions(out, rows, columns=PREDICT_COLUMNS)  # no fold: these are new patients
     typer.echo(f"wrote {len(rows)} risks to {out}")
     if has_outcome and len(rows) > 1:
         from pathfl.survival.metrics import c_index_summary, format_c_index

@@ -131,6 +131,7 @@ def _run(v: dict[str, Any]) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from pathfl.cli.verbosity import CURRENT
     from pathfl.tiling.inputs import collect_jobs
     from pathfl.tiling.pipeline import run_batch, summarize
 
@@ -152,11 +153,17 @@ def _run(v: dict[str, Any]) -> int:
         TimeElapsedColumn(),
         console=console,
         transient=False,
+        disable=CURRENT.quiet,  # -q: no progress bar
     ) as progress:
         task = progress.add_task("tiling", total=len(jobs))
 
         def on_result(r: Any) -> None:
             counts[r.status] += 1
+            if CURRENT.level >= 1:  # -v: one line per slide
+                detail = r.error if r.status == "failed" else f"{r.n_tiles} tiles"
+                if r.status == "ok":
+                    detail += f" at {r.mpp} µm/px, {r.seconds:.1f} s"
+                progress.console.print(f"{r.status:7} {r.slide_id}: {detail}", highlight=False)
             desc = (
                 f"tiling  ok {counts['ok']}  skipped {counts['skipped']}  failed {counts['failed']}"
             )

@@ -133,30 +133,23 @@ def _train(ctx: typer.Context, config: Path | None) -> None:
     with atomic_dir(out) as tmp:
         metrics = _cross_validate(bags, cfg, tmp)
         metrics = rebase_run_paths(tmp, final=out.absolute()) or metrics
+        from pathfl.report.sections import write_report_safely
+
+        report = write_report_safely("train", tmp, name=out.name)
     _print_summary(metrics, out)
+    if report is not None:
+        typer.echo(f"report: {out / report.name}")
 
 
 def _cross_validate(bags: list[Any], cfg: Any, run_dir: Path) -> dict[str, Any]:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+    """Cross-validate with progress: per fold and epoch the training loss (and validation
+    loss with early stopping), and each fold's validation C-index when it is scored."""
+    from pathfl.cli.progress import PhaseProgress
     from pathfl.survival.cv import cross_validate
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[ep]}"),
-        TimeElapsedColumn(),
-        transient=True,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(phase: str, epoch: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total, ep="")
-            bar.update(tasks[phase], completed=epoch, ep=f"epoch {epoch}/{total}")
-
+    with PhaseProgress(unit="epoch") as bar:
         try:
-            return cross_validate(bags, cfg, run_dir, progress=progress)
+            return cross_validate(bags, cfg, run_dir, progress=bar.update)
         except ValueError as e:
             raise usage_error(str(e)) from None
 

@@ -56,6 +56,26 @@ def _auc(score: np.ndarray, pos: np.ndarray) -> float:
     return float((r[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def _html_extras(state: Any) -> dict[str, Any]:
+    """The fingerprints of the federated sites' features and the demo's options (and the
+    federated config it ran), for ``report.html``."""
+    import dataclasses
+    import json
+
+    extras: dict[str, Any] = {"config": {"demo": dataclasses.asdict(state.config)}}
+    run = Path(state.fl_run) if state.fl_run is not None else None
+    for name, key in (("sites.json", "fingerprints"), ("fl_config.json", "config")):
+        f = run / name if run is not None else None
+        if f is None or not f.is_file():
+            continue
+        data = json.loads(f.read_text())
+        if key == "fingerprints":
+            extras["fingerprints"] = data.get("fingerprints") or {}
+        else:
+            extras["config"]["federated"] = data.get("config", {})
+    return extras
+
+
 def write_report(state: Any) -> Path:
     """Write ``OUT/report.md`` (and its figures) from a :class:`pathfl.demo.pipeline.DemoState`
     whatever stage it reached; return its path."""
@@ -79,4 +99,10 @@ def write_report(state: Any) -> Path:
     parts.append(sec.reproduce_section(state))
     path = c.out / "report.md"
     write_text_atomic(path, "\n".join(p for p in parts if p))
+    from pathfl.report.sections import markdown_report
+
+    try:  # the same report, self-contained (pictures embedded) for a browser
+        markdown_report(path, title="pathfl demo report", **_html_extras(state))
+    except Exception as e:  # report.md is written; the HTML is a convenience
+        log.warning("report.html not written: %s", e)
     return path

@@ -339,30 +339,6 @@ def reproduce_section(state: Any) -> str:
 
 def audit_summary(work_dir: Path) -> list[dict[str, str]]:
     """Verify every audit log the federation wrote (server and sites)."""
-    rows = []
-    try:
-        from pathfl.fl.trust.audit import verify
-    except ImportError:
-        return [{"log": "—", "status": "audit module not available in this checkout"}]
-    for p in sorted(work_dir.rglob("*audit*.jsonl")):
-        rep = verify(p)
-        events: dict[str, int] = {}
-        rounds = set()
-        for line in p.read_text().splitlines():
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            events[e.get("event", "?")] = events.get(e.get("event", "?"), 0) + 1
-            if e.get("round") is not None:
-                rounds.add(e["round"])
-        rows.append(
-            {
-                "log": str(p.relative_to(work_dir)),
-                "entries": str(rep.n_entries),
-                "chain": "verified" if rep.ok else "BROKEN: " + "; ".join(rep.errors[:2]),
-                "rounds": str(len(rounds)),
-                "events": ", ".join(f"{k}×{v}" for k, v in sorted(events.items())),
-            }
-        )
-    return rows
+    from pathfl.fl.trust.audit_summary import audit_summary as rows
+
+    return rows(work_dir)

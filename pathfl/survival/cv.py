@@ -26,13 +26,16 @@ from pathfl.survival.train import (
     build_model,
     fit_baseline,
     fit_time_bins,
+    passes_per_budget,
     predict,
     train_local,
 )
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int, int], None]  # (phase, epoch, epochs)
+# (phase, pass, passes, stats): after each training pass (stats: loss[, val_loss]) and once
+# more when a fold is scored (stats then hold val_c_index, val_n, val_events)
+ProgressFn = Callable[[str, int, int, dict[str, float]], None]
 
 
 def _split_inner(bags: Sequence[PatientBag], fraction: float, seed: int):
@@ -69,10 +72,11 @@ def fit_one(
     fit_bags, val_bags = scaled, None
     if config.early_stopping_patience > 0:
         fit_bags, val_bags = _split_inner(scaled, config.val_fraction, seed)
+    passes = passes_per_budget(len(fit_bags), config, epochs=epochs)  # min_steps may raise it
 
-    def _cb(epoch: int, _stats: dict[str, float]) -> None:
+    def _cb(epoch: int, stats: dict[str, float]) -> None:
         if progress is not None:
-            progress(phase, epoch + 1, epochs)
+            progress(phase, epoch + 1, passes, stats)
 
     stats = train_local(
         model,
@@ -172,6 +176,10 @@ def _run_fold(
         seed=config.seed,
     )
     m.update(fold=k, train_loss=fit["stats"]["loss"], best_epoch=fit["stats"]["best_epoch"])
+    if progress is not None:
+        runs = int(fit["stats"]["epochs_run"])
+        scored = {"val_c_index": m["c_index"], "val_n": m["n"], "val_events": m["n_events"]}
+        progress(f"fold {k + 1}/{n_folds}", runs, runs, {"loss": fit["stats"]["loss"], **scored})
     m["train_median_risk"] = median_train
     oof.folds.append(m)
     oof.best_epochs.append(fit["stats"]["best_epoch"])
@@ -271,6 +279,7 @@ def cross_validate(
     metrics["final_model"] = {
         "trained_on": "all patients",
         "epochs": epochs,
+        "passes_run": int(fit["stats"]["epochs_run"]),  # epochs, raised to reach min_steps
         "train_loss": fit["stats"]["loss"],
     }
     save_run(

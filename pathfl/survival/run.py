@@ -21,6 +21,8 @@ from pathfl.survival.train import TrainConfig, build_model
 logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ("patient_id", "risk", "time", "event", "fold")
+#: the columns of ``pathfl predict``'s CSV (a new patient has no cross-validation fold)
+PREDICT_COLUMNS = ("patient_id", "risk", "time", "event")
 RUN_FORMAT = "pathfl-survival-run/1"
 
 
@@ -28,11 +30,17 @@ class RunError(ValueError):
     """A run directory is missing files or is inconsistent."""
 
 
-def write_predictions(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> None:
-    """``predictions.csv``: DESIGN columns first, extra columns (e.g. ``risk_group``) after."""
-    extra = [k for k in (rows[0] if rows else {}) if k not in PREDICTION_COLUMNS]
+def write_predictions(
+    path: str | os.PathLike[str],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    columns: Sequence[str] = PREDICTION_COLUMNS,
+) -> None:
+    """``predictions.csv``: ``columns`` first (the run directory's: ``patient_id, risk, time,
+    event, fold``), extra columns of the rows (e.g. ``risk_group``) after."""
+    extra = [k for k in (rows[0] if rows else {}) if k not in columns]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*PREDICTION_COLUMNS, *extra], extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=[*columns, *extra], extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

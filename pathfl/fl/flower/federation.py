@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pathfl.fl.flower import flower_cli, lifetime
 from pathfl.fl.flower import processes as procs
+from pathfl.fl.round_watch import RoundWatcher
 from pathfl.fl.rundir import RunDir
 from pathfl.fl.site import SiteSpec
 
@@ -187,13 +189,17 @@ def follow_run(
     poll_s: float = 0.5,
     flower_poll_s: float = 10.0,
     stop_on_interrupt: bool = True,
+    on_round: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Wait until the run ended — the run dir's status.json says completed/failed (when the
     run dir is on this host) or Flower reports ``finished:*`` — or ``timeout_s`` passed.
     Flower's status costs a ``flwr ls`` process, so it is asked only every ``flower_poll_s``.
     On timeout the run is stopped, never left hanging; on Ctrl-C/SIGTERM too (unless
     ``stop_on_interrupt`` is False: the caller stops the SuperLink itself), and status.json
-    then says ``interrupted`` (the checkpoint stays: ``pathfl fl run --resume``)."""
+    then says ``interrupted`` (the checkpoint stays: ``pathfl fl run --resume``).
+    ``on_round``: called with a :class:`pathfl.fl.round_watch.RoundInfo` per finished round
+    (needs the run dir on this host)."""
+    watch = RoundWatcher(run_dir, on_round) if on_round and run_dir is not None else None
     try:
         return _follow(
             home,
@@ -203,6 +209,7 @@ def follow_run(
             superlink_log=superlink_log,
             poll_s=poll_s,
             flower_poll_s=flower_poll_s,
+            watch=watch,
         )
     except lifetime.STOP_REQUESTS:  # Ctrl-C, lifetime.Terminated, interrupts.Interrupted
         if stop_on_interrupt:  # a second Ctrl-C cuts this short
@@ -230,12 +237,15 @@ def _follow(
     superlink_log: Path | None,
     poll_s: float,
     flower_poll_s: float,
+    watch: RoundWatcher | None = None,
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     status, next_flower, last_log = "", 0.0, time.monotonic()
     local: dict[str, Any] = {}
     while True:
         now = time.monotonic()
+        if watch is not None:
+            watch.poll()
         if run_dir is not None:
             local = RunDir(run_dir).read_status()
             # only this run's verdict counts (a resumed run dir holds the previous one's)
@@ -252,11 +262,13 @@ def _follow(
                 break
         if now - last_log > 30:
             last_log = now
-            logger.info("run %d: %s %s", run_id, status, local)
+            logger.debug("run %d: %s %s", run_id, status, local)
         if now >= deadline:
             flower_cli.stop_run(home, run_id)
             raise TimeoutError(f"run {run_id} did not finish within {timeout_s:.0f} s (stopped)")
         time.sleep(poll_s)
+    if watch is not None:
+        watch.poll()  # the last round(s), written just before the run ended
     result: dict[str, Any] = {"flower_status": status, "run_id": run_id, **local}
     if local.get("state") != "completed" and superlink_log is not None and superlink_log.exists():
         result["log_tail"] = superlink_log.read_text(errors="replace")[-3000:]

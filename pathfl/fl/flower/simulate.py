@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ def simulate(
     env_extra: dict[str, str] | None = None,
     use_worker: bool = True,
     fast_poll: bool = True,
+    on_round: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Run the federation and (optionally) the baselines; returns a summary dict and writes
     ``OUT/comparison.csv`` + ``OUT/comparison.md`` next to the federated run's files."""
@@ -93,6 +95,7 @@ def simulate(
             timeout_s=budget,
             superlink_log=fed.superlink.log_path,
             stop_on_interrupt=False,  # leaving the block stops the SuperLink and the run
+            on_round=on_round,  # RoundInfo per finished round (progress)
         )
         pids = [fed.superlink.pid, *(p.pid for p in [*fed.sites.values(), *fed.workers.values()])]
     if result.get("state") != "completed":
@@ -110,4 +113,7 @@ def simulate(
         table = write_comparison(out / "comparison.csv", comparison_rows(metrics, base))
         (out / "comparison.md").write_text(table)
         summary.update(baselines=base, table=table)
+    from pathfl.fl.report import write_run_report
+
+    summary["report"] = str(write_run_report(out) or "")
     return summary
