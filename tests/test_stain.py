@@ -29,7 +29,8 @@ def _image(rng: np.random.Generator, h: int = 4, w: int = 4) -> torch.Tensor:
 
 
 def test_lab_conversion_matches_hand_values_and_inverts() -> None:
-    # white → L=100, a=b=0 (to 0.01, as scikit-image); black → 0; pure red (sRGB 1,0,0) → L*a*b* (53.24, 80.09, 67.20)
+    # white → L=100, a=b=0 (to 0.01, as scikit-image); black → 0;
+    # pure red (sRGB 1,0,0) → L*a*b* (53.24, 80.09, 67.20)
     rgb = torch.tensor([[[1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]])
     lab = stain.rgb_to_lab(rgb)
     assert torch.allclose(lab[0, :, 0], torch.tensor([100.0, 0.0, 0.0]), atol=0.01)
@@ -165,7 +166,7 @@ def test_reference_round_trip_hash_and_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="edited"):
         load_reference(path)
     path.write_text("{not json")
-    with pytest.raises(ConfigError, match="ref.json"):
+    with pytest.raises(ConfigError, match=r"ref\.json"):
         load_reference(path)
     with pytest.raises(ConfigError, match="needs --stain-ref"):
         make_stain_transform(norm="macenko", ref_path=None, augment=AugmentSpec(),
