@@ -19,11 +19,12 @@ import torch
 
 from pathfl.config import ConfigError
 from pathfl.features import stain
+from pathfl.features.options import STAIN_NORMS
 from pathfl.io import sha256_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-NORM_METHODS = ("none", "macenko", "reinhard")
+NORM_METHODS = STAIN_NORMS
 #: the numbers of each method's reference, hashed
 REF_KEYS = {"macenko": ("stain_matrix", "max_conc"), "reinhard": ("lab_mean", "lab_std")}
 REF_SHAPES = {"stain_matrix": (3, 2), "max_conc": (2,), "lab_mean": (3,), "lab_std": (3,)}
@@ -189,3 +190,69 @@ def make_stain_transform(
     elif ref_path is not None:
         logger.warning("--stain-ref %s ignored: --stain-norm is none", ref_path)
     return StainTransform(ref, augment, device)
+
+
+#: at most this many pixels of the sampled tiles are used to fit a reference
+MAX_FIT_PIXELS = 1 << 21
+
+
+def sample_tiles(
+    tiles_dir: Path,
+    *,
+    slides: list[str] | None = None,
+    n_tiles: int = 256,
+    seed: int = 0,
+    slide_dir: Path | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Up to ``n_tiles`` tiles drawn at random (seeded) from the coords files of ``tiles_dir``
+    (only ``slides`` when given: one slide, or a site's sample), read as extraction reads them;
+    returns their pixels as one uint8 image (1, 3, 1, P), at most :data:`MAX_FIT_PIXELS`, and
+    what they were drawn from."""
+    import numpy as np
+
+    from pathfl.features.dataset import TILE_OK, SlideJob, TileDataset
+    from pathfl.features.plan import _tiles_manifest_paths, discover_coords, locate_slide
+    from pathfl.formats.coords_h5 import read_coords, tile_geometry
+
+    paths = discover_coords(tiles_dir)
+    if slides:
+        unknown = sorted(set(slides) - {p.stem for p in paths})
+        if unknown:
+            raise ConfigError(f"--slide {', '.join(unknown)}: no coords file in {tiles_dir}")
+        paths = [p for p in paths if p.stem in set(slides)]
+    manifest_paths = _tiles_manifest_paths(tiles_dir)
+    loaded = [(p, *read_coords(p)) for p in paths]
+    pool = [(i, t) for i, (_, coords, _) in enumerate(loaded) for t in range(len(coords))]
+    if not pool:
+        raise ConfigError(f"{tiles_dir}: the coords files hold no tiles")
+    rng = np.random.default_rng(seed)
+    picked = sorted(pool[k] for k in rng.choice(len(pool), min(n_tiles, len(pool)), False))
+    jobs = []
+    for i in sorted({i for i, _ in picked}):
+        path, coords, attrs = loaded[i]
+        geometry = tile_geometry(attrs)
+        rows = [t for j, t in picked if j == i]
+        mpp = attrs.get("mpp_level0")
+        jobs.append(SlideJob(
+            slide_id=path.stem, slide_path=locate_slide(path.stem, attrs, manifest_paths,
+                                                        slide_dir),
+            coords_path=path, out_path=path, coords=coords[rows], attrs=attrs,
+            patch_level=geometry.patch_level, read_size=geometry.read_size,
+            out_px=geometry.tile_size, backend=str(attrs.get("backend") or "auto"),
+            mpp_override=float(mpp) if mpp not in (None, "", 0) else None,
+        ))  # fmt: skip
+    dataset = TileDataset(jobs)
+    try:
+        items = [dataset[k] for k in range(len(dataset))]
+    finally:
+        dataset.close()
+    good = [img.reshape(3, -1) for img, _, _, status, _ in items if status == TILE_OK]
+    if not good:
+        raise ConfigError(f"{tiles_dir}: none of the {len(items)} sampled tiles could be read")
+    pixels = torch.cat(good, dim=1)
+    if pixels.shape[1] > MAX_FIT_PIXELS:
+        keep = torch.randperm(pixels.shape[1], generator=torch.Generator().manual_seed(seed))
+        pixels = pixels[:, keep[:MAX_FIT_PIXELS]]
+    info = {"tiles_dir": str(tiles_dir), "slides": [j.slide_id for j in jobs],
+            "n_tiles": len(good), "n_pixels": int(pixels.shape[1]), "seed": seed}  # fmt: skip
+    return pixels.reshape(1, 3, 1, -1), info

@@ -18,15 +18,20 @@ INTERPOLATION = "bilinear"
 TILE_SIZE_FACTOR = 2.0
 
 
-def transform_for(spec: EncoderSpec) -> Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]:
+def transform_for(
+    spec: EncoderSpec, stain: dict[str, Any] | None = None
+) -> Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]:
     """Pixel transform for a slide: tiles are resized to the coords file's ``tile_size`` (or to
-    the encoder's fixed input size), then normalised with the encoder's mean/std."""
+    the encoder's fixed input size), stain-normalised/augmented when ``stain`` (the record of
+    a :class:`~pathfl.features.stain_ref.StainTransform`) says so, then normalised with the
+    encoder's mean/std."""
 
     def fn(attrs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         out_px = spec.input_px if spec.fixed_input_px else tile_geometry(attrs).tile_size
         return out_px, {
             "resize": out_px,
             "interpolation": INTERPOLATION,
+            **(stain or {}),
             "mean": list(spec.mean),
             "std": list(spec.std),
         }
