@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32, help="tiles per batch in the op timing")
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
     p.add_argument("--skip-demo", action="store_true", help="only the op benchmark")
+    p.add_argument("--skip-ops", action="store_true", help="only the demo part")
     return p.parse_args()
 
 
@@ -174,9 +175,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     n_op = args.batch + 1
-    tiles = cmu_tiles(n_op) if CMU.is_file() else None
-    if tiles is not None:
-        print("\n".join(op_benchmark(tiles)) + "\n")
+    tiles = cmu_tiles(n_op) if CMU.is_file() and not args.skip_ops else None
+    if tiles is not None and not args.skip_ops:
+        print("\n".join(op_benchmark(tiles)) + "\n", flush=True)
     if args.skip_demo:
         return
     from stain_effect import run_effect  # scripts/stain_effect.py
