@@ -26,6 +26,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow  # five extraction runs (~10 s on an idle 2-core box, ~50 s under load)
 def test_fit_reference_then_extract_normalised_and_augmented(tmp_path, monkeypatch, capsys):
     tiles = make_cohort(tmp_path, n_slides=2, n_side=2)
     ref_path = tmp_path / "ref.json"
