@@ -51,6 +51,30 @@ def test_fingerprint_read_from_h5_and_compatible_sites_pass(tmp_path):
     assert res.ok and res.accepted == ["a", "b", "c"] and not res.messages
 
 
+def test_sites_with_another_stain_reference_are_refused(tmp_path):
+    """Stain normalisation: the method and the reference's SHA-256 must be the same at every
+    site; files written before the option existed count as no normalisation."""
+    ref = {"stain_norm": "macenko", "stain_ref_sha256": "cd" * 32}
+    recs = {
+        "a": site_fingerprint(_site(tmp_path, "a", **ref)),
+        "b": site_fingerprint(_site(tmp_path, "b", **ref)),
+        "c": site_fingerprint(_site(tmp_path, "c", **{**ref, "stain_ref_sha256": "ef" * 32})),
+        "d": site_fingerprint(_site(tmp_path, "d")),  # no stain attrs at all
+    }
+    assert recs["d"]["stain_norm"] == "none" and recs["d"]["stain_ref_sha256"] == ""
+    res = check_compatibility(recs, policy="refuse")
+    assert not res.ok and res.accepted == []
+    text = "; ".join(res.messages)
+    assert "site 'c': stain_ref_sha256='" + "ef" * 32 in text and "same --stain-ref" in text
+    assert "site 'd': stain_norm='none' but 'macenko' at site(s) a, b, c" in text
+    res = check_compatibility(recs, policy="exclude", min_sites=2)
+    assert res.ok and res.accepted == ["a", "b"] and sorted(res.excluded) == ["c", "d"]
+    # old files and files written with --stain-norm none agree
+    old = site_fingerprint(_site(tmp_path, "e"))
+    new = site_fingerprint(_site(tmp_path, "f", stain_norm="none", stain_ref_sha256=""))
+    assert check_compatibility({"e": old, "f": new}).ok
+
+
 def test_mismatched_fingerprint_refused_naming_site_and_field(tmp_path):
     recs = {
         "a": site_fingerprint(_site(tmp_path, "a")),

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from pathfl import __version__
-from pathfl.cli import demo, extract, fl, predict, tile, train
+from pathfl.cli import demo, extract, fl, predict, stain, tile, train
 from pathfl.cli.options import CommandGroup
 from pathfl.config import ConfigError
 from pathfl.interrupts import Interrupted, handling_signals
@@ -62,7 +62,7 @@ def _root(
     configure(verbose=verbose, quiet=quiet)
 
 
-for _module in (tile, extract, train, predict, fl, demo):
+for _module in (tile, extract, stain, train, predict, fl, demo):
     _module.register(app)
 
 

@@ -37,7 +37,7 @@ _EXTRACT_OPTIONS = field_options(
     help=EXTRACT_HELP,
     skip=_SPELLED,
     flags={"overwrite": "--overwrite"},
-    choices=("encoder", "precision", "dtype"),
+    choices=("encoder", "precision", "dtype", "stain_norm"),
 )
 
 
@@ -89,7 +89,18 @@ def _dtypes() -> list[str]:
     return list(FEATURE_DTYPES)
 
 
-_CHOICES = {"encoder": _encoder_names, "precision": _precisions, "dtype": _dtypes}
+def _stain_norms() -> list[str]:
+    from pathfl.features.options import STAIN_NORMS
+
+    return list(STAIN_NORMS)
+
+
+_CHOICES = {
+    "encoder": _encoder_names,
+    "precision": _precisions,
+    "dtype": _dtypes,
+    "stain_norm": _stain_norms,
+}
 
 
 def _extract_options(params: dict[str, Any]) -> ExtractOptions:

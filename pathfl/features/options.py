@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: values of ``--stain-norm`` (:mod:`pathfl.features.stain`)
+STAIN_NORMS = ("none", "macenko", "reinhard")
+
 
 @dataclass
 class ExtractOptions:
@@ -26,6 +29,13 @@ class ExtractOptions:
     slide_dir: Path | None = None
     threads: int | None = None  # intra-op threads of the encoder; None = torch's default
     allow_resolution_mismatch: bool = False  # encode tiles not at the encoder's native mpp/px
+    # stain normalisation / augmentation (pathfl.features.stain; docs/extract.md)
+    stain_norm: str = "none"
+    stain_ref: Path | None = None
+    stain_augment: int = 0
+    stain_sigma: float = 0.05
+    stain_bias: float = 0.02
+    stain_seed: int = 0
 
     def check(self) -> None:
         """Refuse impossible values (:class:`~pathfl.config.ConfigError` naming the option)."""
@@ -42,6 +52,8 @@ class ExtractOptions:
             raise ConfigError(
                 f"--dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.dtype!r}"
             )
+        if self.stain_augment < 0 or self.stain_sigma < 0 or self.stain_bias < 0:
+            raise ConfigError("--stain-augment, --stain-sigma and --stain-bias must be >= 0")
 
 
 #: help text of each :class:`ExtractOptions` field (``pathfl extract --help``)
@@ -62,4 +74,10 @@ EXTRACT_HELP: dict[str, str] = {
         "Encode tiles whose µm/px or px differ from the encoder's native ones by over 10 % "
         "(resized to its input; recorded in the fingerprint) instead of refusing them."
     ),
+    "stain_norm": "Stain normalisation of every tile before the encoder",
+    "stain_ref": "Stain reference JSON (`pathfl stain-ref fit`); needed by --stain-norm.",
+    "stain_augment": "K HED-jittered copies per tile, stored in features_aug (0: none).",
+    "stain_sigma": "HED jitter: each stain's concentration scaled by U(1 ± sigma).",
+    "stain_bias": "HED jitter: each stain's concentration shifted by U(± bias) (OD units).",
+    "stain_seed": "Seed of the HED jitter (with the slide id and row: re-runs give the same).",
 }

@@ -35,6 +35,7 @@ from pathfl.features.inference import InferenceRunner, PendingFeatures
 from pathfl.features.malloc import tune_malloc
 from pathfl.features.options import ExtractOptions
 from pathfl.features.plan import Plan, make_plan
+from pathfl.features.stain_ref import AugmentSpec, StainTransform, make_stain_transform
 from pathfl.features.transform import (
     check_resolution,
     tile_size_note,
@@ -78,11 +79,17 @@ def make_loader(dataset: TileDataset, *, batch_size: int, workers: int, pin: boo
 class _SlideRun:
     """State of the slide whose batches are arriving."""
 
-    def __init__(self, job: SlideJob, spec: EncoderSpec, dtype: str = "float32") -> None:
+    def __init__(
+        self, job: SlideJob, spec: EncoderSpec, dtype: str = "float32", n_aug: int = 0
+    ) -> None:
         self.job = job
         self.t0 = time.perf_counter()
         self.writer = FeaturesWriter(
-            job.out_path, feature_dim=spec.feature_dim, n_max=max(1, job.n_tiles), dtype=dtype
+            job.out_path,
+            feature_dim=spec.feature_dim,
+            n_max=max(1, job.n_tiles),
+            dtype=dtype,
+            n_aug=n_aug,
         )
         self.error = ""
         self.failed = False
@@ -106,10 +113,13 @@ class _SlideRun:
 
 
 def _feature_attrs(
-    run: _SlideRun, encoder: Encoder, runner: InferenceRunner, n_failed: int
+    run: _SlideRun, encoder: Encoder, runner: InferenceRunner, n_failed: int, stain: StainTransform
 ) -> dict[str, Any]:
     job = run.job
     return {
+        "stain_norm": stain.method,
+        "stain_ref_sha256": stain.ref.sha256 if stain.ref is not None else "",
+        "stain_augment_k": stain.augment.k,
         **job.attrs,
         "encoder": encoder.spec.name,
         "weights_sha256": encoder.weights_sha256,
@@ -124,7 +134,11 @@ def _feature_attrs(
 
 
 def _finish(
-    run: _SlideRun, encoder: Encoder, runner: InferenceRunner, manifest: Manifest
+    run: _SlideRun,
+    encoder: Encoder,
+    runner: InferenceRunner,
+    manifest: Manifest,
+    stain: StainTransform,
 ) -> ManifestRow:
     if run.failed:
         row = run.row("failed", 0, run.error)
@@ -135,7 +149,7 @@ def _finish(
             error = f"no tile could be read; first error: {run.first_tile_error}"
             row = run.row("failed", 0, error)
         else:
-            run.writer.commit(_feature_attrs(run, encoder, runner, n_failed))
+            run.writer.commit(_feature_attrs(run, encoder, runner, n_failed, stain))
             skipped = f"{n_failed} unreadable tile(s) skipped: {run.first_tile_error}"
             notes = [
                 skipped if n_failed else "",
@@ -158,19 +172,21 @@ class _Extraction:
         *,
         dtype: str,
         callbacks: ExtractCallbacks,
+        stain: StainTransform,
     ) -> None:
         self.encoder, self.runner, self.manifest = encoder, runner, manifest
-        self.dtype, self.callbacks = dtype, callbacks
+        self.dtype, self.callbacks, self.stain = dtype, callbacks, stain
         self.rows: list[ManifestRow] = []
         self.run: _SlideRun | None = None
-        self.pending: tuple[_SlideRun, PendingFeatures, np.ndarray] | None = None
+        self.pending: tuple[_SlideRun, PendingFeatures, np.ndarray, np.ndarray | None] | None
+        self.pending = None
 
     def start(self, job: SlideJob) -> _SlideRun:
-        return _SlideRun(job, self.encoder.spec, self.dtype)
+        return _SlideRun(job, self.encoder.spec, self.dtype, self.stain.augment.k)
 
     def finish(self, run: _SlideRun) -> None:
         """Commit (or fail) ``run``'s file and record its manifest row."""
-        row = _finish(run, self.encoder, self.runner, self.manifest)
+        row = _finish(run, self.encoder, self.runner, self.manifest, self.stain)
         self.rows.append(row)
         if self.callbacks.on_slide:
             self.callbacks.on_slide(row)
@@ -179,11 +195,11 @@ class _Extraction:
         """Write the pending batch's features (waiting for them) to their slide's file."""
         if self.pending is None:
             return
-        prun, feats, coords = self.pending
+        prun, feats, coords, aug = self.pending
         self.pending = None
         if not prun.failed:
             try:
-                prun.writer.append(feats.numpy(), coords)
+                prun.writer.append(feats.numpy(), coords, aug)
             except OverflowError as e:  # float16 storage of out-of-range features
                 prun.fail(str(e))
 
@@ -218,9 +234,18 @@ class _Extraction:
             run.first_tile_error = run.first_tile_error or errors[bad[0]]
         if bool(ok.any()):
             sel = tile_idx[ok].numpy()
-            submitted = self.runner.submit(imgs if bool(ok.all()) else imgs[ok])
+            good = self.stain.normalise(imgs if bool(ok.all()) else imgs[ok])
+            submitted = self.runner.submit(good)
+            aug = self._augmented(good, job, int(sel[0]))
             self.drain()
-            self.pending = (run, submitted, job.coords[sel])
+            self.pending = (run, submitted, job.coords[sel], aug)
+
+    def _augmented(self, good: torch.Tensor, job: SlideJob, first_row: int) -> np.ndarray | None:
+        """Features (n, K, D) of the K HED-jittered copies of a batch (None when K = 0)."""
+        if self.stain.augment.k == 0:
+            return None
+        copies = self.stain.augmented(good, key=job.slide_id, first_row=first_row)
+        return np.stack([self.runner(c).numpy() for c in copies], axis=1)
 
     def end(self) -> None:
         """All batches seen: write the last features and finish the last slide."""
@@ -245,10 +270,16 @@ def run_jobs(
     workers: int,
     dtype: str = "float32",
     callbacks: ExtractCallbacks | None = None,
+    stain: StainTransform | None = None,
 ) -> list[ManifestRow]:
     """Encode every job; returns one manifest row per job (also written to ``manifest``)."""
     state = _Extraction(
-        encoder, runner, manifest, dtype=dtype, callbacks=callbacks or ExtractCallbacks()
+        encoder,
+        runner,
+        manifest,
+        dtype=dtype,
+        callbacks=callbacks or ExtractCallbacks(),
+        stain=stain or StainTransform(None, AugmentSpec(), runner.device),
     )
     for job in (j for j in jobs if j.n_tiles == 0):  # nothing to read: an empty, valid file
         state.finish(state.start(job))
@@ -297,6 +328,12 @@ def extract(
         torch.set_num_threads(opts.threads)
     encoder = create_encoder(opts.encoder, weights=opts.weights, options=opts.encoder_options)
     runner = InferenceRunner(encoder, device=opts.device, precision=opts.precision)
+    stain = make_stain_transform(
+        norm=opts.stain_norm,
+        ref_path=opts.stain_ref,
+        augment=AugmentSpec(opts.stain_augment, opts.stain_sigma, opts.stain_bias, opts.stain_seed),
+        device=runner.device,
+    )
     plan = make_plan(
         tiles_dir,
         out_dir,
@@ -304,7 +341,7 @@ def extract(
         weights_sha256=encoder.weights_sha256,
         encoder_config_sha256=encoder.config_sha256,
         transform_for=transform_for(
-            encoder.spec, allow_resolution_mismatch=opts.allow_resolution_mismatch
+            encoder.spec, stain.record(), allow_resolution_mismatch=opts.allow_resolution_mismatch
         ),
         precision=runner.precision,
         dtype=opts.dtype,
@@ -344,6 +381,7 @@ def extract(
         workers=opts.workers,
         dtype=opts.dtype,
         callbacks=callbacks,
+        stain=stain,
     )
     return plan.done + rows
 

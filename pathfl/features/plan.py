@@ -171,8 +171,8 @@ def make_plan(
                     raise SlideRefusedError(
                         f"{out_path} exists but was made differently (fingerprint "
                         f"{existing[:12] or 'unreadable'} ≠ {fingerprint[:12]}: other tiles, "
-                        "encoder, weights, precision or dtype); rerun with --overwrite to "
-                        "recompute it"
+                        "encoder, weights, stain options, precision or dtype); rerun with "
+                        "--overwrite to recompute it"
                     )
             slide_path = locate_slide(slide_id, attrs, manifest_paths, slide_dir)
         except (FormatFileError, SlideRefusedError, ConfigError) as e:

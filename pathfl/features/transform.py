@@ -26,18 +26,24 @@ ALLOW_FLAG = "--allow-resolution-mismatch"
 
 
 def transform_for(
-    spec: EncoderSpec, *, allow_resolution_mismatch: bool = False
+    spec: EncoderSpec,
+    stain: dict[str, Any] | None = None,
+    *,
+    allow_resolution_mismatch: bool = False,
 ) -> Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]:
     """Pixel transform for a slide: tiles are resized to the coords file's ``tile_size`` (or to
-    the encoder's fixed input size), then normalised with the encoder's mean/std. A slide whose
-    tiles are not at the encoder's native resolution, allowed by ``allow_resolution_mismatch``,
-    gets a ``resolution_mismatch`` entry (so its features have their own fingerprint)."""
+    the encoder's fixed input size), stain-normalised/augmented when ``stain`` (the record of
+    a :class:`~pathfl.features.stain_ref.StainTransform`) says so, then normalised with the
+    encoder's mean/std. A slide whose tiles are not at the encoder's native resolution, allowed
+    by ``allow_resolution_mismatch``, gets a ``resolution_mismatch`` entry (so its features have
+    their own fingerprint)."""
 
     def fn(attrs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         out_px = spec.input_px if spec.fixed_input_px else tile_geometry(attrs).tile_size
         transform: dict[str, Any] = {
             "resize": out_px,
             "interpolation": INTERPOLATION,
+            **(stain or {}),
             "mean": list(spec.mean),
             "std": list(spec.std),
         }

@@ -2,7 +2,10 @@
 
 Datasets ``features`` float32 (N, D) — or float16 with ``pathfl extract --dtype float16`` —
 and ``coords`` int64 (N, 2) in the same row order, plus ``failed_coords`` int64 (M, 2), the
-tiles that could not be decoded. Root attrs: every attr of the coords file plus the encoder's
+tiles that could not be decoded; with ``pathfl extract --stain-augment K`` also
+``features_aug`` (N, K, D), K HED-jittered copies of each row (training-time augmentation; the
+``features`` dataset stays unaugmented, and readers that only know ``features``/``coords``, such
+as CLAM's and TRIDENT's, ignore it). Root attrs: every attr of the coords file plus the encoder's
 (:data:`ENCODER_ATTRS`). Written to a hidden temporary file in chunks and renamed only when
 complete (:class:`FeaturesWriter`, or :func:`write_features` for arrays already in memory)."""
 
@@ -26,6 +29,7 @@ logger = logging.getLogger(__name__)
 FEATURES = "features"
 COORDS = "coords"
 FAILED_COORDS = "failed_coords"
+FEATURES_AUG = "features_aug"
 #: storage dtypes of the ``features`` dataset (DESIGN: float32, float16 optional)
 FEATURE_DTYPES = ("float32", "float16")
 #: attrs the extract stage adds to those of the coords file
@@ -41,6 +45,9 @@ ENCODER_ATTRS = (
     "n_tiles_coords",
     "n_tiles_failed",
     "extract_pathfl_version",
+    "stain_norm",
+    "stain_ref_sha256",
+    "stain_augment_k",
 )
 #: rows per HDF5 chunk
 CHUNK_ROWS = 256
@@ -105,6 +112,13 @@ def read_features(path: str | os.PathLike[str]) -> FeaturesFile:
     return FeaturesFile(feats, coords, attrs)
 
 
+def read_augmented(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """The ``features_aug`` dataset (N, K, D) of a features file, or None when it has none."""
+    with open_for_reading(path, error=FeaturesFileError, what="features") as f:
+        ds = f.get(FEATURES_AUG)
+        return np.asarray(ds[()]) if isinstance(ds, h5py.Dataset) else None
+
+
 def _attr_value(value: Any) -> Any:
     if value is None:
         return ""
@@ -126,6 +140,7 @@ class FeaturesWriter:
         feature_dim: int,
         n_max: int,
         dtype: str = "float32",
+        n_aug: int = 0,
     ) -> None:
         if dtype not in FEATURE_DTYPES:
             raise ValueError(f"features dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
@@ -144,21 +159,42 @@ class FeaturesWriter:
         self._coords = self._file.create_dataset(
             COORDS, shape=(0, 2), maxshape=(None, 2), dtype="int64", chunks=(chunk, 2)
         )
+        self._aug = None
+        if n_aug > 0:
+            self._aug = self._file.create_dataset(
+                FEATURES_AUG, shape=(0, n_aug, feature_dim),
+                maxshape=(None, n_aug, feature_dim), dtype=self.dtype,
+                chunks=(max(1, chunk // n_aug), n_aug, feature_dim),
+            )  # fmt: skip
         self._failed: list[np.ndarray] = []
         self.n_rows = 0
 
-    def append(self, features: np.ndarray, coords: np.ndarray) -> None:
-        """Add rows; raises ``OverflowError`` for values a float16 file cannot hold."""
-        n = features.shape[0]
-        if n == 0:
-            return
-        if features.shape[1] != self.feature_dim or coords.shape != (n, 2):
-            raise ValueError(f"bad batch shapes {features.shape}, {coords.shape}")
+    def _check_range(self, features: np.ndarray) -> None:
         if self.dtype == np.float16 and not np.all(np.abs(features) <= np.finfo(np.float16).max):
             raise OverflowError(
                 f"{self.final}: features beyond the float16 range (|x| up to "
                 f"{float(np.nanmax(np.abs(features))):.4g} or NaN); use --dtype float32"
             )
+
+    def append(
+        self, features: np.ndarray, coords: np.ndarray, augmented: np.ndarray | None = None
+    ) -> None:
+        """Add rows (and their (n, K, D) augmented copies when the file has them); raises
+        ``OverflowError`` for values a float16 file cannot hold."""
+        n = features.shape[0]
+        if n == 0:
+            return
+        if features.shape[1] != self.feature_dim or coords.shape != (n, 2):
+            raise ValueError(f"bad batch shapes {features.shape}, {coords.shape}")
+        if (self._aug is None) != (augmented is None) or (
+            augmented is not None and augmented.shape != (n, *self._aug.shape[1:])
+        ):
+            raise ValueError(f"augmented rows do not match the file ({self._aug!r})")
+        self._check_range(features)
+        if augmented is not None and self._aug is not None:
+            self._check_range(augmented)
+            self._aug.resize(self.n_rows + n, axis=0)
+            self._aug[self.n_rows :] = augmented.astype(self.dtype, copy=False)
         self._feats.resize(self.n_rows + n, axis=0)
         self._coords.resize(self.n_rows + n, axis=0)
         self._feats[self.n_rows :] = features.astype(self.dtype, copy=False)

@@ -1,8 +1,9 @@
 """How the features of a local run were made, and checks that they were all made alike.
 
 The fields of a fingerprint (:data:`FINGERPRINT_FIELDS`: encoder, weights hash, target mpp,
-tile size, pathfl version, feature dim) are those the federation's site check
-(:mod:`pathfl.fl.trust.compat`) compares; a cohort's check adds the storage dtype.
+tile size, pathfl version, feature dim, stain normalisation method and reference hash) are
+those the federation's site check (:mod:`pathfl.fl.trust.compat`) compares; a cohort's check
+adds the storage dtype.
 ``pathfl train`` refuses a cohort whose features files differ on any of them, records them in
 the run's ``config.json`` (``fingerprint``), and ``pathfl predict``/``heatmap`` refuse features
 that differ from the run's on the fields that change what a feature means.
@@ -27,7 +28,11 @@ FINGERPRINT_FIELDS: tuple[str, ...] = (
     "tile_size",
     "pathfl_version",
     "feature_dim",
+    "stain_norm",
+    "stain_ref_sha256",
 )
+#: value of a field that features files written before it existed lack (no normalisation)
+FIELD_DEFAULTS: dict[str, str] = {"stain_norm": "none", "stain_ref_sha256": ""}
 #: Fields whose values are compared as numbers (with a relative tolerance for floats).
 _NUMERIC_FIELDS = {"target_mpp": float, "tile_size": int, "feature_dim": int}
 MPP_REL_TOL = 1e-3
@@ -44,6 +49,8 @@ _MAX_NAMED = 5
 
 def _normalise(field_name: str, value: Any) -> Any:
     """Turn an attribute as read from HDF5 (bytes, numpy scalars) into a plain Python value."""
+    if value is None or (isinstance(value, str) and value == ""):
+        value = FIELD_DEFAULTS.get(field_name, value)
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if hasattr(value, "item") and not isinstance(value, str):
@@ -131,10 +138,10 @@ def check_run_fingerprint(
     run_fp = dict(run_fp or {})
     errors, warnings, unrecorded = [], [], []
     for f in COHORT_FIELDS:
-        if f not in run_fp:
+        if f not in run_fp and f not in FIELD_DEFAULTS:
             unrecorded.append(f)
             continue
-        here, there = features_fp.get(f), run_fp[f]
+        here, there = features_fp.get(f), _normalise(f, run_fp.get(f))
         if values_equal(f, here, there):
             continue
         text = f"{f}={here!r} here but {there!r} in the run's training features"

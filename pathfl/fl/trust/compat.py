@@ -1,5 +1,6 @@
 """Site compatibility before round 1: every site reports the fingerprint of its features
-(encoder, weights hash, target mpp, tile size, pathfl version, feature dim); the server refuses
+(encoder, weights hash, target mpp, tile size, pathfl version, feature dim, stain normalisation
+method and the SHA-256 of its shared reference); the server refuses
 to mix sites whose features were not made the same way, or excludes the odd ones out.
 
 Pure functions over plain dicts, so the ClientApp can send a record as a Flower ConfigRecord
@@ -25,6 +26,12 @@ from pathfl.survival.fingerprint import (
 logger = logging.getLogger(__name__)
 
 POLICIES = ("refuse", "exclude")
+#: what to do about a difference in these fields, added to the message
+_HINTS = {
+    "stain_norm": "every site must extract with the same --stain-norm",
+    "stain_ref_sha256": "every site must extract with the same --stain-ref file (share the "
+    "reference JSON fitted once, e.g. with `pathfl stain-ref fit`)",
+}
 
 
 class CompatibilityError(RuntimeError):
@@ -140,8 +147,9 @@ def check_compatibility(
             elif ref[f] is None or not values_equal(f, v, ref[f]):
                 agree = [t for t in sorted(norm) if values_equal(f, norm[t][f], ref[f])]
                 other = "missing" if ref[f] is None else repr(ref[f])
+                hint = f" — {_HINTS[f]}" if f in _HINTS else ""
                 reasons.setdefault(s, []).append(
-                    f"site {s!r}: {f}={v!r} but {other} at site(s) {', '.join(agree)}"
+                    f"site {s!r}: {f}={v!r} but {other} at site(s) {', '.join(agree)}{hint}"
                 )
     messages = [m for s in sorted(reasons) for m in reasons[s]]
     if policy == "refuse":
