@@ -86,8 +86,8 @@ def test_robust_aggregation_bounds_one_poisoned_update() -> None:
 def test_aggregator_registry_lists_names_and_refuses_unknown() -> None:
     from pathfl.registry import UnknownNameError
 
-    assert aggregate.list_aggregators() == ["fedavg", "median", "trimmed-mean"]
-    with pytest.raises(UnknownNameError, match="fedavg, median, trimmed-mean"):
+    assert {"fedavg", "median", "trimmed-mean"} <= set(aggregate.list_aggregators())
+    with pytest.raises(UnknownNameError, match="fedavg, fedavgm, fedyogi, median, trimmed-mean"):
         aggregate.create_aggregator("krum")
     with pytest.raises(ConfigError, match="valid aggregations"):
         effective_config({"loss": "cox", "aggregation": "mean"})

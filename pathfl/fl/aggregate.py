@@ -1,6 +1,7 @@
-"""Pure aggregation functions of the federation (no Flower, no torch): weighted FedAvg and
-the robust coordinate-wise median and trimmed mean (a registry, ``create_aggregator`` /
-``list_aggregators``: the server's ``aggregate_train``), the federation-level C-index from
+"""Pure aggregation functions of the federation (no Flower, no torch): weighted FedAvg, the
+robust coordinate-wise median and trimmed mean, and the server optimisers FedAvgM, FedAdam,
+FedYogi, FedAdagrad (:mod:`pathfl.fl.server_opt`) — a registry, ``create_aggregator`` /
+``list_aggregators``: the server's ``aggregate_train`` — the federation-level C-index from
 per-site pair counts, and federation-wide time-bin cut points from per-site event-time
 histograms.
 
@@ -106,11 +107,77 @@ def _trimmed(*, trim_fraction: float = 0.2) -> Aggregator:
     return lambda updates, _weights: trimmed_mean(updates, trim_fraction=trim_fraction)
 
 
-def create_aggregator(name: str, **options: float) -> Aggregator:
+# Server optimisers (pathfl.fl.server_opt): FedAvg, then a step on the pseudo-gradient.
+# Defaults: Flower 1.42's strategies (eta, beta_1, beta_2, tau); FedAvgM momentum 0.9 as in
+# Hsu et al. 2019 (Flower's 0.0 would be plain FedAvg).
+_ADAPTIVE = ("server_lr", "server_beta1", "server_beta2", "server_tau")
+
+
+@AGGREGATORS.register(
+    "fedavgm",
+    summary="FedAvg + server momentum (Hsu et al. 2019; server_lr 1.0, server_momentum 0.9)",
+    options=("server_lr", "server_momentum"),
+)
+def _fedavgm(*, server_lr: float = 1.0, server_momentum: float = 0.9) -> Aggregator:
+    from pathfl.fl.server_opt import ServerOptimizer
+
+    return ServerOptimizer("avgm", float(server_lr), momentum=float(server_momentum))
+
+
+def _adaptive(rule: str, lr: float, b1: float, b2: float, tau: float) -> Aggregator:
+    from pathfl.fl.server_opt import ServerOptimizer
+
+    return ServerOptimizer(rule, float(lr), beta1=float(b1), beta2=float(b2), tau=float(tau))
+
+
+@AGGREGATORS.register(
+    "fedadam",
+    summary="FedAvg + server Adam (Reddi et al. 2021; lr 0.1, betas 0.9/0.99, tau 1e-3)",
+    options=_ADAPTIVE,
+)
+def _fedadam(
+    *,
+    server_lr: float = 0.1,
+    server_beta1: float = 0.9,
+    server_beta2: float = 0.99,
+    server_tau: float = 1e-3,
+) -> Aggregator:
+    return _adaptive("adam", server_lr, server_beta1, server_beta2, server_tau)
+
+
+@AGGREGATORS.register(
+    "fedyogi",
+    summary="FedAvg + server Yogi (Reddi et al. 2021; lr 0.01, betas 0.9/0.99, tau 1e-3)",
+    options=_ADAPTIVE,
+)
+def _fedyogi(
+    *,
+    server_lr: float = 0.01,
+    server_beta1: float = 0.9,
+    server_beta2: float = 0.99,
+    server_tau: float = 1e-3,
+) -> Aggregator:
+    return _adaptive("yogi", server_lr, server_beta1, server_beta2, server_tau)
+
+
+@AGGREGATORS.register(
+    "fedadagrad",
+    summary="FedAvg + server Adagrad (Reddi et al. 2021; lr 0.1, beta1 0, tau 1e-3)",
+    options=("server_lr", "server_beta1", "server_tau"),
+)
+def _fedadagrad(
+    *, server_lr: float = 0.1, server_beta1: float = 0.0, server_tau: float = 1e-3
+) -> Aggregator:
+    return _adaptive("adagrad", server_lr, server_beta1, 0.0, server_tau)
+
+
+def create_aggregator(name: str, **options: float | None) -> Aggregator:
     """The aggregation rule ``name`` (see :func:`list_aggregators`). ``options`` may hold
-    every rule's settings (a run config's); each rule takes those its registry entry lists."""
+    every rule's settings (a run config's); each rule takes those its registry entry lists
+    (a None value = the rule's own default)."""
     takes = AGGREGATORS.meta(name).get("options", ())
-    return AGGREGATORS.get(name)(**{k: v for k, v in options.items() if k in takes})
+    given = {k: v for k, v in options.items() if k in takes and v is not None}
+    return AGGREGATORS.get(name)(**given)
 
 
 def list_aggregators() -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pathfl.fl import aggregate
+from pathfl.fl.fl_config import aggregator_for
 from pathfl.fl.rundir import RunDir
 from pathfl.fl.server_loop import (
     Collected,
@@ -24,6 +25,7 @@ from pathfl.fl.server_loop import (
     send_and_collect,
     wait_for_nodes,
 )
+from pathfl.fl.server_opt import OptState, save_state, server_update
 from pathfl.fl.trust import records
 
 logger = logging.getLogger(__name__)
@@ -57,9 +59,8 @@ class FederatedRun:
         self.row_scaler: Any = None  # linear-cox row Standardizer (None: not fitted)
         self.n_train = 0  # training patients over the accepted sites
         self.steps_per_round = 0  # optimizer steps per site and round (0: local_epochs)
-        self.aggregator = aggregate.create_aggregator(
-            str(cfg["aggregation"]), trim_fraction=float(cfg["trim_fraction"])
-        )
+        self.aggregator = aggregator_for(cfg)
+        self.opt_state = OptState()  # server optimiser state (server only, checkpointed)
 
     # ------------------------------------------------------------------ helpers
     def run_config(self, round_no: int) -> dict[str, Any]:
@@ -242,9 +243,9 @@ class FederatedRun:
         row = self._round_row(round_no, replies, rejected)
         accepted = [i for i, label in enumerate(replies.labels) if label not in rejected]
         self._require_quorum(round_no, row, [replies.labels[i] for i in accepted], t0=t0)
-        self.arrays = self.aggregator(
-            [replies.updates[i] for i in accepted], [replies.n_ex[i] for i in accepted]
-        )
+        ups, n_ex = [replies.updates[i] for i in accepted], [replies.n_ex[i] for i in accepted]
+        args = (self.aggregator, self.arrays, ups, n_ex, self.opt_state)
+        self.arrays, self.opt_state = server_update(*args)
         row["seconds"] = time.monotonic() - t0
         row["max_site_compute_s"] = max(
             (m.get("compute_s", 0.0) for m in replies.metrics), default=0.0
@@ -342,6 +343,7 @@ class FederatedRun:
                 "feature_dim": self.feature_dim,
                 "fingerprint": self.fingerprint,
                 **self.checkpoint_state(),
+                **save_state(self.dir.root, round_no, self.opt_state),
             },
         )
 

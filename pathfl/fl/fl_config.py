@@ -24,8 +24,16 @@ FL_DEFAULTS: dict[str, Any] = {
     "local_steps": 0,  # optimizer steps per site and round (0 = auto: the pooled budget / rounds)
     "local_epochs": 0,  # alternative: passes over each site's bags per round (0 = unset)
     "proximal_mu": 0.0,  # FedProx mu (0 = FedAvg)
-    "aggregation": "fedavg",  # fedavg | median | trimmed-mean (pathfl.fl.aggregate)
+    "aggregation": "fedavg",  # fedavg | median | trimmed-mean | fedavgm | fedadam | fedyogi
+    # | fedadagrad (pathfl.fl.aggregate)
     "trim_fraction": 0.2,  # trimmed-mean: fraction dropped at each end, per coordinate
+    # server optimisers (pathfl.fl.server_opt); None = the optimiser's own default, listed
+    # with its registry entry (`pathfl fl simulate --list aggregation`) and in docs/federation.md
+    "server_lr": None,  # server learning rate eta
+    "server_momentum": None,  # fedavgm momentum
+    "server_beta1": None,  # fedadam/fedyogi/fedadagrad first-moment decay
+    "server_beta2": None,  # fedadam/fedyogi second-moment decay
+    "server_tau": None,  # fedadam/fedyogi/fedadagrad adaptivity (added to sqrt(v))
     "min_sites": 2,  # fewer replies in a round -> the run stops with an error
     "num_sites": 0,  # sites to wait for before round 1 (0 = min_sites)
     "connect_timeout_s": 300.0,  # how long to wait for num_sites to connect
@@ -112,7 +120,7 @@ def _validate(cfg: dict[str, Any]) -> None:
     if float(cfg["proximal_mu"]) < 0:
         raise ConfigError("proximal_mu must be >= 0")
     try:
-        create_aggregator(str(cfg["aggregation"]), trim_fraction=float(cfg["trim_fraction"]))
+        aggregator_for(cfg)
     except (KeyError, ValueError) as e:  # UnknownNameError lists the valid names
         raise ConfigError(f"aggregation: {e}") from None
     if cfg["compat_policy"] not in ("refuse", "exclude"):
@@ -131,6 +139,17 @@ def _validate(cfg: dict[str, Any]) -> None:
                 "unit; the bins are then placed at quantiles of the federation's event-time "
                 "histogram — see docs/federation.md)"
             )
+
+
+def aggregation_options(cfg: Mapping[str, Any]) -> dict[str, float | None]:
+    """The settings of the aggregation rules in ``cfg`` (None = the rule's default)."""
+    keys = ("trim_fraction", *(k for k in FL_DEFAULTS if k.startswith("server_")))
+    return {k: None if cfg.get(k) is None else float(cfg[k]) for k in keys}
+
+
+def aggregator_for(cfg: Mapping[str, Any]) -> Any:
+    """The run's aggregation rule (:func:`pathfl.fl.aggregate.create_aggregator`)."""
+    return create_aggregator(str(cfg["aggregation"]), **aggregation_options(cfg))
 
 
 def strategy_name(cfg: Mapping[str, Any]) -> str:

@@ -104,6 +104,7 @@ def _linear_cox(run: FederatedRun) -> dict[str, Any]:
 
 def _check_resume(run: FederatedRun, state: dict[str, Any]) -> None:
     from pathfl.fl.server_loop import FederationError
+    from pathfl.fl.server_opt import load_state
     from pathfl.survival.scaling import BagScaler
 
     if state.get("time_bins") != run.time_bins:
@@ -114,6 +115,7 @@ def _check_resume(run: FederatedRun, state: dict[str, Any]) -> None:
         run.scaler = BagScaler.from_dict(state["scaler"]) if state["scaler"] else None
     if "steps_per_round" in state:
         run.steps_per_round = int(state["steps_per_round"])
+    run.opt_state = load_state(run.dir.root, state)  # the server optimiser continues
     missing = sorted(set(state.get("sites", [])) - set(run.sites.values()))
     if missing:
         logger.warning("resuming without site(s) %s that took part before", missing)
