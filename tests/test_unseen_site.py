@@ -5,6 +5,7 @@ only local weights, and (slow) `pathfl fl simulate --leave-one-site-out` with re
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -59,3 +60,97 @@ def test_train_group_by_needs_sites(tmp_path: Path) -> None:
     r = RUNNER.invoke(app, [str(a) for a in args])
     assert r.exit_code == 2 and "site" in r.output
     assert not (tmp_path / "run").exists()
+
+
+@functools.cache
+def _tiny_fit(model: str = "abmil"):
+    """A small trained model (pathfl train's fit_one) and its site's bags, in memory (shared
+    by the tests: fine-tuning works on a copy, which the tests check)."""
+    from pathfl.survival.cohorts import planted_cohort
+    from pathfl.survival.cv import fit_one
+    from pathfl.survival.train import TrainConfig
+
+    cohort = planted_cohort(n_patients=40, feature_dim=6, tiles=(4, 8), seed=2)
+    cfg = TrainConfig(model=model, loss="cox", hidden_dim=8, min_steps=3, epochs=1, n_boot=0)
+    return fit_one(cohort.bags[:24], cfg), cohort.bags[24:], cfg
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_personalise_head_changes_only_the_head() -> None:
+    import torch
+
+    from pathfl.survival.personalise import fine_tune
+
+    fit, site_bags, cfg = _tiny_fit()
+    before = _state(fit["model"])
+    p = fine_tune(
+        fit["model"], fit["scaler"], site_bags, cfg, part="head", time_bins=None, steps=5, seed=0
+    )
+    after = _state(p.model)
+    assert p.trained and all(n.startswith("head.") for n in p.trained)
+    for k, v in before.items():
+        same = torch.equal(v, after[k])
+        assert same != (k in p.trained), k  # head weights moved, every other weight is global
+        assert torch.equal(v, _state(fit["model"])[k])  # the global model is untouched
+    assert p.scaler is fit["scaler"]
+    assert all(p.requires_grad for p in p.model.parameters())  # nothing left frozen
+
+
+def test_personalise_norm_refits_the_scaler_and_norm_layers_only() -> None:
+    import numpy as np
+    import torch
+
+    from pathfl.survival.personalise import fine_tune
+
+    # abmil has no normalisation layers: only the input standardisation becomes local
+    fit, site_bags, cfg = _tiny_fit()
+    p = fine_tune(
+        fit["model"], fit["scaler"], site_bags, cfg, part="norm", time_bins=None, steps=5, seed=0
+    )
+    assert p.trained == [] and p.stats["steps"] == 0
+    assert all(torch.equal(v, _state(p.model)[k]) for k, v in _state(fit["model"]).items())
+    assert not np.allclose(p.scaler.features.mean, fit["scaler"].features.mean)
+    # transmil: its LayerNorm affine parameters are adapted, nothing else
+    fit, site_bags, cfg = _tiny_fit("transmil")
+    p = fine_tune(
+        fit["model"], fit["scaler"], site_bags, cfg, part="norm", time_bins=None, steps=5, seed=0
+    )
+    assert p.trained and all("norm" in n for n in p.trained)
+    after = _state(p.model)
+    for k, v in _state(fit["model"]).items():
+        assert torch.equal(v, after[k]) or k in p.trained, k
+
+
+def test_personalised_model_stays_on_the_site(tmp_path: Path) -> None:
+    """The site writes its personalised run into its own state folder; the federation has no
+    message that could carry it (a reply with such a record is refused)."""
+    import pytest
+
+    from pathfl.fl.personalise import personalise_site
+    from pathfl.fl.site import SiteData, handle
+    from pathfl.fl.trust.records import REPLY_WHITELIST, ReplyNotAllowedError, check_reply
+    from pathfl.survival.run import load_run
+
+    fit, bags, cfg = _tiny_fit()
+    run_cfg = {"train": cfg.to_dict(), "seed": 0}
+    data = SiteData("hosp_a", tmp_path, bags[:10], bags[10:], 6, state_dir=tmp_path / "site")
+    rows = personalise_site(data, fit, run_cfg, part="head", n_boot=20)
+    assert [r["method"] for r in rows] == ["global", "personalised head"]
+    assert all(r["n"] == 6 and r["site"] == "hosp_a" for r in rows)
+    run = tmp_path / "site" / "personalised-head"
+    model, _, extras = load_run(run)  # `pathfl predict` can use it, on the site
+    assert extras["personalised"] == "head" and extras["site"] == "hosp_a"
+    assert not any("personal" in k for k in REPLY_WHITELIST)
+    with pytest.raises(ReplyNotAllowedError):
+        check_reply("personalise", {})
+    with pytest.raises(ValueError, match="unknown request kind"):
+        node = {"site": "hosp_a", "features": str(tmp_path), "clinical": str(tmp_path / "x")}
+
+        class _Cache:
+            def get(self, *_a):
+                return data
+
+        handle("personalise", node, run_cfg, [], cache=_Cache())  # type: ignore[arg-type]
