@@ -9,6 +9,7 @@ import functools
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pathfl.cli import app
@@ -127,8 +128,6 @@ def test_personalise_norm_refits_the_scaler_and_norm_layers_only() -> None:
 def test_personalised_model_stays_on_the_site(tmp_path: Path) -> None:
     """The site writes its personalised run into its own state folder; the federation has no
     message that could carry it (a reply with such a record is refused)."""
-    import pytest
-
     from pathfl.fl.personalise import personalise_site
     from pathfl.fl.site import SiteData, handle
     from pathfl.fl.trust.records import REPLY_WHITELIST, ReplyNotAllowedError, check_reply
@@ -141,7 +140,7 @@ def test_personalised_model_stays_on_the_site(tmp_path: Path) -> None:
     assert [r["method"] for r in rows] == ["global", "personalised head"]
     assert all(r["n"] == 6 and r["site"] == "hosp_a" for r in rows)
     run = tmp_path / "site" / "personalised-head"
-    model, _, extras = load_run(run)  # `pathfl predict` can use it, on the site
+    _model, _, extras = load_run(run)  # `pathfl predict` can use it, on the site
     assert extras["personalised"] == "head" and extras["site"] == "hosp_a"
     assert not any("personal" in k for k in REPLY_WHITELIST)
     with pytest.raises(ReplyNotAllowedError):
@@ -154,3 +153,45 @@ def test_personalised_model_stays_on_the_site(tmp_path: Path) -> None:
                 return data
 
         handle("personalise", node, run_cfg, [], cache=_Cache())  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_leave_one_site_out_real_processes(tmp_path: Path) -> None:
+    """`pathfl fl simulate --leave-one-site-out --personalise head`: three federations of two
+    sites each (real SuperLink/SuperNode processes, 1 round), each scored on the third site."""
+    from pathfl.survival.synthetic import split_into_sites
+
+    c = make_cohort(tmp_path / "all", n_patients=60, feature_dim=6, tiles=(4, 8), seed=4)
+    sites = split_into_sites(c, tmp_path, ["a", "b", "c"])
+    cfg = tmp_path / "fl.yaml"
+    cfg.write_text(
+        "rounds: 1\nlocal_steps: 3\nmodel: meanpool\nloss: cox\nhidden_dim: 8\nval_folds: 3\n"
+        "min_steps: 3\nn_boot: 20\nlinear_cox: false\nround_timeout_s: 240\n"
+        "connect_timeout_s: 180\n"
+    )
+    out = tmp_path / "loso"
+    args = ["fl", "simulate", *(x for s in sites for x in ("--site", s)), "--out", out]
+    args += ["--config", cfg, "--insecure", "--leave-one-site-out", "--personalise", "head"]
+    r = RUNNER.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    with open(out / "unseen_site.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    n_site = {s.name: len((s / "clinical.csv").read_text().splitlines()) - 1 for s in sites}
+    for held in ("a", "b", "c"):
+        mine = {r["method"]: r for r in rows if r["held_out_site"] == held}
+        others = sorted({"a", "b", "c"} - {held})
+        expected = {"federated", "pooled", "local-only (mean)"}
+        expected |= {f"local-only {s}" for s in others}
+        expected |= {"federated (unseen site's validation part)", "federated + personalised head"}
+        assert set(mine) == expected
+        for m in ("federated", "pooled", "local-only (mean)"):  # every patient of the site
+            assert int(mine[m]["n"]) == n_site[held]
+            lo, c_, hi = (float(mine[m][k]) for k in ("ci_low", "c_index", "ci_high"))
+            assert 0 <= lo <= c_ <= hi <= 1
+        fed_run = json.loads((out / f"held_out_{held}" / "metrics.json").read_text())
+        assert sorted(fed_run["sites"]) == others  # the held-out site never took part
+    assert "federated" in r.output and (out / "unseen_site.md").is_file()
+    # a re-run reuses the finished folds: no new federation
+    mtime = (out / "held_out_a" / "metrics.json").stat().st_mtime
+    r = RUNNER.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0 and (out / "held_out_a" / "metrics.json").stat().st_mtime == mtime

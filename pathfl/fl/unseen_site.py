@@ -97,29 +97,29 @@ def held_out_rows(
     cfg: dict[str, Any],
     *,
     n_boot: int = 200,
+    baselines: bool = True,
 ) -> list[dict[str, Any]]:
-    """Federated (``run_dir``), pooled and local-only (mean and each) scored on every patient
-    of the held-out site ``held``. ``cfg`` is the federated run's effective config."""
+    """Federated (``run_dir``), pooled and local-only (mean and each; unless not
+    ``baselines``) scored on every patient of the held-out site ``held``. ``cfg`` is the
+    federated run's effective config."""
     import torch
 
-    seed = int(cfg["seed"])
+    kw = {"n_boot": n_boot, "seed": int(cfg["seed"])}
     bags = site_bags(held, cfg)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the federated sites' workers
     try:
-        fits = fit_baselines(load_sites(list(train_specs), cfg), cfg)
-        fed = risks(federated_fit(run_dir), bags, cfg).risk
-        local = {k: risks(f, bags, cfg).risk for k, f in fits.items() if k.startswith("local_")}
-        pooled = risks(fits["pooled"], bags, cfg).risk
+        rows = [score("federated", [risks(federated_fit(run_dir), bags, cfg).risk], bags, **kw)]
+        if baselines:
+            fits = fit_baselines(load_sites(list(train_specs), cfg), cfg)
+            local = {k: risks(f, bags, cfg).risk for k, f in fits.items() if k != "pooled"}
+            rows += [
+                score("pooled", [risks(fits["pooled"], bags, cfg).risk], bags, **kw),
+                score("local-only (mean)", list(local.values()), bags, **kw),
+                *(score(k.replace("_", "-only ", 1), [r], bags, **kw) for k, r in local.items()),
+            ]
     finally:
         torch.set_num_threads(threads)
-    kw = {"n_boot": n_boot, "seed": seed}
-    rows = [
-        score("federated", [fed], bags, **kw),
-        score("pooled", [pooled], bags, **kw),
-        score("local-only (mean)", list(local.values()), bags, **kw),
-        *(score(k.replace("_", "-only ", 1), [r], bags, **kw) for k, r in sorted(local.items())),
-    ]
     return [{"held_out_site": held.name, **r} for r in rows]
 
 

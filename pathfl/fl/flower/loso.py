@@ -36,6 +36,7 @@ def held_out_fold(
     out: Path,
     *,
     personalise: str | None = None,
+    baselines: bool = True,
     **simulate_kw: Any,
 ) -> list[dict[str, Any]]:
     """One federation without ``held`` and its unseen-site rows (cached in
@@ -46,19 +47,25 @@ def held_out_fold(
     done = out / "unseen_site.json"
     if done.is_file():
         cached = json.loads(done.read_text())
-        if cached.get("personalise") == personalise:
+        if (cached.get("personalise"), cached.get("baselines", True)) == (personalise, baselines):
             logger.info("held-out site %s: already evaluated (%s)", held.name, done)
             return cached["rows"]
     train_specs = [s for s in specs if s is not held]
     user = _fold_user_config(user_cfg, len(train_specs))
     summary = simulate(train_specs, user, out, baselines=False, **simulate_kw)
     cfg = json.loads((out / "fl_config.json").read_text())["config"]
-    rows = held_out_rows(out, held, train_specs, cfg, n_boot=int(cfg["train"]["n_boot"]))
+    n_boot = int(cfg["train"]["n_boot"])
+    rows = held_out_rows(out, held, train_specs, cfg, n_boot=n_boot, baselines=baselines)
     if personalise:
-        rows += adapt_rows(out, held, cfg, part=personalise, n_boot=int(cfg["train"]["n_boot"]))
+        rows += adapt_rows(out, held, cfg, part=personalise, n_boot=n_boot)
     write_json_atomic(
         done,
-        {"run_id": summary["run_id"], "personalise": personalise, "rows": rows},
+        {
+            "run_id": summary["run_id"],
+            "personalise": personalise,
+            "baselines": baselines,
+            "rows": rows,
+        },
     )
     return rows
 
@@ -69,11 +76,13 @@ def leave_one_site_out(
     out: Path,
     *,
     personalise: str | None = None,
+    baselines: bool = True,
     **simulate_kw: Any,
 ) -> dict[str, Any]:
     """Every site held out once (k federations of k−1 sites); returns ``{"rows", "table"}``
     and writes ``OUT/unseen_site.csv`` + ``OUT/unseen_site.md``. ``simulate_kw`` go to
-    :func:`pathfl.fl.flower.simulate.simulate` (tls, timeout_s, ...)."""
+    :func:`pathfl.fl.flower.simulate.simulate` (tls, timeout_s, ...); ``baselines=False``
+    skips the pooled and local-only models."""
     from pathfl.fl.unseen_site import write_table
 
     if len(specs) < 3:
@@ -86,8 +95,9 @@ def leave_one_site_out(
     rows: list[dict[str, Any]] = []
     for held in specs:
         logger.info("leave-one-site-out: federating without %s", held.name)
+        fold_dir = out / f"held_out_{held.name}"
         rows += held_out_fold(
-            specs, held, user_cfg, out / f"held_out_{held.name}", personalise=personalise,
+            specs, held, user_cfg, fold_dir, personalise=personalise, baselines=baselines,
             **simulate_kw,
         )  # fmt: skip
     table = write_table(out / "unseen_site.csv", rows)
