@@ -195,3 +195,23 @@ def test_leave_one_site_out_real_processes(tmp_path: Path) -> None:
     mtime = (out / "held_out_a" / "metrics.json").stat().st_mtime
     r = RUNNER.invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert r.exit_code == 0 and (out / "held_out_a" / "metrics.json").stat().st_mtime == mtime
+
+
+def test_simulate_usage_errors_before_any_process(tmp_path: Path) -> None:
+    """A bad --personalise, or --leave-one-site-out with two sites: ConfigError (exit 2 via
+    main()) before anything starts or is written."""
+    from pathfl.config import ConfigError
+
+    sites = []
+    for name in ("a", "b"):
+        (tmp_path / name / "features").mkdir(parents=True)
+        (tmp_path / name / "clinical.csv").write_text("patient_id,slide_id,time,event\n")
+        sites += ["--site", str(tmp_path / name)]
+    out = tmp_path / "out"
+    for extra, words in (
+        (["--personalise", "everything"], "head, norm"),
+        (["--leave-one-site-out"], "at least three site folders"),
+    ):
+        r = RUNNER.invoke(app, ["fl", "simulate", *sites, "--out", str(out), *extra])
+        assert isinstance(r.exception, ConfigError) and words in str(r.exception), r.output
+        assert not out.exists()
