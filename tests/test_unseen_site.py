@@ -156,6 +156,7 @@ def test_personalised_model_stays_on_the_site(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three federations; 15+ min at load 25 on 2 cores, ~4 min idle
 def test_leave_one_site_out_real_processes(tmp_path: Path) -> None:
     """`pathfl fl simulate --leave-one-site-out --personalise head`: three federations of two
     sites each (real SuperLink/SuperNode processes, 1 round), each scored on the third site."""
