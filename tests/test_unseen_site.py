@@ -216,3 +216,31 @@ def test_simulate_usage_errors_before_any_process(tmp_path: Path) -> None:
         r = RUNNER.invoke(app, ["fl", "simulate", *sites, "--out", str(out), *extra])
         assert isinstance(r.exception, ConfigError) and words in str(r.exception), r.output
         assert not out.exists()
+
+
+def test_personalise_sites_of_a_simulation(tmp_path: Path) -> None:
+    """`fl simulate --personalise head`'s step: every site adapts the run's global model on its
+    training part, writes it into its own state folder, and both are scored on its
+    validation part."""
+    from pathfl.fl.fl_config import effective_config
+    from pathfl.fl.flower.simulate import site_specs
+    from pathfl.fl.personalise import personalise_sites
+    from pathfl.survival.cohorts import planted_cohort, write_sites
+    from pathfl.survival.data import bags_fingerprint
+    from pathfl.survival.run import save_run
+
+    fit, _, tcfg = _tiny_fit()
+    cohort = planted_cohort(n_patients=36, feature_dim=6, tiles=(4, 8), seed=2, n_sites=2)
+    specs = site_specs(write_sites(cohort, tmp_path / "sites"))
+    run = tmp_path / "run"
+    save_run(
+        run, fit["model"], tcfg, feature_dim=6, fingerprint=bags_fingerprint(cohort.bags),
+        time_bins=None, scaler=fit["scaler"], metrics=None, predictions=None,
+    )  # fmt: skip
+    cfg = effective_config({**tcfg.to_dict(), "val_folds": 3, "n_boot": 0})
+    rows = personalise_sites(specs, cfg, run, part="head", n_boot=0)
+    assert [(r["site"], r["method"]) for r in rows] == [
+        (s.name, m) for s in specs for m in ("global", "personalised head")
+    ]
+    for s in specs:
+        assert (run / "federation" / "sites" / s.name / "personalised-head" / "model.pt").is_file()
