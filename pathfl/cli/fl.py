@@ -302,26 +302,41 @@ def simulate_cmd(
     local_epochs: int = typer.Option(None, "--local-epochs", help=_TUNING["local_epochs"]),
     proximal_mu: float = typer.Option(None, "--proximal-mu", help=_TUNING["proximal_mu"]),
     aggregation: str = typer.Option(None, "--aggregation", help=_TUNING["aggregation"]),
+    leave_one_site_out: bool = typer.Option(
+        False,
+        "--leave-one-site-out",
+        help="Federate k times over k-1 sites; score federated, pooled, local-only on the "
+        "held-out site (OUT/unseen_site.md).",
+    ),
+    personalise: str = typer.Option(
+        None, "--personalise", help="head | norm: each site adapts the global model locally."
+    ),
 ) -> None:
     """One machine, one process per site on 127.0.0.1: federated run + baselines + table."""
     from pathfl.fl.flower.simulate import FederatedRunError, simulate, site_specs
+    from pathfl.survival.personalise import check_part
 
     tuning = {"rounds": rounds, "local_epochs": local_epochs, "proximal_mu": proximal_mu}
     user = _load_user_config(config, {**tuning, "aggregation": aggregation})
-    specs = site_specs(site, policy=policy)
+    specs, kw = site_specs(site, policy=policy), {"tls": not insecure, "personalise": personalise}
+    check_part(personalise)
     if (on_round := _round_lines()) is not None:
         typer.echo(f"starting {len(specs)} sites on 127.0.0.1 (one process each)...", err=True)
     try:
-        summary = simulate(
-            specs, user, out, tls=not insecure, baselines=not no_baselines, on_round=on_round
-        )
+        if leave_one_site_out:
+            from pathfl.fl.flower.loso import leave_one_site_out as loso
+
+            typer.echo(loso(specs, user, out, **kw)["table"])
+            return
+        summary = simulate(specs, user, out, baselines=not no_baselines, on_round=on_round, **kw)
     except (FederatedRunError, TimeoutError) as e:  # data/config problems exit 2 via main()
         typer.secho(f"error: {e}", err=True, fg="red")
         raise typer.Exit(1) from None
     typer.echo(f"federated run dir: {summary['run_dir']}")
     typer.echo(f"federated C-index (within-site pairs): {_federated_c_text(summary)}")
-    if "table" in summary:
-        typer.echo(summary["table"])
+    for key in ("table", "personalised_table"):
+        if key in summary:
+            typer.echo(summary[key])
     if summary.get("report"):
         typer.echo(f"report: {summary['report']}")
 

@@ -42,7 +42,7 @@ def _set_threads(threads: int | None) -> None:
 
 # CLI option -> TrainConfig field, where the names differ
 _RENAMED = {"early_stopping": "early_stopping_patience"}
-_NOT_TRAIN = {"features", "clinical", "out", "threads", "overwrite", "covariates"}
+_NOT_TRAIN = {"features", "clinical", "out", "threads", "overwrite", "covariates", "group_by"}
 
 _TRAIN_OPTIONS = field_options(
     TrainConfig,
@@ -73,6 +73,12 @@ def train(
         False, "--overwrite", help="Replace an existing run directory (as a whole, at the end)."
     ),
     config: Path = typer.Option(None, "--config", "-c", help="YAML of these options."),
+    group_by: str = typer.Option(
+        "",
+        "--group-by",
+        help="`site`: site-preserved CV, one fold per site of the clinical `site` column "
+        "(each site held out whole; metrics per held-out site).",
+    ),
     **train_options: Any,
 ) -> None:
     """Cross-validated survival MIL training (every TrainConfig field is an option)."""
@@ -131,7 +137,7 @@ def _train(ctx: typer.Context, config: Path | None) -> None:
     except (ClinicalError, FileNotFoundError) as e:
         raise usage_error(str(e)) from None
     with atomic_dir(out) as tmp:
-        metrics = _cross_validate(bags, cfg, tmp)
+        metrics = _cross_validate(bags, cfg, tmp, group_by=v.get("group_by") or None)
         metrics = rebase_run_paths(tmp, final=out.absolute()) or metrics
         from pathfl.report.sections import write_report_safely
 
@@ -141,15 +147,18 @@ def _train(ctx: typer.Context, config: Path | None) -> None:
         typer.echo(f"report: {out / report.name}")
 
 
-def _cross_validate(bags: list[Any], cfg: Any, run_dir: Path) -> dict[str, Any]:
+def _cross_validate(
+    bags: list[Any], cfg: Any, run_dir: Path, *, group_by: str | None = None
+) -> dict[str, Any]:
     """Cross-validate with progress: per fold and epoch the training loss (and validation
-    loss with early stopping), and each fold's validation C-index when it is scored."""
+    loss with early stopping), and each fold's validation C-index when it is scored
+    (``group_by="site"``: one fold per site, held out whole)."""
     from pathfl.cli.progress import PhaseProgress
     from pathfl.survival.cv import cross_validate
 
     with PhaseProgress(unit="epoch") as bar:
         try:
-            return cross_validate(bags, cfg, run_dir, progress=bar.update)
+            return cross_validate(bags, cfg, run_dir, progress=bar.update, group_by=group_by)
         except ValueError as e:
             raise usage_error(str(e)) from None
 
@@ -170,8 +179,9 @@ def _print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
         if "linear_cox" in metrics:
             rows.append({**metrics["linear_cox"], "fold": "linear-cox baseline (OOF)"})
         for m in rows:
+            fold = m["fold"] if isinstance(m["fold"], str) else str(m["fold"] + 1)
             t.add_row(
-                str(m["fold"] if isinstance(m["fold"], str) else m["fold"] + 1),
+                f"{fold} (site {m['held_out_site']})" if "held_out_site" in m else fold,
                 format_c_index(m),
                 f"{m['uno_c']:.3f}",
                 f"{m['mean_auc']:.3f}",

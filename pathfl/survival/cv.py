@@ -245,6 +245,36 @@ def _pooled_metrics(
     return out
 
 
+def site_folds(bags: Sequence[PatientBag]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Site-preserved folds: one ``(site, train_idx, val_idx)`` per site of the clinical
+    table's ``site`` column, the site's patients held out whole (leave-one-site-out).
+    ValueError when a patient has no site or there are fewer than two sites."""
+    sites = [b.site for b in bags]
+    missing = [b.patient_id for b in bags if not b.site]
+    if missing:
+        raise ValueError(
+            f"--group-by site: {len(missing)} patient(s) have no `site` in the clinical table "
+            f"(e.g. {', '.join(missing[:3])})"
+        )
+    names = sorted(set(sites))  # type: ignore[arg-type]
+    if len(names) < 2:
+        raise ValueError(f"--group-by site needs at least two sites, the table has {names}")
+    arr = np.array(sites)
+    return [(s, np.flatnonzero(arr != s), np.flatnonzero(arr == s)) for s in names]
+
+
+def _folds(
+    bags: Sequence[PatientBag], config: TrainConfig, group_by: str | None
+) -> list[tuple[str | None, np.ndarray, np.ndarray]]:
+    if group_by not in (None, "", "site"):
+        raise ValueError(f"--group-by {group_by!r}: only `site` is supported")
+    if group_by == "site":
+        return site_folds(bags)
+    if config.folds < 2:
+        return []
+    return [(None, tr, va) for tr, va in make_folds(bags, k=config.folds, seed=config.seed)]
+
+
 def cross_validate(
     bags: Sequence[PatientBag],
     config: TrainConfig,
@@ -253,19 +283,25 @@ def cross_validate(
     progress: ProgressFn | None = None,
     final_model: bool = True,
     on_fold: Callable[[int, dict[str, Any], np.ndarray], None] | None = None,
+    group_by: str | None = None,
 ) -> dict[str, Any]:
     """K-fold CV (``config.folds``; 1 = fit on everything, no validation metrics), pooled OOF
     metrics, the linear-cox baseline on the same folds (``metrics["linear_cox"]``),
     predictions.csv, KM plot, final model. ``on_fold(k, fit, val_idx)`` sees each
-    fold's fitted model (see :func:`fit_one`). Returns the metrics dict."""
+    fold's fitted model (see :func:`fit_one`). ``group_by="site"``: site-preserved
+    cross-validation instead, one fold per site (:func:`site_folds`; each fold's metrics name
+    its ``held_out_site``). Returns the metrics dict."""
     run_dir = Path(run_dir)
     bags = list(bags)
     oof = _OutOfFold(len(bags))
-    if config.folds >= 2:
-        folds = make_folds(bags, k=config.folds, seed=config.seed)
-        for k, (tr, va) in enumerate(folds):
-            _run_fold(bags, k, len(folds), tr, va, config, oof, progress=progress, on_fold=on_fold)
+    folds = _folds(bags, config, group_by)
+    for k, (site, tr, va) in enumerate(folds):
+        _run_fold(bags, k, len(folds), tr, va, config, oof, progress=progress, on_fold=on_fold)
+        if site is not None:
+            oof.folds[-1]["held_out_site"] = site
     metrics: dict[str, Any] = {"config": config.to_dict(), "folds": oof.folds}
+    if group_by:
+        metrics["group_by"] = group_by
     if oof.folds:
         metrics.update(_pooled_metrics(bags, oof, config, run_dir))
     if oof.folds and not final_model:  # CV only: metrics and predictions, no model

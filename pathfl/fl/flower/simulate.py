@@ -60,9 +60,12 @@ def simulate(
     use_worker: bool = True,
     fast_poll: bool = True,
     on_round: Callable[[Any], None] | None = None,
+    personalise: str | None = None,
 ) -> dict[str, Any]:
     """Run the federation and (optionally) the baselines; returns a summary dict and writes
-    ``OUT/comparison.csv`` + ``OUT/comparison.md`` next to the federated run's files."""
+    ``OUT/comparison.csv`` + ``OUT/comparison.md`` next to the federated run's files.
+    ``personalise`` (head | norm): each site then adapts the global model locally
+    (:mod:`pathfl.fl.personalise`; ``OUT/personalised.json``)."""
     from pathfl.fl.fl_config import effective_config, run_timeout_s
 
     user = dict(user_cfg)
@@ -113,6 +116,14 @@ def simulate(
         table = write_comparison(out / "comparison.csv", comparison_rows(metrics, base))
         (out / "comparison.md").write_text(table)
         summary.update(baselines=base, table=table)
+    if personalise:
+        from pathfl.fl.personalise import personalise_sites
+        from pathfl.fl.personalise import table as personal_table
+
+        rows = personalise_sites(specs, cfg, out, part=personalise, n_boot=cfg["train"]["n_boot"])
+        write_json_atomic(out / "personalised.json", rows)
+        summary["personalised_table"] = personal_table(rows)
+
     from pathfl.fl.report import write_run_report
 
     summary["report"] = str(write_run_report(out) or "")
