@@ -251,10 +251,10 @@ def test_train_interrupted_mid_epoch(tmp_path: Path, sig) -> None:
 
     c = make_cohort(tmp_path, n_patients=40, feature_dim=16, tiles=(64, 128), seed=2)
     run = tmp_path / "run"
-    proc = start("train", "--features", str(c.features_dir), "--clinical", str(c.clinical_csv),
-                 "--out", str(run), "--folds", "5", "--epochs", "40", "--threads", "1",
-                 "--n-boot", "10", quiet=False)  # fmt: skip
-    lines = Lines(proc)  # INFO "fold 1: C-index ..." once the first fold is trained
+    proc = start("-v", "train", "--features", str(c.features_dir), "--clinical",
+                 str(c.clinical_csv), "--out", str(run), "--folds", "5", "--epochs", "40",
+                 "--threads", "1", "--n-boot", "10", quiet=False)  # fmt: skip
+    lines = Lines(proc)  # INFO (-v) "fold 1: C-index ..." once the first fold is trained
     wait_for(lambda: "fold 1:" in lines.text(), proc, 120, "first fold trained")
     code, elapsed, text = interrupt(proc, sig, lines=lines)
     assert "fold 5:" not in text, "training finished before the interrupt"
