@@ -100,8 +100,9 @@ def test_rerun_refused_without_overwrite_and_replaces_wholly_with_it(trained, tm
     assert r.returncode == 0, r.stderr
     after = _snapshot(run)
     # a --folds 1 run has no out-of-fold predictions or KM plot: none of the old ones remain
-    assert set(after) == {"config.json", "metrics.json", "model.pt"}
+    assert set(after) == {"config.json", "metrics.json", "model.pt", "report.html"}
     assert after["model.pt"] != before["model.pt"]
+    assert after["report.html"] != before["report.html"]  # the new run's own report
     assert json.loads((run / "config.json").read_text())["folds"] == 1
     assert _leftovers(tmp_path, "run") == []
 
