@@ -1,7 +1,12 @@
 """Reading tiles for the encoder: one map-style dataset over the tiles of all slides of a run,
 so a single ``DataLoader`` with persistent workers serves the whole batch (the next slide is
 read while the previous one is still being encoded). Batches never mix slides. Each worker
-opens its own slide handles, lazily, and keeps a couple open."""
+opens its own slide handles, lazily, and keeps a couple open.
+
+A slide the native-tile reader covers (:func:`native_support`,
+:mod:`pathfl.slide.native_tiles`) is read a whole batch at a time from its compressed tiles
+(``__getitems__``: each stored tile decoded once per batch); any other slide, tile by tile
+through its slide backend (OpenSlide, or tiffslide)."""
 
 from __future__ import annotations
 
@@ -11,18 +16,28 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from pathfl.slide.native_tiles import (
+    NativeLevel,
+    NativeUnsupportedError,
+    level_positions,
+    open_native_level,
+)
+
 logger = logging.getLogger(__name__)
 
 # Status codes travelling with each tile.
 TILE_OK, TILE_FAILED, SLIDE_FAILED = 0, 1, 2
 MAX_OPEN_SLIDES = 2
+#: vendors whose levels are plain tile grids (others, e.g. Ventana BIF with overlapping
+#: tiles or Leica SCN regions, OpenSlide assembles itself)
+NATIVE_VENDORS = ("aperio", "generic-tiff", "generic", "")
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,7 @@ class SlideJob:
     out_px: int  # size handed to the encoder
     backend: str = "auto"
     mpp_override: float | None = None
+    native: bool = False  # read with the native-tile reader (:func:`native_support`)
 
     @property
     def n_tiles(self) -> int:
@@ -51,11 +67,13 @@ class TileDataset(Dataset):
     status, error)``. A tile that cannot be read comes back as zeros with ``TILE_FAILED``; a
     slide that cannot be opened gives ``SLIDE_FAILED`` for each of its tiles."""
 
-    def __init__(self, jobs: list[SlideJob]) -> None:
+    def __init__(self, jobs: list[SlideJob], *, resize_in_worker: bool = True) -> None:
         self.jobs = jobs
         self.offsets = np.cumsum([0] + [j.n_tiles for j in jobs]).tolist()
+        self.resize_in_worker = resize_in_worker  # False: native batches come at read_size
         self._open: OrderedDict[int, Any] = OrderedDict()
         self._broken: dict[int, str] = {}
+        self._native: dict[int, NativeLevel | None] = {}  # None: fell back to the backend
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -122,9 +140,60 @@ class TileDataset(Dataset):
             return blank, job_idx, tile_idx, TILE_FAILED, msg
         return torch.from_numpy(arr).permute(2, 0, 1), job_idx, tile_idx, TILE_OK, ""
 
+    def __getitems__(self, indices: list[int]) -> TileBatch | list[tuple]:
+        """A whole batch (one slide): read natively when the slide qualifies, else per tile."""
+        job_idx, first = self.locate(indices[0])
+        if self.jobs[job_idx].native and self._native_level(job_idx) is not None:
+            tile_ids = np.arange(first, first + len(indices))
+            if indices == list(range(indices[0], indices[0] + len(indices))):
+                try:
+                    return self.native_batch(job_idx, tile_ids)
+                except Exception as e:  # a corrupt tile: this batch tile by tile, with errors
+                    logger.warning(
+                        "%s: native read failed (%s: %s); batch read by the slide backend",
+                        self.jobs[job_idx].slide_id,
+                        type(e).__name__,
+                        e,
+                    )
+        return [self[i] for i in indices]
+
+    def _native_level(self, job_idx: int) -> NativeLevel | None:
+        if job_idx not in self._native:
+            job = self.jobs[job_idx]
+            try:
+                level_dim = tuple(int(v) for v in job.attrs["level_dim"])
+                self._native[job_idx] = open_native_level(job.slide_path, level_dim)
+            except (NativeUnsupportedError, OSError, KeyError) as e:
+                logger.warning("%s: native reader unavailable (%s)", job.slide_id, e)
+                self._native[job_idx] = None
+        return self._native[job_idx]
+
+    def native_batch(self, job_idx: int, tile_ids: np.ndarray) -> TileBatch:
+        """Tiles ``tile_ids`` of one slide from its compressed tiles, as one batch."""
+        job = self.jobs[job_idx]
+        level = self._native_level(job_idx)
+        assert level is not None
+        pos = level_positions(job.coords[tile_ids], tuple(job.attrs["downsample"]))
+        arr = level.read_regions(pos, (job.read_size, job.read_size))
+        imgs = torch.from_numpy(arr).permute(0, 3, 1, 2)  # channels-last memory, as the encoder
+        if self.resize_in_worker:
+            imgs = resize_batch(imgs, job.out_px)
+        n = len(tile_ids)
+        return TileBatch(
+            imgs,
+            torch.full((n,), job_idx, dtype=torch.int64),
+            torch.from_numpy(tile_ids.astype(np.int64)),
+            torch.full((n,), TILE_OK, dtype=torch.int64),
+            [""] * n,
+        )
+
     def close(self) -> None:
         for job_idx in list(self._open):
             self._drop(job_idx)
+        for level in self._native.values():
+            if level is not None:
+                level.close()
+        self._native.clear()
 
 
 class SlideBatchSampler(Sampler[list[int]]):
@@ -162,11 +231,25 @@ def worker_init(_worker_id: int, parent_pid: int | None = None) -> None:
         if isinstance(ds, TileDataset):
             ds._open.clear()  # never use a handle forked from the parent
             ds._broken.clear()
+            ds._native.clear()
+
+
+class TileBatch(NamedTuple):
+    """A batch as the loader yields it: uint8 (B, 3, H, W) images, job index, tile index and
+    status per tile, error messages ("" when read)."""
+
+    imgs: torch.Tensor
+    jobs: torch.Tensor
+    tiles: torch.Tensor
+    status: torch.Tensor
+    errors: list[str]
 
 
 def collate(
-    items: list[tuple[torch.Tensor, int, int, int, str]],
+    items: TileBatch | list[tuple[torch.Tensor, int, int, int, str]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    if isinstance(items, TileBatch):  # read as one batch already (native reader)
+        return tuple(items)  # type: ignore[return-value]
     imgs, jobs, tiles, status, errors = zip(*items, strict=True)
     return (
         torch.stack(imgs),
@@ -175,3 +258,34 @@ def collate(
         torch.tensor(status, dtype=torch.int64),
         list(errors),
     )
+
+
+def resize_batch(imgs: torch.Tensor, out_px: int) -> torch.Tensor:
+    """uint8 (B, 3, H, W) → (B, 3, out_px, out_px), bilinear with antialiasing (PIL's
+    BILINEAR within a grey level or two), on the tensor's device; a no-op at that size."""
+    if imgs.shape[-1] == out_px and imgs.shape[-2] == out_px:
+        return imgs
+    x = torch.nn.functional.interpolate(
+        imgs.float(), size=(out_px, out_px), mode="bilinear", antialias=True, align_corners=False
+    )
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def native_support(slide_path: Path, attrs: dict[str, Any], coords: np.ndarray) -> str:
+    """ "" when the native-tile reader covers this slide's tiles (a plain tiled JPEG / JPEG
+    2000 TIFF level, tile corners on level pixels), else why not (one sentence)."""
+    vendor = str(attrs.get("vendor", "") or "")
+    if vendor not in NATIVE_VENDORS:
+        return f"{vendor} slides are assembled by OpenSlide itself"
+    try:
+        level_dim = tuple(int(v) for v in attrs["level_dim"])
+        level_positions(coords, tuple(float(d) for d in attrs["downsample"]))
+        with open_native_level(slide_path, level_dim):
+            pass
+    except (KeyError, TypeError, ValueError):
+        return "the coords file has no level_dim / downsample attrs"
+    except NativeUnsupportedError as e:
+        return str(e)
+    except OSError as e:
+        return f"cannot open it ({e})"
+    return ""

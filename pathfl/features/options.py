@@ -12,6 +12,8 @@ from typing import Any
 
 #: values of ``--stain-norm`` (:mod:`pathfl.features.stain`)
 STAIN_NORMS = ("none", "macenko", "reinhard")
+#: values of ``--reader`` (:data:`pathfl.features.dataset.TILE_READERS`)
+TILE_READERS = ("auto", "native", "openslide")
 
 
 @dataclass
@@ -36,6 +38,7 @@ class ExtractOptions:
     stain_sigma: float = 0.05
     stain_bias: float = 0.02
     stain_seed: int = 0
+    reader: str = "auto"  # tile reader: native-tile reader where it covers the slide, or not
 
     def check(self) -> None:
         """Refuse impossible values (:class:`~pathfl.config.ConfigError` naming the option)."""
@@ -51,6 +54,10 @@ class ExtractOptions:
         if self.dtype not in FEATURE_DTYPES:
             raise ConfigError(
                 f"--dtype must be one of {', '.join(FEATURE_DTYPES)}, got {self.dtype!r}"
+            )
+        if self.reader not in TILE_READERS:
+            raise ConfigError(
+                f"--reader must be one of {', '.join(TILE_READERS)}, got {self.reader!r}"
             )
         if self.stain_augment < 0 or self.stain_sigma < 0 or self.stain_bias < 0:
             raise ConfigError("--stain-augment, --stain-sigma and --stain-bias must be >= 0")
@@ -80,4 +87,9 @@ EXTRACT_HELP: dict[str, str] = {
     "stain_sigma": "HED jitter: each stain's concentration scaled by U(1 ± sigma).",
     "stain_bias": "HED jitter: each stain's concentration shifted by U(± bias) (OD units).",
     "stain_seed": "Seed of the HED jitter (with the slide id and row: re-runs give the same).",
+    "reader": (
+        "auto: read tiled JPEG / JPEG 2000 TIFF and SVS levels from their compressed tiles "
+        "(native reader), other slides with OpenSlide; native: only the native reader (other "
+        "slides fail); openslide: always the slide backend."
+    ),
 }

@@ -28,6 +28,7 @@ from pathfl.features.dataset import (
     SlideJob,
     TileDataset,
     collate,
+    resize_batch,
     worker_init,
 )
 from pathfl.features.encoders import Encoder, EncoderSpec, create_encoder
@@ -234,6 +235,8 @@ class _Extraction:
             run.first_tile_error = run.first_tile_error or errors[bad[0]]
         if bool(ok.any()):
             sel = tile_idx[ok].numpy()
+            if imgs.shape[-1] != job.out_px:  # native batches at read size (GPU runs)
+                imgs = resize_batch(imgs.to(self.runner.device), job.out_px)
             good = self.stain.normalise(imgs if bool(ok.all()) else imgs[ok])
             submitted = self.runner.submit(good)
             aug = self._augmented(good, job, int(sel[0]))
@@ -286,7 +289,8 @@ def run_jobs(
     jobs = [j for j in jobs if j.n_tiles > 0]
     if not jobs:
         return state.rows
-    dataset = TileDataset(jobs)
+    # on a GPU, native batches come at read size and are resized there
+    dataset = TileDataset(jobs, resize_in_worker=runner.device.type != "cuda")
     loader = make_loader(
         dataset, batch_size=batch_size, workers=workers, pin=runner.device.type == "cuda"
     )
@@ -348,6 +352,7 @@ def extract(
         shard=opts.shard,
         overwrite=opts.overwrite,
         slide_dir=opts.slide_dir,
+        reader=opts.reader,
     )
     check_resolution(plan.jobs, encoder.spec, allow=opts.allow_resolution_mismatch)
     (out_dir / "features").mkdir(parents=True, exist_ok=True)

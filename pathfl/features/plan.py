@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pathfl.config import ConfigError
-from pathfl.features.dataset import SlideJob
+from pathfl.features.dataset import SlideJob, native_support
 from pathfl.formats import FormatFileError
 from pathfl.formats.coords_h5 import COORDS_DIR, read_coords, tile_geometry
 from pathfl.formats.features_h5 import FeaturesFileError, read_attrs
@@ -142,9 +142,12 @@ def make_plan(
     shard: tuple[int, int] | None = None,
     overwrite: bool = False,
     slide_dir: Path | None = None,
+    reader: str = "auto",
 ) -> Plan:
     """``transform_for(coords_attrs) -> (out_px, transform dict)``. A features file whose
-    fingerprint matches is skipped; a mismatching one is recomputed only with ``overwrite``."""
+    fingerprint matches is skipped; a mismatching one is recomputed only with ``overwrite``.
+    ``reader`` (auto | native | openslide) picks each slide's tile reader
+    (:func:`choose_native`); it is not part of the fingerprint (same pixels either way)."""
     plan = Plan()
     manifest_paths = _tiles_manifest_paths(tiles_dir)
     for coords_path in select_shard(discover_coords(tiles_dir), shard):
@@ -175,6 +178,7 @@ def make_plan(
                         "--overwrite to recompute it"
                     )
             slide_path = locate_slide(slide_id, attrs, manifest_paths, slide_dir)
+            native = choose_native(slide_id, slide_path, attrs, coords, reader)
         except (FormatFileError, SlideRefusedError, ConfigError) as e:
             plan.done.append(ManifestRow(slide_id, os.fspath(out_path), "failed", error=str(e)))
             continue
@@ -198,9 +202,30 @@ def make_plan(
                 out_px=int(out_px),
                 backend=str(attrs.get("backend") or "auto"),
                 mpp_override=float(mpp) if mpp not in (None, "", 0) else None,
+                native=native,
             )
         )
     return plan
+
+
+def choose_native(
+    slide_id: str, slide_path: Path, attrs: dict[str, Any], coords: Any, reader: str
+) -> bool:
+    """Whether to read this slide with the native-tile reader; says why not once per slide
+    (INFO with "auto"; with "native" the slide is refused, :class:`SlideRefusedError`)."""
+    if reader == "openslide":
+        return False
+    why = native_support(slide_path, attrs, coords)
+    if not why:
+        logger.debug("%s: native-tile reader", slide_id)
+        return True
+    if reader == "native":
+        raise SlideRefusedError(
+            f"{slide_path}: --reader native cannot read it: {why} (use --reader auto)"
+        )
+    backend = str(attrs.get("backend") or "the slide backend")
+    logger.info("%s: tiles read with %s, not natively: %s", slide_id, backend, why)
+    return False
 
 
 def _existing_fingerprint(path: Path) -> str:
