@@ -161,9 +161,9 @@ class TileDataset(Dataset):
         if job_idx not in self._native:
             job = self.jobs[job_idx]
             try:
-                level_dim = tuple(int(v) for v in job.attrs["level_dim"])
+                level_dim, _ = native_geometry(job.attrs)
                 self._native[job_idx] = open_native_level(job.slide_path, level_dim)
-            except (NativeUnsupportedError, OSError, KeyError) as e:
+            except (NativeUnsupportedError, OSError, ValueError) as e:
                 logger.warning("%s: native reader unavailable (%s)", job.slide_id, e)
                 self._native[job_idx] = None
         return self._native[job_idx]
@@ -173,7 +173,7 @@ class TileDataset(Dataset):
         job = self.jobs[job_idx]
         level = self._native_level(job_idx)
         assert level is not None
-        pos = level_positions(job.coords[tile_ids], tuple(job.attrs["downsample"]))
+        pos = level_positions(job.coords[tile_ids], native_geometry(job.attrs)[1])
         arr = level.read_regions(pos, (job.read_size, job.read_size))
         imgs = torch.from_numpy(arr).permute(0, 3, 1, 2)  # channels-last memory, as the encoder
         if self.resize_in_worker:
@@ -271,6 +271,20 @@ def resize_batch(imgs: torch.Tensor, out_px: int) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def native_geometry(attrs: dict[str, Any]) -> tuple[tuple[int, int], tuple[float, float]]:
+    """``(level_dim, downsample)`` of a coords file's patch level, checked against its
+    level-0 size; ValueError (why) when missing or inconsistent."""
+    try:
+        w, h = (int(v) for v in attrs["level_dim"])
+        dx, dy = (float(v) for v in attrs["downsample"])
+        w0, h0 = int(attrs["level0_width"]), int(attrs["level0_height"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("the coords file has no level_dim / downsample / level-0 size") from None
+    if abs(w0 / dx - w) > 1 + 1e-3 * w or abs(h0 / dy - h) > 1 + 1e-3 * h:
+        raise ValueError(f"its level_dim {w}x{h} is not level 0 / downsample {dx:g}")
+    return (w, h), (dx, dy)
+
+
 def native_support(slide_path: Path, attrs: dict[str, Any], coords: np.ndarray) -> str:
     """ "" when the native-tile reader covers this slide's tiles (a plain tiled JPEG / JPEG
     2000 TIFF level, tile corners on level pixels), else why not (one sentence)."""
@@ -278,13 +292,11 @@ def native_support(slide_path: Path, attrs: dict[str, Any], coords: np.ndarray) 
     if vendor not in NATIVE_VENDORS:
         return f"{vendor} slides are assembled by OpenSlide itself"
     try:
-        level_dim = tuple(int(v) for v in attrs["level_dim"])
-        level_positions(coords, tuple(float(d) for d in attrs["downsample"]))
+        level_dim, downsample = native_geometry(attrs)
+        level_positions(coords, downsample)
         with open_native_level(slide_path, level_dim):
             pass
-    except (KeyError, TypeError, ValueError):
-        return "the coords file has no level_dim / downsample attrs"
-    except NativeUnsupportedError as e:
+    except (ValueError, NativeUnsupportedError) as e:
         return str(e)
     except OSError as e:
         return f"cannot open it ({e})"
