@@ -10,6 +10,7 @@ OpenJPEG, and on this machine every comparison is exact."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -169,6 +170,13 @@ def test_loader_returns_whole_native_batches(cmu_tiles, tmp_path) -> None:
     assert isinstance(batch, TileBatch) and batch.imgs.shape == (8, 3, TILE, TILE)
     per_tile = torch.stack([ds[i][0] for i in range(8)])  # the slide backend, tile by tile
     assert_same_pixels(batch.imgs.numpy(), per_tile.numpy(), "batch vs per tile")
+    ds.close()
+    # read 256 px, resized to 224: torch's uint8 bilinear vs PIL's, within a grey level
+    ds = TileDataset([dataclasses.replace(job, read_size=256)])
+    batch = ds.__getitems__(list(range(16)))
+    per_tile = torch.stack([ds[i][0] for i in range(16)])
+    assert isinstance(batch, TileBatch) and batch.imgs.shape == (16, 3, TILE, TILE)
+    assert_same_pixels(batch.imgs.numpy(), per_tile.numpy(), "resized batch vs per tile")
     ds.close()
 
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn.functional import interpolate
 from torch.utils.data import Dataset, Sampler
 
 from pathfl.slide.native_tiles import (
@@ -262,12 +263,15 @@ def collate(
 
 def resize_batch(imgs: torch.Tensor, out_px: int) -> torch.Tensor:
     """uint8 (B, 3, H, W) → (B, 3, out_px, out_px), bilinear with antialiasing (PIL's
-    BILINEAR within a grey level or two), on the tensor's device; a no-op at that size."""
+    BILINEAR within one grey level), on the tensor's device; a no-op at that size. On the
+    CPU torch resizes channels-last uint8 directly (its vectorised path, ~6x PIL here)."""
     if imgs.shape[-1] == out_px and imgs.shape[-2] == out_px:
         return imgs
-    x = torch.nn.functional.interpolate(
-        imgs.float(), size=(out_px, out_px), mode="bilinear", antialias=True, align_corners=False
-    )
+    size = (out_px, out_px)
+    if imgs.device.type == "cpu":
+        x = imgs.contiguous(memory_format=torch.channels_last)
+        return interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    x = interpolate(imgs.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
