@@ -129,6 +129,21 @@ def test_aperio_jpeg2000_rgb(tmp_path) -> None:
     compare(path, 0, [(0, 0), (100, 200), (500, 400)], size=128)
 
 
+def test_plain_jpeg2000_matches_tiffslide(tmp_path) -> None:
+    """JPEG 2000 tiles (compression 34712), which OpenSlide does not read: against tiffslide."""
+    from pathfl.slide.tiffslide_backend import TiffSlideSlide
+
+    path = tmp_path / "j2k.tif"
+    rgb = synthetic_tissue(400, 500, 7)
+    tifffile.imwrite(path, rgb, tile=(256, 256), photometric="rgb", compression="jpeg2000")
+    xys = [(0, 0), (200, 150), (400, 300)]
+    with TiffSlideSlide(path, mpp_override=0.5) as ref, open_native_level(path, (500, 400)) as n:
+        assert n.layout.codec == "jpeg2000"
+        got = n.read_regions(np.array(xys), (128, 128))
+        for xy, region in zip(xys, got, strict=True):
+            assert_same_pixels(region, ref.read_region_array(xy, 0, (128, 128)), f"at {xy}")
+
+
 def test_fallback_reasons(tmp_path) -> None:
     """What the reader does not cover says why: another compression, an untiled level, tile
     corners between level pixels, another vendor's layout."""
@@ -188,6 +203,7 @@ def test_extraction_native_and_openslide_give_the_same_features(cmu_tiles, tmp_p
         assert row.status == "ok", row.error
         with h5py.File(row.path) as f:
             feats[reader] = (f["features"][:], f["coords"][:], f.attrs["fingerprint"])
+            assert f.attrs["tile_reader"] == ("native" if reader == "native" else "openslide")
     (fa, ca, pa), (fb, cb, pb) = feats["native"], feats["openslide"]
     np.testing.assert_array_equal(ca, cb)
     np.testing.assert_allclose(fa, fb, rtol=0, atol=1e-4)

@@ -131,6 +131,7 @@ def _feature_attrs(
         "n_tiles_coords": job.n_tiles,
         "n_tiles_failed": n_failed,
         "extract_pathfl_version": __version__,
+        "tile_reader": "native" if job.native else job.backend,  # informative, not compared
     }
 
 

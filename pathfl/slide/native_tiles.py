@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ JPEG, APERIO_J2K_YCBCR, APERIO_J2K_RGB, JPEG2000 = 7, 33003, 33005, 34712
 PHOTOMETRIC_RGB, PHOTOMETRIC_YCBCR = 2, 6
 #: an Adobe APP14 segment saying "no colour transform" (RGB components), for decoders that
 #: cannot be told the colour space (torchvision / nvJPEG)
+#: decoded tiles kept per open level (the tiles shared by consecutive batches)
+CACHE_BYTES = 32 << 20
 ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 
 
@@ -181,6 +184,8 @@ class NativeLevel:
         self.path = Path(path)
         self.layout = layout
         self._fd: int | None = os.open(self.path, os.O_RDONLY)
+        self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        self._cached_bytes = 0
 
     # --- compressed tiles -----------------------------------------------------------------
     def raw(self, index: int) -> bytes:
@@ -221,12 +226,26 @@ class NativeLevel:
             raise NativeUnsupportedError(f"JPEG 2000 tile {index} has shape {arr.shape}")
         return arr
 
+    def _cached_decode(self, index: int) -> np.ndarray | None:
+        """:meth:`decode` through a small LRU cache (:data:`CACHE_BYTES`, like OpenSlide's
+        per-handle cache): consecutive batches share the stored tiles on their borders."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        tile = self.decode(index)
+        self._cache[index] = tile
+        self._cached_bytes += 0 if tile is None else tile.nbytes
+        while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= 0 if old is None else old.nbytes
+        return tile
+
     def decode_many(self, indices: Iterable[int], device: Any = None) -> dict[int, Any]:
         """Decoded tiles by index: numpy on the CPU, or HWC uint8 tensors decoded on a CUDA
         ``device`` by nvJPEG in one batch (JPEG only; other codecs decode on the CPU)."""
         indices = list(indices)
         if device is None or getattr(device, "type", str(device)) == "cpu":
-            return {i: self.decode(i) for i in indices}
+            return {i: self._cached_decode(i) for i in indices}
         if self.layout.codec != "jpeg":
             import torch
 
@@ -307,7 +326,9 @@ class NativeLevel:
         return out
 
     def close(self) -> None:
-        if self._fd is not None:
+        if getattr(self, "_cache", None):
+            self._cache.clear()
+        if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
             self._fd = None
 
