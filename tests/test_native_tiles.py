@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from slides import aperio_description, synthetic_tissue, write_tiled_tiff
+from slides import aperio_description, synthetic_tissue, write_ome_tiff, write_tiled_tiff
 
 from pathfl.features.dataset import TileBatch, TileDataset, native_support
 from pathfl.features.options import ExtractOptions
@@ -43,9 +43,15 @@ def assert_same_pixels(got: np.ndarray, ref: np.ndarray, what: str) -> None:
     assert diff.mean() < MEAN_TOL and diff.max() <= MAX_TOL, (what, diff.mean(), diff.max())
 
 
-def compare(path: Path, level: int, xys_l0: list[tuple[int, int]], size: int = TILE) -> None:
-    """Native regions at ``level`` vs OpenSlide's ``read_region`` (white outside the slide)."""
-    with open_slide(path, backend="openslide") as slide:
+def compare(
+    path: Path,
+    level: int,
+    xys_l0: list[tuple[int, int]],
+    size: int = TILE,
+    backend: str = "openslide",
+) -> None:
+    """Native regions at ``level`` vs the backend's ``read_region`` (white outside the slide)."""
+    with open_slide(path, backend=backend) as slide:
         ds = slide.level_downsamples[level]
         native = open_native_level(path, slide.level_dimensions[level])
         with native:
@@ -107,6 +113,13 @@ def test_synthetic_pyramid_levels_0_and_1(tmp_path) -> None:
     path = write_tiled_tiff(tmp_path / "p.tif", synthetic_tissue(700, 900, 1), mpp=0.5, levels=2)
     compare(path, 0, [(0, 0), (256, 256), (100, 200), (800, 600)], size=128)
     compare(path, 1, [(0, 0), (256, 128), (600, 400)], size=128)  # level px (0,0) (128,64) ..
+
+
+def test_ome_tiff_pyramid_in_subifds(tmp_path) -> None:
+    """OME-TIFF with its reduced levels in SubIFDs (which only tiffslide sees)."""
+    path = write_ome_tiff(tmp_path / "o.ome.tif", synthetic_tissue(600, 700, 3), mpp=0.5)
+    for level in (0, 1, 2):
+        compare(path, level, [(0, 0), (256, 128), (500, 400)], size=100, backend="tiffslide")
 
 
 def test_aperio_jpeg2000_rgb(tmp_path) -> None:

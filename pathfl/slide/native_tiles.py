@@ -127,10 +127,12 @@ def page_layout(page: Any, fh: Any) -> TileLayout:
 
 def _candidate_pages(tif: Any) -> list[Any]:
     """Pages of the main IFD chain, then the levels of each series (OME-TIFF SubIFDs)."""
-    pages = list(tif.pages)
+    pages = [p for p in tif.pages if hasattr(p, "imagewidth")]  # no TiffFrames
     for series in tif.series:
         for level in series.levels:
-            pages.extend(p for p in level.pages[:1] if p is not None and p not in pages)
+            key = getattr(level, "keyframe", None)
+            if key is not None and all(key is not p for p in pages):
+                pages.append(key)
     return pages
 
 
