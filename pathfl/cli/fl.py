@@ -354,6 +354,8 @@ def _federated_c_text(summary: dict) -> str:
 def register(app: typer.Typer) -> None:
     """Add `pathfl fl ...` to the root app."""
     from pathfl.cli.audit import register_audit
+    from pathfl.cli.fl_personalise import register_personalise
 
     register_audit(fl_app)
+    register_personalise(fl_app)
     app.add_typer(fl_app, name="fl")

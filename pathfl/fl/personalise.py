@@ -58,16 +58,24 @@ def personalise(
 
 
 def personalise_site(
-    data: SiteData, global_fit: dict[str, Any], cfg: dict[str, Any], *, part: str, n_boot: int
+    data: SiteData,
+    global_fit: dict[str, Any],
+    cfg: dict[str, Any],
+    *,
+    part: str,
+    n_boot: int,
+    out: Path | None = None,
+    steps: int = DEFAULT_STEPS,
 ) -> list[dict[str, Any]]:
-    """Personalise on ``data.train``, save the result in ``data.state_dir``, and score both
-    models on ``data.val``: two table rows."""
+    """Personalise on ``data.train``, save the result as a run dir (``out``, default
+    ``data.state_dir/personalised-<part>``), and score both models on ``data.val``: two table
+    rows."""
     from pathfl.fl.unseen_site import risks, score
     from pathfl.survival.data import bags_fingerprint
     from pathfl.survival.run import save_run
 
-    mine = personalise(global_fit, data.train, cfg, part=part)
-    run = Path(data.state_dir) / f"personalised-{part}"
+    mine = personalise(global_fit, data.train, cfg, part=part, steps=steps)
+    run = Path(out) if out is not None else Path(data.state_dir) / f"personalised-{part}"
     save_run(
         run,
         mine["model"],
@@ -110,6 +118,64 @@ def personalise_sites(
                 rows += personalise_site(s, global_fit, cfg, part=part, n_boot=n_boot)
     finally:
         torch.set_num_threads(threads)
+    return rows
+
+
+def personalise_deployed_site(
+    run_dir: Path,
+    features: Path,
+    clinical: Path,
+    *,
+    site: str,
+    part: str,
+    out: Path,
+    steps: int = DEFAULT_STEPS,
+    n_boot: int = 200,
+    audit_log: Path | None = None,
+) -> list[dict[str, Any]]:
+    """A site of a real federation (``pathfl fl personalise``): adapt the final global model
+    of ``run_dir`` (its ``model.pt``, ``config.json`` and ``fl_config.json``, which the
+    aggregator shares with the sites — model weights and run settings, no patient data) to this
+    site's own data, split into training and validation parts exactly as in the federation
+    (the run's ``val_folds`` and ``seed``), and score both models on the validation part.
+    Writes the personalised run dir ``out`` (``pathfl predict`` reads it) and
+    ``out/personalised.json``; sends nothing. With ``audit_log`` (the site's audit log), one
+    ``personalised`` entry records what was done."""
+    import json
+
+    import torch
+
+    from pathfl.config import ConfigError
+    from pathfl.fl.baselines import load_sites
+    from pathfl.fl.rundir import RunDir
+    from pathfl.fl.site import SiteSpec
+    from pathfl.fl.trust.audit import AuditLog
+    from pathfl.fl.unseen_site import federated_fit
+    from pathfl.io import write_json_atomic
+
+    cfg_path = Path(run_dir) / "fl_config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{run_dir}: not a federated run dir (no fl_config.json)")
+    cfg = json.loads(cfg_path.read_text())["config"]
+    run_id = str(RunDir(run_dir).read_status().get("run_id", ""))
+    global_fit = federated_fit(Path(run_dir))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the federation's site worker
+    try:
+        (data,) = load_sites([SiteSpec(site, Path(features), Path(clinical))], cfg)
+        if not data.val:
+            raise ConfigError(f"{features}: no validation part (the run has val_folds = 0)")
+        rows = personalise_site(
+            data, global_fit, cfg, part=part, n_boot=n_boot, out=Path(out), steps=steps
+        )
+    finally:
+        torch.set_num_threads(threads)
+    write_json_atomic(Path(out) / "personalised.json", {"global_run": str(run_dir), "rows": rows})
+    if audit_log is not None:
+        AuditLog(Path(audit_log), run_id=run_id).append(
+            "personalised", site=site, part=part, steps=steps, global_run=str(run_dir),
+            out=str(out), c_index={r["method"]: r["c_index"] for r in rows},
+        )  # fmt: skip
     return rows
 
 
