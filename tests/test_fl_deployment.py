@@ -20,8 +20,10 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SITES = ("hosp_a", "hosp_b", "hosp_c")
+# one round: this test is about the commands; several rounds through real processes are
+# tests/test_fl_e2e.py (3) and tests/test_fl_faults.py (2)
 RUN_CONFIG = """\
-rounds: 2
+rounds: 1
 local_epochs: 1
 model: meanpool
 loss: cox
@@ -79,6 +81,9 @@ def site_dirs(tmp_path_factory) -> list[Path]:
 
 
 def test_documented_deployment_commands(site_dirs, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from pathfl.cli import app
     from pathfl.fl.flower.processes import free_port, group_running
 
     certs = tmp_path / "fl_certs"
@@ -125,9 +130,12 @@ def test_documented_deployment_commands(site_dirs, tmp_path) -> None:
         assert "sites aggregated" in (run_dir / "report.html").read_text()
 
         site_logs = [tmp_path / f"{name}_audit.jsonl" for name in SITES]
-        for audit_log in (run_dir / "audit.jsonl", *site_logs):
-            res = _pathfl("fl", "audit", "verify", audit_log)
-            assert res.returncode == 0, (audit_log, res.stdout, res.stderr)
+        res = _pathfl("fl", "audit", "verify", run_dir / "audit.jsonl")
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        for audit_log in site_logs:  # the same command in-process (one interpreter start each
+            # less; the console entry point's exit code is checked just above)
+            res = CliRunner().invoke(app, ["fl", "audit", "verify", str(audit_log)])
+            assert res.exit_code == 0, (audit_log, res.output)
         pairs = [f"{name}={log}" for name, log in zip(SITES, site_logs, strict=True)]
         res = _pathfl("fl", "audit", "cross-check", run_dir / "audit.jsonl", *pairs)
         assert res.returncode == 0, res.stdout + res.stderr
