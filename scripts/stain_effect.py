@@ -110,8 +110,8 @@ def run_effect(
         _, timing[method] = _features(root, state.cohort, method)
     if extract_only:
         return _tables(methods, [], timing, {})
-    for method in methods:
-        for seed in seeds:
+    for seed in seeds:  # seed-major: an interrupted run has every method at the first seeds
+        for method in methods:
             features = root / f"features_{method}"
             scores[(method, seed)] = _score(root, state.cohort, features, method, seed)
     return _tables(methods, seeds, timing, scores)
