@@ -173,12 +173,13 @@ def load_model(fm: FoundationModel, source: ckpt.Checkpoint) -> nn.Module:
     header = ckpt.file_shapes(source.weights)
     if header is not None:  # refuse a wrong safetensors file before reading its tensors
         if fm.library == "conch":
-            header = conch.header_shapes(header, expected)
+            header = conch.header_shapes(conch.rename(fm, header), expected)
         kept = adapt_keys(dict.fromkeys(header), set(expected))
         ckpt.check_fit(expected, {k: header[k] for k in kept}, source.weights, fm.name)
-    state = adapt_keys(wts.load_state_dict(source.weights), set(expected))
-    if fm.library == "conch":  # its 224-px position embedding on the 448-px grid
-        state = conch.adapt_state(state, model)
+    state = wts.load_state_dict(source.weights)
+    if fm.library == "conch":  # the vision tower's tensors; position embedding at 448 px
+        state = conch.adapt_state(fm, conch.rename(fm, state), model)
+    state = adapt_keys(state, set(expected))
     # assign=True keeps the file's dtype: fp16/bf16 checkpoints become fp32 (precision is
     # chosen at inference, --precision)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

@@ -306,6 +306,7 @@ _add(
             "init_values": 1.0,
             "num_classes": 0,
             "dynamic_img_size": False,
+            "variant": "v1.5",
             "pool_dim": 768,
             "pool_heads": 8,
         },
@@ -323,13 +324,41 @@ _add(
     )
 )
 
-#: listed but not supported, and why
-NOT_SUPPORTED = {
-    "conch": (
-        "CONCH (MahmoodLab/CONCH) is not supported: its vision tower is the CoCa-style ViT-B/16 "
-        "with an attentional pooler of MahmoodLab's `conch` package (built on open_clip; "
-        "checkpoint keys visual.trunk.* / visual.attn_pool.*), which cannot be built from timm "
-        "or transformers alone; pathfl does not depend on open_clip. CONCH v1.5 "
-        "(MahmoodLab/conchv1_5) is supported: --encoder conch-v1.5"
-    ),
-}
+OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+# CONCH (Mahmood lab; Lu et al., Nature Medicine 2024): the vision tower of a CoCa model — timm
+# ViT-B/16 at 448 px, then an attentional pooler (1 query, 512-d, nn.MultiheadAttention with 8
+# heads over the 768-d tokens) and a LayerNorm: 512-d features before the contrastive projection
+# (CONCH repo, conch/open_clip_custom: config conch_ViT-B-16, vision_tower.py, coca_model.py;
+# OpenAI CLIP mean/std, 448 px; CLAM and TRIDENT extract encode_image(proj_contrast=False,
+# normalize=False)). Weights: pytorch_model.bin of huggingface.co/MahmoodLab/CONCH (the whole
+# CoCa model; pathfl.features.conch keeps its visual part). µm/px of training: not stated.
+_add(
+    FoundationModel(
+        name="conch",
+        library="conch",
+        arch="vit_base_patch16_224",
+        kwargs={
+            "img_size": 448,
+            "patch_size": 16,
+            "num_classes": 0,
+            "dynamic_img_size": True,
+            "variant": "v1",
+            "pool_dim": 512,
+            "pool_heads": 8,
+        },
+        feature_dim=512,
+        mean=OPENAI_CLIP[0],
+        std=OPENAI_CLIP[1],
+        input_px=448,
+        native_mpp=(),
+        mpp_note="training µm/px not stated by the sources at hand",
+        pooling="attn-pool",
+        hub_id="MahmoodLab/CONCH",
+        licence="CC-BY-NC-ND 4.0 (gated; see the model card)",
+        params=87_567_104,
+        summary="Mahmood lab CONCH, CoCa vision tower: ViT-B/16 at 448 px + attentional pooler",
+    )
+)
+
+#: listed but not supported, and why (none at present: CONCH is built without open_clip)
+NOT_SUPPORTED: dict[str, str] = {}
