@@ -118,26 +118,25 @@ def run_effect(
 
 
 def _tables(methods, seeds, timing, scores) -> list[str]:
-    import numpy as np
-
+    """Markdown: extraction throughput, then one C-index row per (method, seed) — cells not
+    (yet) scored are said so — and mean ± sd over the seeds of fully scored methods."""
     t0 = timing[methods[0]]
     lines = [
         f"Extraction of the tiny demo's {t0['tiles']} tiles (224 px, MobileNetV2, CPU, 1 "
         "reading worker), one after the other in this run; reference fitted on "
-        f"{REF_TILES} random tiles of site {REF_SITE} (fit time not included):",
+        f"{REF_TILES} random tiles of site {REF_SITE} (fit time not included; `+augK`: K more "
+        "encoder passes per tile):",
         "",
         "| stain norm | tiles | wall s | tiles/s | vs none | fit s |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    none_rate = timing.get("none", {}).get("tiles", 0) / max(
-        timing.get("none", {}).get("wall_s", 1), 1e-9
-    )
+    none = timing.get("none")
     for m in methods:
         t = timing[m]
         r = t["tiles"] / t["wall_s"]
-        rel = f"{r / none_rate:.2f}×" if "none" in timing else "—"
+        rel = f"{r / (none['tiles'] / none['wall_s']):.2f}×" if none else "—"
         lines.append(
-            f"| {m} | {t['tiles']} | {t['wall_s']:.1f} | {r:.1f} | {rel} | {t['fit_s']:.1f} |"
+            f"| {m} | {t['tiles']} | {t['wall_s']:.1f} | {r:.2f} | {rel} | {t['fit_s']:.1f} |"
         )
     if not scores:
         return lines
@@ -147,26 +146,45 @@ def _tables(methods, seeds, timing, scores) -> list[str]:
         f"C-index on the same {n_val} validation patients (demo evaluation; seeds "
         f"{', '.join(map(str, seeds))}: split and training seed; cohort seed 0):",
         "",
-        "| stain norm | seed | federated C | pooled C | local-only mean C |",
-        "|---|---:|---:|---:|---:|",
+        "| stain norm | seed | federated C | pooled C | local-only mean C | cell wall s |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for m in methods:
-        for s in seeds:
-            c = scores[(m, s)]
-            lines.append(
-                f"| {m} | {s} | {c['federated']:.3f} | {c['pooled']:.3f} | {c['local']:.3f} |"
-            )
-        if len(seeds) > 1:
-            arr = {
-                k: np.array([scores[(m, s)][k] for s in seeds])
-                for k in ("federated", "pooled", "local")
-            }
-            lines.append(
-                f"| **{m}** | mean ± sd | "
-                + " | ".join(
-                    f"{arr[k].mean():.3f} ± {arr[k].std(ddof=1):.3f}"
-                    for k in ("federated", "pooled", "local")
-                )
-                + " |"
-            )
+        lines += _score_rows(m, seeds, scores)
     return lines
+
+
+def _score_rows(method: str, seeds: list[int], scores: dict) -> list[str]:
+    import numpy as np
+
+    keys = ("federated", "pooled", "local")
+    rows = []
+    for s in seeds:
+        c = scores.get((method, s))
+        if c is None:
+            rows.append(f"| {method} | {s} | not run | not run | not run | |")
+            continue
+        vals = " | ".join(f"{c[k]:.3f}" for k in keys)
+        rows.append(f"| {method} | {s} | {vals} | {c.get('wall_s', float('nan')):.0f} |")
+    done = [s for s in seeds if (method, s) in scores]
+    if len(done) > 1:
+        arr = {k: np.array([scores[(method, s)][k] for s in done]) for k in keys}
+        cells = " | ".join(f"{arr[k].mean():.3f} ± {arr[k].std(ddof=1):.3f}" for k in keys)
+        rows.append(f"| **{method}** | mean ± sd | {cells} | |")
+    return rows
+
+
+def collected(root: Path, *, methods: list[str], seeds: list[int]) -> list[str]:
+    """The tables from what a (possibly interrupted) run left under ``root``."""
+    timing = {
+        m: json.loads((root / f"features_{m}" / "timing.json").read_text())
+        for m in methods
+        if (root / f"features_{m}" / "timing.json").is_file()
+    }
+    scores = {
+        (m, s): json.loads((root / f"run_{m}_s{s}" / "scores.json").read_text())
+        for m in timing
+        for s in seeds
+        if (root / f"run_{m}_s{s}" / "scores.json").is_file()
+    }
+    return _tables([m for m in methods if m in timing], seeds, timing, scores)
