@@ -188,3 +188,27 @@ def test_federated_site_bags_carry_the_copies(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         train[0].features_aug, scaler.features.transform(data.train[0].features_aug)
     )
+
+
+def test_dp_training_draws_copies_only_when_enabled(bags: list) -> None:
+    from pathfl.fl.trust.privacy import DPConfig, dp_train_local
+
+    dp = DPConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-3)
+    seen = {}
+    for enabled in (True, False):
+        cfg = TrainConfig(
+            model="abmil", loss="nll", n_bins=2, bags_per_batch=6, seed=2,
+            feature_augmentation=enabled,
+        )  # fmt: skip
+        model = build_model(cfg, feature_dim=DIM)
+        xs: list[np.ndarray] = []
+        inner = model.forward
+
+        def spy(x: torch.Tensor, *rest: object, inner=inner, xs=xs) -> object:
+            xs.append(x.detach().numpy().copy())
+            return inner(x, *rest)
+
+        model.forward = spy  # type: ignore[method-assign]
+        dp_train_local(model, bags, cfg, dp, epochs=2, time_bins=np.array([20.0]))
+        seen[enabled] = set(_versions(np.concatenate(xs)).tolist())
+    assert {1, 2} <= seen[True] and seen[False] == {0}
