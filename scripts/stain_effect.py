@@ -143,8 +143,9 @@ def _tables(methods, seeds, timing, scores) -> list[str]:
     n_val = next(iter(scores.values()))["n_val"]
     lines += [
         "",
-        f"C-index on the same {n_val} validation patients (demo evaluation; seeds "
-        f"{', '.join(map(str, seeds))}: split and training seed; cohort seed 0):",
+        f"C-index on {n_val} validation patients, the same for every method of a seed (demo "
+        f"evaluation; seeds {', '.join(map(str, seeds))}: split and training seed, so each seed "
+        "has its own validation patients; cohort seed 0):",
         "",
         "| stain norm | seed | federated C | pooled C | local-only mean C | cell wall s |",
         "|---|---:|---:|---:|---:|---:|",
