@@ -230,16 +230,22 @@ def _cfg_of(fm):
     )
 
 
-def _check_features(fm, enc, source) -> None:
+def _check_against(fm, enc, expected, *, n: int = 1, px: int = 224) -> None:
+    """``n`` random ``px`` tiles through ``enc`` (the extraction's InferenceRunner) give the
+    documented dim and ``expected(normalised tiles)``."""
     tile = torch.randint(
-        0, 256, (1, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+        0, 256, (n, 3, px, px), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
     )
     feats = InferenceRunner(enc)(tile)
-    assert feats.shape == (1, fm.feature_dim)
+    assert feats.shape == (n, fm.feature_dim)
     mean = torch.tensor(fm.mean).view(1, 3, 1, 1)
     std = torch.tensor(fm.std).view(1, 3, 1, 1)
-    want = _expected(fm, source, (tile.float() / 255 - mean) / std)
+    want = expected((tile.float() / 255 - mean) / std)
     assert torch.allclose(feats, want, rtol=1e-3, atol=1e-4), (feats - want).abs().max()
+
+
+def _check_features(fm, enc, source) -> None:
+    _check_against(fm, enc, lambda x: _expected(fm, source, x))
 
 
 def test_every_entry_is_its_published_architecture() -> None:
@@ -530,15 +536,7 @@ def test_conch_loads_its_published_checkpoint(tmp_path, name) -> None:
     (snap / "meta.yaml").write_text("model: conch\n")  # the snapshot's other files
     enc = fm_loader.create(fm, _cfg_of(fm), snap)
     assert enc.weights_path == path and enc.weights_sha256 == sha256_file(path)
-    tile = torch.randint(
-        0, 256, (2, 3, 448, 448), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
-    )
-    feats = InferenceRunner(enc)(tile)
-    assert feats.shape == (2, fm.feature_dim)
-    mean = torch.tensor(fm.mean).view(1, 3, 1, 1)
-    std = torch.tensor(fm.std).view(1, 3, 1, 1)
-    want = _conch_reference(name, state, (tile.float() / 255 - mean) / std, depth)
-    assert torch.allclose(feats, want, rtol=1e-3, atol=1e-4), (feats - want).abs().max()
+    _check_against(fm, enc, lambda x: _conch_reference(name, state, x, depth), n=2, px=448)
     # a truncated file, or one of the other CONCH, is refused by name, never half-loaded
     bad = dict(saved)
     bad.pop(next(k for k in bad if k.endswith("ln_contrast.weight")))
