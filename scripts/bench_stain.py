@@ -37,11 +37,19 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one seed (the default: 0 1 2)")
     p.add_argument("--seeds", type=int, nargs="*", default=None)
-    p.add_argument("--methods", nargs="*", default=["none", "macenko", "reinhard"])
+    p.add_argument(
+        "--methods",
+        nargs="*",
+        default=["none", "macenko", "reinhard", "macenko+aug2"],
+        help="stain norm, optionally +augK (K HED-jittered copies per tile used in training)",
+    )
     p.add_argument("--batch", type=int, default=32, help="tiles per batch in the op timing")
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temp dir)")
     p.add_argument("--skip-demo", action="store_true", help="only the op benchmark")
     p.add_argument("--skip-ops", action="store_true", help="only the demo part")
+    p.add_argument(
+        "--extract-only", action="store_true", help="demo part: only the extractions (kept)"
+    )
     return p.parse_args()
 
 
@@ -184,7 +192,8 @@ def main() -> None:
 
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_stain_"))
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    print("\n".join(run_effect(root, methods=args.methods, seeds=seeds)))
+    lines = run_effect(root, methods=args.methods, seeds=seeds, extract_only=args.extract_only)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def _meta(name: str):
 
 def _small(name: str, depth: int = 1):
     fm = FOUNDATION_MODELS[name]
-    key = "depth" if fm.library == "timm" else "num_hidden_layers"
+    key = "num_hidden_layers" if fm.library == "transformers" else "depth"
     return dataclasses.replace(fm, kwargs={**fm.kwargs, key: depth})
 
 
@@ -230,16 +230,22 @@ def _cfg_of(fm):
     )
 
 
-def _check_features(fm, enc, source) -> None:
+def _check_against(fm, enc, expected, *, n: int = 1, px: int = 224) -> None:
+    """``n`` random ``px`` tiles through ``enc`` (the extraction's InferenceRunner) give the
+    documented dim and ``expected(normalised tiles)``."""
     tile = torch.randint(
-        0, 256, (1, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+        0, 256, (n, 3, px, px), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
     )
     feats = InferenceRunner(enc)(tile)
-    assert feats.shape == (1, fm.feature_dim)
+    assert feats.shape == (n, fm.feature_dim)
     mean = torch.tensor(fm.mean).view(1, 3, 1, 1)
     std = torch.tensor(fm.std).view(1, 3, 1, 1)
-    want = _expected(fm, source, (tile.float() / 255 - mean) / std)
+    want = expected((tile.float() / 255 - mean) / std)
     assert torch.allclose(feats, want, rtol=1e-3, atol=1e-4), (feats - want).abs().max()
+
+
+def _check_features(fm, enc, source) -> None:
+    _check_against(fm, enc, lambda x: _expected(fm, source, x))
 
 
 def test_every_entry_is_its_published_architecture() -> None:
@@ -248,7 +254,14 @@ def test_every_entry_is_its_published_architecture() -> None:
     from transformers import AutoConfig
 
     for name, fm in FOUNDATION_MODELS.items():
-        if fm.library == "timm":
+        if fm.library == "conch":  # timm trunk + pooler: v1 ViT-B 768 -> 512, v1.5 ViT-L -> 768
+            model = _meta(name)
+            assert model.ln_contrast.normalized_shape == (fm.feature_dim,), name
+            width = {"conch": 768, "conch-v1.5": 1024}[name]
+            assert model.trunk.num_features == width, name
+            assert model.trunk.patch_embed.grid_size == (28, 28), name  # 448 px
+            assert sum(p.numel() for p in model.parameters()) == fm.params, name
+        elif fm.library == "timm":
             model = _meta(name)
             pooled = model.num_features * (2 if fm.pooling == "cls+mean" else 1)
             assert pooled == fm.feature_dim, name
@@ -399,8 +412,8 @@ def test_foundation_weights_missing_or_unsupported(tmp_path, monkeypatch) -> Non
     msg = str(e.value)
     assert "--weights" in msg and "MahmoodLab/UNI" in msg and "never downloads" in msg
     assert isinstance(e.value, ConfigError)  # exit 2
-    with pytest.raises(ConfigError, match="open_clip"):
-        create_encoder("conch")
+    with pytest.raises(wts.WeightsError, match="MahmoodLab/CONCH"):
+        create_encoder("conch")  # built without open_clip: only its weights are needed
     (tmp_path / "two").mkdir()
     for n in ("a.pth", "b.pth"):
         (tmp_path / "two" / n).write_bytes(b"x")
@@ -417,4 +430,136 @@ def test_encoders_command_shows_native_resolution(monkeypatch) -> None:
     lines = {ln.split("│")[1].strip(): ln for ln in result.output.splitlines() if ln.count("│") > 3}
     assert "2560" in lines["virchow2"] and "2 / 1 / 0.5 / 0.25" in lines["virchow2"]
     assert "0.5" in lines["uni"] and "1024" in lines["uni"] and "CC-BY-NC-ND" in result.output
-    assert "none" in lines["mobilenet-v2"] and "not supported" in lines["conch"]
+    assert "none" in lines["mobilenet-v2"] and "512" in lines["conch"] and "448" in lines["conch"]
+
+
+# --- CONCH and CONCH v1.5 (pathfl.features.conch) -------------------------------------------
+# Saved as users get them: CONCH v1.5 a `pytorch_model_vision.bin` state dict (keys trunk.* /
+# attn_pool_contrast.* / ln_contrast.*) whose position embedding is on the 14 x 14 grid of a
+# 224-px ViT; CONCH the whole CoCa model's `pytorch_model.bin` (visual.* with the caption
+# pooler and projection, text.*, text_decoder.*, logit_scale). The expected features are
+# computed here from the saved tensors with plain ops (the authors' forward: v1.5's position
+# embedding interpolated to the 28 x 28 grid, the pooler as explicit softmax attention), not
+# with pathfl's modules.
+
+
+def _conch_source(name: str, depth: int):
+    """Random tensors of the published layout (CONCH v1.5: position embedding at 224 px)."""
+    from pathfl.features import conch
+
+    fm = _small(name, depth)
+    v15 = name == "conch-v1.5"
+    torch.manual_seed(0)
+    kw = {**fm.kwargs, "img_size": 224} if v15 else fm.kwargs
+    tower = conch.build(dataclasses.replace(fm, kwargs=kw))
+    state = {k: v.detach().clone() for k, v in tower.state_dict().items()}
+    for k in ("attn_pool_contrast.ln_q.weight", "ln_contrast.bias", "trunk.norm.bias"):
+        state[k] = torch.randn_like(state[k])  # nothing left at its initial value
+    return fm, state
+
+
+def _attend(q, k, v, heads: int) -> torch.Tensor:
+    d = q.shape[-1] // heads
+    outs = []
+    for h in range(heads):
+        sl = slice(d * h, d * (h + 1))
+        att = torch.softmax((q[:, sl] @ k[..., sl].transpose(1, 2)) / d**0.5, dim=-1)
+        outs.append(att @ v[..., sl])
+    return torch.cat(outs, dim=-1)
+
+
+def _conch_reference(name: str, state: dict, x: torch.Tensor, depth: int) -> torch.Tensor:
+    import timm
+    import torch.nn.functional as F  # noqa: N812
+
+    v15 = name == "conch-v1.5"
+    arch, width, dim = (
+        ("vit_large_patch16_224", 1024, 768) if v15 else ("vit_base_patch16_224", 768, 512)
+    )
+    vit = timm.create_model(
+        arch, pretrained=False, img_size=224 if v15 else 448, depth=depth,
+        init_values=1.0 if v15 else None, num_classes=0,
+    ).eval()  # fmt: skip
+    vit.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("trunk.")})
+    with torch.inference_mode():
+        tok = vit.patch_embed.proj(x).flatten(2).transpose(1, 2)  # the conv, at any size
+        pos = state["trunk.pos_embed"]
+        if v15:
+            grid = pos[:, 1:].reshape(1, 14, 14, -1).permute(0, 3, 1, 2)
+            grid = F.interpolate(grid, scale_factor=(28.1 / 14, 28.1 / 14), mode="bicubic")
+            pos = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, 784, -1)], dim=1)
+        tok = torch.cat([vit.cls_token.expand(len(x), -1, -1), tok], dim=1) + pos
+        tok = vit.norm(vit.blocks(tok))
+        p = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("attn_pool")}
+        ctx = F.layer_norm(tok, (width,), p["ln_k.weight"], p["ln_k.bias"])
+        q = F.layer_norm(p["query"], (dim,), p["ln_q.weight"], p["ln_q.bias"])
+        if v15:
+            k, v = (ctx @ p["to_kv.weight"].T).chunk(2, dim=-1)
+            pooled = _attend(q @ p["to_q.weight"].T, k, v, 8) @ p["to_out.weight"].T
+        else:
+            b_q, b_k, b_v = p["attn.in_proj_bias"].chunk(3)
+            k = ctx @ p["attn.k_proj_weight"].T + b_k
+            v = ctx @ p["attn.v_proj_weight"].T + b_v
+            out = _attend(q @ p["attn.q_proj_weight"].T + b_q, k, v, 8)
+            pooled = out @ p["attn.out_proj.weight"].T + p["attn.out_proj.bias"]
+        return F.layer_norm(
+            pooled[:, 0], (dim,), state["ln_contrast.weight"], state["ln_contrast.bias"]
+        )
+
+
+def _coca_checkpoint(state: dict) -> dict:
+    """CONCH's published file: the whole CoCa model, the vision tower under ``visual.``."""
+    g = torch.Generator().manual_seed(3)
+    return {
+        **{f"visual.{k}": v for k, v in state.items()},
+        "visual.attn_pool_caption.query": torch.randn(256, 768, generator=g),
+        "visual.ln_caption.weight": torch.ones(768),
+        "visual.proj_contrast": torch.randn(512, 512, generator=g),
+        "text.token_embedding.weight": torch.randn(32007, 8, generator=g),
+        "text_decoder.ln_final.weight": torch.ones(768),
+        "logit_scale": torch.tensor(2.6),
+    }
+
+
+@pytest.mark.parametrize("name", ["conch", "conch-v1.5"])
+def test_conch_loads_its_published_checkpoint(tmp_path, name) -> None:
+    depth = 1
+    fm, state = _conch_source(name, depth)
+    snap = tmp_path / name
+    snap.mkdir()
+    if name == "conch-v1.5":
+        assert state["trunk.pos_embed"].shape == (1, 197, 1024)  # as published: 224-px grid
+        path, saved = snap / "pytorch_model_vision.bin", state
+    else:
+        path, saved = snap / "pytorch_model.bin", _coca_checkpoint(state)
+    torch.save(saved, path)
+    (snap / "meta.yaml").write_text("model: conch\n")  # the snapshot's other files
+    enc = fm_loader.create(fm, _cfg_of(fm), snap)
+    assert enc.weights_path == path and enc.weights_sha256 == sha256_file(path)
+    _check_against(fm, enc, lambda x: _conch_reference(name, state, x, depth), n=2, px=448)
+    # a truncated file, or one of the other CONCH, is refused by name, never half-loaded
+    bad = dict(saved)
+    bad.pop(next(k for k in bad if k.endswith("ln_contrast.weight")))
+    torch.save(bad, path)
+    with pytest.raises(wts.WeightsError) as e:
+        fm_loader.create(fm, _cfg_of(fm), snap)
+    assert str(path) in str(e.value) and "ln_contrast.weight" in str(e.value)
+    other = "conch" if name == "conch-v1.5" else "conch-v1.5"
+    with pytest.raises(wts.WeightsError, match="weights do not fit"):
+        fm_loader.create(_small(other, depth), _cfg_of(_small(other, depth)), snap)
+
+
+def test_conch_v15_full_size_header_fits(tmp_path) -> None:
+    """The full architecture against a header-only safetensors file of the published names
+    and shapes (position embedding at 224 px); another width is refused from the header."""
+    from pathfl.features import conch
+
+    fm = FOUNDATION_MODELS["conch-v1.5"]
+    expected = ckpt.shapes_of(_meta("conch-v1.5").state_dict())
+    published = {**expected, "trunk.pos_embed": (1, 197, 1024)}
+    path = tmp_path / "model.safetensors"
+    _header_only_safetensors(path, published)
+    ckpt.check_fit(expected, conch.header_shapes(ckpt.file_shapes(path), expected), path, "c")
+    _header_only_safetensors(path, {**published, "trunk.pos_embed": (1, 197, 768)})
+    with pytest.raises(wts.WeightsError, match=r"shape mismatch.*trunk\.pos_embed"):
+        fm_loader.load_model(fm, ckpt.locate_checkpoint(path))

@@ -97,7 +97,8 @@ def _predict(
         else:
             ids = slides or sorted(p.stem for p in features.glob("*.h5"))
             table, has_outcome = clinical_for_slides(ids), False
-        bags = extras["scaler"].apply(load_bags(features, table, covariates=cfg.covariates))
+        raw = load_bags(features, table, covariates=cfg.covariates, augmented=False)
+        bags = extras["scaler"].apply(raw)  # prediction: original features, no copies
         check_bags_for_run(bags, extras, source=f"{features} ({len(bags)} patient(s))", run=run)
     except (ClinicalError, RunError, FileNotFoundError, FingerprintMismatchError) as e:
         raise usage_error(str(e)) from None

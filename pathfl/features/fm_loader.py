@@ -74,11 +74,16 @@ def _timm_kwargs(fm: FoundationModel) -> dict[str, Any]:
 
 
 def build_meta(fm: FoundationModel) -> nn.Module:
-    """The exact timm architecture of ``fm`` on the meta device (no memory, no init)."""
+    """The exact timm architecture of ``fm`` on the meta device (no memory, no init); CONCH
+    v1.5: its timm trunk + pooler (:mod:`pathfl.features.conch`)."""
     import torch
 
     timm = _need("timm", fm)
     with _offline(), torch.device("meta"):
+        if fm.library == "conch":
+            from pathfl.features import conch
+
+            return conch.build(fm)
         return timm.create_model(fm.arch, pretrained=False, **_timm_kwargs(fm))
 
 
@@ -161,13 +166,20 @@ def load_model(fm: FoundationModel, source: ckpt.Checkpoint) -> nn.Module:
     """``fm``'s architecture holding the tensors of ``source`` (strict; names the file)."""
     if fm.library == "transformers":
         return FeatureHead(_load_hf(fm, source), fm).eval()
+    from pathfl.features import conch
+
     model = build_meta(fm)
     expected = ckpt.shapes_of(model.state_dict())
     header = ckpt.file_shapes(source.weights)
     if header is not None:  # refuse a wrong safetensors file before reading its tensors
+        if fm.library == "conch":
+            header = conch.header_shapes(conch.rename(fm, header), expected)
         kept = adapt_keys(dict.fromkeys(header), set(expected))
         ckpt.check_fit(expected, {k: header[k] for k in kept}, source.weights, fm.name)
-    state = adapt_keys(wts.load_state_dict(source.weights), set(expected))
+    state = wts.load_state_dict(source.weights)
+    if fm.library == "conch":  # the vision tower's tensors; position embedding at 448 px
+        state = conch.adapt_state(fm, conch.rename(fm, state), model)
+    state = adapt_keys(state, set(expected))
     # assign=True keeps the file's dtype: fp16/bf16 checkpoints become fp32 (precision is
     # chosen at inference, --precision)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
@@ -175,7 +187,7 @@ def load_model(fm: FoundationModel, source: ckpt.Checkpoint) -> nn.Module:
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # non-persistent buffers are not in any checkpoint
         raise wts.WeightsError(f"{fm.name}: tensors not initialised by the checkpoint: {left[:5]}")
-    return FeatureHead(model, fm).eval()
+    return (model if fm.library == "conch" else FeatureHead(model, fm)).eval()
 
 
 @functools.cache

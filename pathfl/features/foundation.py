@@ -18,10 +18,12 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 @dataclass(frozen=True)
 class FoundationModel:
     """One checkpoint's recipe. ``library`` is ``timm`` (``arch`` = a timm model name built with
-    ``kwargs``) or ``transformers`` (``arch`` = the ``model_type`` its ``config.json`` must
-    have; ``kwargs`` = config values that must match). ``pooling``: ``cls`` (the class token)
-    or ``cls+mean`` (class token concatenated with the mean of the patch tokens, which start
-    after ``prefix_tokens`` class + register tokens). ``native_mpp``: µm/px the model was
+    ``kwargs``), ``conch`` (CONCH v1.5: a timm trunk + pooler, :mod:`pathfl.features.conch`)
+    or ``transformers`` (``arch`` = the ``model_type`` its ``config.json`` must have;
+    ``kwargs`` = config values that must match). ``pooling``: ``cls`` (the class token),
+    ``cls+mean`` (class token concatenated with the mean of the patch tokens, which start
+    after ``prefix_tokens`` class + register tokens) or ``attn-pool`` (CONCH v1.5's learned
+    attentional pooler). ``native_mpp``: µm/px the model was
     trained at (several for mixed-magnification training; empty = not stated)."""
 
     name: str
@@ -286,12 +288,77 @@ for _size, _dim, _params in (("small", 384, 21_665_664), ("base", 768, 85_798_65
         )
     )
 
-#: listed but not supported, and why
-NOT_SUPPORTED = {
-    "conch": (
-        "CONCH (MahmoodLab/CONCH) is not supported: its vision tower is the CoCa-style ViT-B/16 "
-        "with an attentional pooler of MahmoodLab's `conch` package (built on open_clip; "
-        "checkpoint keys visual.trunk.* / visual.attn_pool.*), which cannot be built from timm "
-        "or transformers alone; pathfl does not depend on open_clip"
-    ),
-}
+# CONCH v1.5 (Mahmood lab; TITAN's patch encoder, Ding et al. 2024, arXiv 2411.19666): a
+# ViT-L/16 trunk (timm vit_large_patch16_224 layout, LayerScale init 1.0, class token, final
+# LayerNorm) at 448 px, then an attentional pooler (1 query, 768-d, 8 heads, over the trunk's
+# 1024-d tokens) and a LayerNorm: 768-d features (TRIDENT Conchv15InferenceEncoder, img_size
+# 448, ImageNet mean/std; weights pytorch_model_vision.bin of huggingface.co/MahmoodLab/
+# conchv1_5). Built by pathfl.features.conch. The sources give the 448-px input but not the
+# µm/px of the training tiles (TITAN extracts its patches at 20x): not checked.
+_add(
+    FoundationModel(
+        name="conch-v1.5",
+        library="conch",
+        arch="vit_large_patch16_224",
+        kwargs={
+            "img_size": 448,
+            "patch_size": 16,
+            "init_values": 1.0,
+            "num_classes": 0,
+            "dynamic_img_size": False,
+            "variant": "v1.5",
+            "pool_dim": 768,
+            "pool_heads": 8,
+        },
+        feature_dim=768,
+        mean=IMAGENET[0],
+        std=IMAGENET[1],
+        input_px=448,
+        native_mpp=(),
+        mpp_note="training µm/px not stated by the sources at hand (TITAN: 20x patches)",
+        pooling="attn-pool",
+        hub_id="MahmoodLab/conchv1_5",
+        licence="CC-BY-NC-ND 4.0 (gated; see the model card)",
+        params=306_711_296,
+        summary="Mahmood lab CONCH v1.5, ViT-L/16 at 448 px + attentional pooler (timm)",
+    )
+)
+
+OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+# CONCH (Mahmood lab; Lu et al., Nature Medicine 2024): the vision tower of a CoCa model — timm
+# ViT-B/16 at 448 px, then an attentional pooler (1 query, 512-d, nn.MultiheadAttention with 8
+# heads over the 768-d tokens) and a LayerNorm: 512-d features before the contrastive projection
+# (CONCH repo, conch/open_clip_custom: config conch_ViT-B-16, vision_tower.py, coca_model.py;
+# OpenAI CLIP mean/std, 448 px; CLAM and TRIDENT extract encode_image(proj_contrast=False,
+# normalize=False)). Weights: pytorch_model.bin of huggingface.co/MahmoodLab/CONCH (the whole
+# CoCa model; pathfl.features.conch keeps its visual part). µm/px of training: not stated.
+_add(
+    FoundationModel(
+        name="conch",
+        library="conch",
+        arch="vit_base_patch16_224",
+        kwargs={
+            "img_size": 448,
+            "patch_size": 16,
+            "num_classes": 0,
+            "dynamic_img_size": True,
+            "variant": "v1",
+            "pool_dim": 512,
+            "pool_heads": 8,
+        },
+        feature_dim=512,
+        mean=OPENAI_CLIP[0],
+        std=OPENAI_CLIP[1],
+        input_px=448,
+        native_mpp=(),
+        mpp_note="training µm/px not stated by the sources at hand",
+        pooling="attn-pool",
+        hub_id="MahmoodLab/CONCH",
+        licence="CC-BY-NC-ND 4.0 (gated; see the model card)",
+        params=87_567_104,
+        summary="Mahmood lab CONCH, CoCa vision tower: ViT-B/16 at 448 px + attentional pooler",
+    )
+)
+
+#: listed but not supported, and why (none at present: CONCH is built without open_clip)
+NOT_SUPPORTED: dict[str, str] = {}

@@ -48,6 +48,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # 0 = off; else passes without val-loss improvement
     val_fraction: float = 0.2  # inner validation split used when early stopping is on
     standardize: bool = True  # standardise tile features with training statistics
+    feature_augmentation: bool = True  # train on features_aug copies when the files have them
     folds: int = 5
     covariates: list[str] = field(default_factory=list)
     n_boot: int = 200
@@ -123,6 +124,7 @@ FIELD_HELP: dict[str, str] = {
     "early_stopping_patience": "Patience in passes on an inner split (0 = off).",
     "val_fraction": "Inner validation split used by early stopping.",
     "standardize": "Standardise tile features with training statistics.",
+    "feature_augmentation": "Train on the features files' augmented copies (features_aug).",
     "folds": "Cross-validation folds (1 = no CV).",
     "covariates": "Clinical columns fused with the bag embedding.",
     "n_boot": "Bootstrap replicates for CIs.",

@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from pathfl.formats.features_h5 import FeaturesFile, FeaturesFileError, read_features
+from pathfl.formats.features_h5 import (
+    FeaturesFile,
+    FeaturesFileError,
+    read_augmented,
+    read_features,
+)
+from pathfl.survival.augment import concat_augmented
 from pathfl.survival.clinical import (
     REQUIRED_COLUMNS,
     RESERVED_COLUMNS,
@@ -57,7 +63,9 @@ logger = logging.getLogger(__name__)
 class PatientBag:
     """All tiles of one patient. ``features`` keeps the file dtype (float32 or float16);
     ``tile_slide_index[i]`` says which of ``slide_ids`` tile ``i`` comes from; ``coords`` are
-    level-0 (x, y) of each tile in its own slide."""
+    level-0 (x, y) of each tile in its own slide. ``features_aug`` (N, K, D): K augmented
+    copies of each tile's features (``pathfl extract --stain-augment K``), drawn from in
+    training only (:mod:`pathfl.survival.augment`); None when the files have none."""
 
     patient_id: str
     features: np.ndarray
@@ -69,6 +77,7 @@ class PatientBag:
     coords: np.ndarray
     site: str | None = None
     attrs: dict[str, Any] = field(default_factory=dict, repr=False)
+    features_aug: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_tiles(self) -> int:
@@ -83,13 +92,27 @@ class PatientBag:
 # features files
 
 
+def _read_aug(path: Path, features: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """A file's ``features_aug`` (None without one) and the problem when its shape does not
+    fit ``features``."""
+    aug = read_augmented(path)
+    if aug is None:
+        return None, None
+    n, d = features.shape
+    if aug.ndim != 3 or aug.shape[0] != n or aug.shape[2] != d or aug.shape[1] < 1:
+        return None, f"features_aug {aug.shape} does not fit features {features.shape} (N,K,D)"
+    return aug if aug.dtype in (np.float32, np.float16) else aug.astype(np.float32), None
+
+
 def _read_slides(
-    features_dir: Path, refs: Sequence[SlideRef]
-) -> tuple[dict[str, FeaturesFile], list[Problem]]:
-    """Read the features file of every referenced slide; a missing, unreadable or empty file,
-    or files made differently, are problems naming the CSV line(s)."""
+    features_dir: Path, refs: Sequence[SlideRef], *, augmented: bool = False
+) -> tuple[dict[str, FeaturesFile], dict[str, np.ndarray | None], list[Problem]]:
+    """Read the features file of every referenced slide (and its ``features_aug`` when
+    ``augmented``); a missing, unreadable or empty file, or files made differently, are
+    problems naming the CSV line(s)."""
     problems: list[Problem] = []
     loaded: dict[str, FeaturesFile] = {}
+    aug: dict[str, np.ndarray | None] = {}
     for ref in refs:
         p = features_dir / f"{ref.slide_id}.h5"
         if not p.is_file():
@@ -97,6 +120,10 @@ def _read_slides(
             continue
         try:
             loaded[ref.slide_id] = read_features(p)
+            if augmented:
+                aug[ref.slide_id], bad = _read_aug(p, loaded[ref.slide_id][0])
+                if bad:
+                    problems.append(Problem(ref.line, ref.where, f"features file {p}: {bad}"))
         except FeaturesFileError as e:
             problems.append(
                 Problem(ref.line, ref.where, f"unreadable features file {p}: {e.problem}")
@@ -107,13 +134,14 @@ def _read_slides(
     fps = {sid: file_fingerprint(a, f) for sid, (f, _, a) in loaded.items()}
     where = {r.slide_id: f"{r.slide_id} (line {r.line})" for r in refs}
     problems += [Problem(None, "", m) for m in mix_problems(fps, where)]
-    return loaded, problems
+    return loaded, aug, problems
 
 
 def _bag(
     rows: list[ClinicalRow],
     loaded: dict[str, FeaturesFile],
     cov_cols: list[str],
+    aug: dict[str, np.ndarray | None],
 ) -> PatientBag:
     feats = [loaded[r.slide_id][0] for r in rows]
     coords = [loaded[r.slide_id][1] for r in rows]
@@ -137,6 +165,11 @@ def _bag(
             "fingerprint": first_attrs.get("fingerprint"),
             "made_with": file_fingerprint(first_attrs, first_feats),
         },
+        features_aug=concat_augmented(
+            [aug.get(r.slide_id) for r in rows],
+            n_rows=[len(f) for f in feats],
+            patient_id=rows[0].patient_id,
+        ),
     )
 
 
@@ -146,6 +179,7 @@ def _load(
     covariates: Sequence[str] | None,
     problems: list[Problem],
     refs: Sequence[SlideRef],
+    augmented: bool,
 ) -> list[PatientBag]:
     features_dir = Path(features_dir)
     cov_cols = list(covariates or [])
@@ -155,13 +189,13 @@ def _load(
             clinical.path,
             [f"covariate(s) {', '.join(bad_cov)} not in table ({clinical.covariate_columns})"],
         )
-    loaded, file_problems = _read_slides(features_dir, refs)
+    loaded, aug, file_problems = _read_slides(features_dir, refs, augmented=augmented)
     if problems or file_problems:
         where = "in the clinical table" + (" or its features files" if file_problems else "")
         raise ClinicalError(
             clinical.path, format_problems([*problems, *file_problems]), where=where
         )
-    bags = [_bag(clinical.rows_of(pid), loaded, cov_cols) for pid in clinical.patient_ids]
+    bags = [_bag(clinical.rows_of(pid), loaded, cov_cols, aug) for pid in clinical.patient_ids]
     logger.info(
         "loaded %d patients, %d slides, %d tiles from %s",
         len(bags),
@@ -177,15 +211,18 @@ def load_bags(
     clinical: ClinicalTable,
     *,
     covariates: Sequence[str] | None = None,
+    augmented: bool = True,
 ) -> list[PatientBag]:
     """Build one bag per patient from ``<features_dir>/<slide_id>.h5``. ``covariates``: the
     covariate columns to attach (default none; raw values — standardise with
     :class:`pathfl.survival.scaling.BagScaler` fitted on the training fold). Every slide must
     exist, be readable, and have been made alike (encoder, weights, target mpp, tile size,
     pathfl version, feature dim, dtype); problems are reported together in one
-    :class:`ClinicalError`."""
+    :class:`ClinicalError`. ``augmented``: also read the files' ``features_aug`` copies
+    (training-time augmentation, K more copies of every tile in memory; callers that only
+    evaluate or predict pass False)."""
     refs = [SlideRef(r.line, r.patient_id, r.slide_id) for r in clinical.rows]
-    return _load(features_dir, clinical, covariates, [], refs)
+    return _load(features_dir, clinical, covariates, [], refs, augmented)
 
 
 def load_cohort(
@@ -193,12 +230,13 @@ def load_cohort(
     clinical_csv: str | os.PathLike[str],
     *,
     covariates: Sequence[str] | None = None,
+    augmented: bool = True,
 ) -> tuple[ClinicalTable, list[PatientBag]]:
     """:func:`load_clinical` + :func:`load_bags` in one pass: the problems of the table and of
     the features files of every row (rejected rows included) are reported together, each with
-    its CSV line. ``covariates`` is validated and attached as in both."""
+    its CSV line. ``covariates`` and ``augmented`` as in :func:`load_bags`."""
     table, problems = parse_clinical(clinical_csv, covariates=covariates)
-    return table, _load(features_dir, table, covariates, problems, table.slide_refs)
+    return table, _load(features_dir, table, covariates, problems, table.slide_refs, augmented)
 
 
 def bags_fingerprint(bags: Sequence[PatientBag]) -> dict[str, Any]:

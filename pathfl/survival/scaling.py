@@ -135,6 +135,8 @@ class BagScaler:
             kw: dict[str, Any] = {}
             if self.features.dim:
                 kw["features"] = self.features.transform(b.features)
+                if getattr(b, "features_aug", None) is not None:  # same training statistics
+                    kw["features_aug"] = self.features.transform(b.features_aug)
             if self.covariates.dim:
                 if b.covariates is None:
                     raise ValueError(

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pathfl.survival.augment import sample_tiles, training_bags
 from pathfl.survival.config import TrainConfig
 from pathfl.survival.data import PatientBag, targets
 from pathfl.survival.losses import (
@@ -89,10 +90,8 @@ PACK_MAX_TILES = 262_144  # tiles per packed forward pass (bounds activation mem
 
 
 def _sample(bag: PatientBag, rng: np.random.Generator | None, max_tiles: int | None):
-    feats = bag.features
-    if rng is not None and max_tiles is not None and feats.shape[0] > max_tiles:
-        feats = feats[np.sort(rng.choice(feats.shape[0], size=max_tiles, replace=False))]
-    return feats
+    # evaluation (no rng): every original tile; training: subsampled, augmented versions drawn
+    return bag.features if rng is None else sample_tiles(bag, rng, max_tiles)
 
 
 def bags_logits(
@@ -288,6 +287,7 @@ def train_local(
     seed = config.seed if seed is None else seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    bags = training_bags(bags, enabled=config.feature_augmentation)
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = proximal_anchor(params, global_params) if proximal_mu > 0 else []
     opt = make_optimizer(params, config)

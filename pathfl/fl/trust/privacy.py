@@ -219,12 +219,14 @@ def dp_train_local(
     (if given) is extended by this round's steps."""
     import torch
 
+    from pathfl.survival.augment import training_bags
     from pathfl.survival.train import make_optimizer, proximal_anchor, set_lr
 
     n = _check_dp_training(config, n_bags=len(bags), delta=dp.delta)
     seed = config.seed if seed is None else seed
     torch.manual_seed(seed)  # dropout, model-side randomness: reproducible
     rng = np.random.default_rng(seed)  # tile subsampling within a bag: reproducible
+    bags = training_bags(bags, enabled=config.feature_augmentation)  # survival.augment
     # The Poisson sampling of patients and the Gaussian noise must be secret: the run seed is
     # known to the server, and noise it can regenerate (or a sample it can predict) gives no
     # privacy. Both come from the OS's randomness, so DP runs are not bit-reproducible.
