@@ -242,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         "without baselines or personalisation, on --datasets",
     )
     ap.add_argument("--datasets", nargs="*", default=None, help="datasets of the sweep")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="keep the runs here (a re-run skips the folds already evaluated); default: a "
+        "temporary folder",
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -261,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows: list[dict] = []
     timing = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = args.work or tmp_dir
         for seed in seeds:
             r, sec = run_seed(
                 args.dataset,
