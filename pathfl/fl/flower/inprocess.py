@@ -49,20 +49,6 @@ class NodeInfo:
     name: str
 
 
-def node_config(spec: SiteSpec, site_dir: Path) -> dict[str, str]:
-    """The node config ``fl simulate`` gives the SuperNode of ``spec``
-    (:meth:`pathfl.fl.flower.federation.LocalFederation.start_site`)."""
-    cfg = {
-        "site": spec.name,
-        "features": str(Path(spec.features).resolve()),
-        "clinical": str(Path(spec.clinical).resolve()),
-        "audit-log": str((site_dir / "audit.jsonl").resolve()),
-    }
-    if spec.policy is not None:
-        cfg["policy"] = str(Path(spec.policy).resolve())
-    return cfg
-
-
 def over_the_wire(msg: Message) -> Message:
     """``msg`` serialised to Flower's protobuf message and parsed back (what a SuperLink and
     a SuperNode exchange)."""
@@ -83,6 +69,7 @@ class InProcessGrid:
 
     def __init__(self, specs: list[SiteSpec], work: Path, *, run_id: int, app: Any = None) -> None:
         from pathfl.fl.flower import client_app
+        from pathfl.fl.flower.federation import site_node_config
         from pathfl.fl.site import SiteCache
 
         self.app = app if app is not None else client_app.app
@@ -96,7 +83,7 @@ class InProcessGrid:
             self.contexts[node] = Context(
                 run_id=run_id,
                 node_id=node,
-                node_config=node_config(spec, sdir),
+                node_config=site_node_config(spec, sdir),
                 state=RecordDict(),
                 run_config={},
             )
