@@ -10,13 +10,15 @@ several seeds.
 Part 1 (`train`): 5-fold out-of-fold Harrell C of the default `pathfl train` recipe
 (:func:`pathfl.survival.cv.cross_validate`, exactly what the CLI runs) vs the linear-cox
 baseline on the same folds vs the oracle (true log-hazard; planted cohorts only).
-Part 2 (skipped with `--no-fl`): default `pathfl fl simulate` (real Flower processes on
-127.0.0.1) vs its pooled and local-only baselines and the linear-cox fits, on the same
-within-site validation pairs.
+Part 2 (skipped with `--no-fl`): default `pathfl fl simulate` vs its pooled and local-only
+baselines and the linear-cox fits, on the same within-site validation pairs. Federations run
+in-process by default (:mod:`pathfl.fl.flower.inprocess`, no network, same weights as real
+processes); `--transport flower` starts real SuperLink + SuperNode processes on 127.0.0.1.
 
     python scripts/bench_learning.py --quick          # a subset (what `make bench` runs)
     python scripts/bench_learning.py                  # everything (2 seeds), federated too
     python scripts/bench_learning.py --no-fl          # the `train` part only
+    python scripts/bench_learning.py --no-train --fl-datasets gbsg2 --seeds 3   # FL part only
 """
 
 from __future__ import annotations
@@ -86,12 +88,14 @@ def train_row(cohort: Cohort, seed: int, out: Path) -> dict:
     }
 
 
-def fl_row(cohort: Cohort, seed: int, work: Path) -> dict:
+def fl_row(cohort: Cohort, seed: int, work: Path, *, transport: str = "inprocess") -> dict:
+    """Default `pathfl fl simulate` on the cohort's sites; ``transport``: ``inprocess``
+    (:mod:`pathfl.fl.flower.inprocess`, no network) or ``flower`` (real processes)."""
     from pathfl.fl.flower.simulate import simulate, site_specs
 
     specs = site_specs(write_sites(cohort, work / "sites"))
     t0 = time.perf_counter()
-    summary = simulate(specs, {"seed": seed}, work / "run")
+    summary = simulate(specs, {"seed": seed}, work / "run", transport=transport)
     base = summary.get("baselines", {})
     metrics = json.loads((work / "run" / "metrics.json").read_text())
 
@@ -122,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per dataset (default 2)")
     ap.add_argument("--no-fl", action="store_true", help="skip the `fl simulate` part")
     ap.add_argument("--fl-datasets", nargs="*", default=None)
+    ap.add_argument(
+        "--transport",
+        choices=("inprocess", "flower"),
+        default="inprocess",
+        help="`fl simulate` part: inprocess (default; same coordinator and ClientApp, no "
+        "network) or flower (real SuperLink + SuperNode processes on 127.0.0.1)",
+    )
+    ap.add_argument("--no-train", action="store_true", help="skip the `train` part")
     args = ap.parse_args(argv)
     import torch
 
@@ -133,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
           "| train / linear-cox | train / oracle | s |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
+        for name in [] if args.no_train else names:
             for seed in seeds:
                 r = train_row(make(name, seed), seed, Path(tmp) / f"{name}-{seed}")
                 lo, hi = r["train_ci"]
@@ -146,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
         if args.no_fl:
             return 0
-        print("\n### Default `pathfl fl simulate` (3 sites, real processes on 127.0.0.1)\n")
+        how = "in-process, no network" if args.transport == "inprocess" else "real processes"
+        print(f"\n### Default `pathfl fl simulate` (3 sites, transport: {how})\n")
         print("C-index over the union of within-site validation pairs.\n")
         print(
             "| dataset | seed | federated | pooled | local-only | fed − pooled | linear-cox "
@@ -156,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         tables = []
         for name in args.fl_datasets or (FL_QUICK[:1] if args.quick else FL_QUICK):
             for seed in seeds:
-                r = fl_row(make(name, seed), seed, Path(tmp) / f"fl-{name}-{seed}")
+                work = Path(tmp) / f"fl-{name}-{seed}"
+                r = fl_row(make(name, seed), seed, work, transport=args.transport)
                 print(
                     f"| {r['dataset']} | {seed} | {fmt(r['federated'])} | {fmt(r['pooled'])} "
                     f"| {fmt(r['local_only'])} | {r['federated'] - r['pooled']:+.3f} "

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Unseen-site benchmark: how well does a model trained without a hospital rank that
-hospital's patients? Leave-one-site-out (`pathfl fl simulate --leave-one-site-out`, real
-Flower processes on 127.0.0.1) on the learning benchmark's data: a scikit-survival dataset
+hospital's patients? Leave-one-site-out (`pathfl fl simulate --leave-one-site-out`'s folds)
+on the learning benchmark's data: a scikit-survival dataset
 split into 3 sites by the seeded case-mix rule (:func:`pathfl.survival.cohorts.sksurv_cohort`).
 
 For each held-out site: the federated model over the other two sites with FedAvg, FedProx,
@@ -12,7 +12,12 @@ adapts each federated model on its own training part (`--personalise head`; FedA
 `norm`) and both are scored on its validation part.
 
     python scripts/bench_unseen_site.py --quick     # gbsg2, 1 seed (what `make bench` runs)
-    python scripts/bench_unseen_site.py --seeds 2   # gbsg2, 2 seeds
+    python scripts/bench_unseen_site.py --seeds 3   # gbsg2, 3 seeds
+    python scripts/bench_unseen_site.py --transport flower   # real Flower processes
+
+Federations run in-process by default (:mod:`pathfl.fl.flower.inprocess`: the same
+coordinator and ClientApp, no network; equal weights to real processes, see
+tests/test_fl_inprocess.py); `--transport flower` starts real SuperLink + SuperNode processes.
 """
 
 from __future__ import annotations
@@ -37,11 +42,20 @@ STRATEGIES = {
 
 
 def run_seed(
-    dataset: str, seed: int, work: Path, *, rounds: int, held_out: list[str] | None
+    dataset: str,
+    seed: int,
+    work: Path,
+    *,
+    rounds: int,
+    held_out: list[str] | None,
+    transport: str = "inprocess",
+    strategies: dict[str, dict] | None = None,
+    personalise: str | None = "head",
 ) -> tuple[list[dict], dict]:
     """Every strategy's unseen-site rows for one seed (each held-out site: one federation
     over the other sites, `pathfl fl simulate --leave-one-site-out`'s fold); seconds per
-    strategy."""
+    strategy. ``transport``: ``inprocess`` (:mod:`pathfl.fl.flower.inprocess`) or ``flower``
+    (real processes)."""
     from pathfl.fl.flower.loso import held_out_fold
     from pathfl.fl.flower.simulate import site_specs
     from pathfl.survival.cohorts import sksurv_cohort, write_sites
@@ -50,17 +64,23 @@ def run_seed(
     specs = site_specs(write_sites(cohort, work / "sites"))
     held = [s for s in specs if held_out is None or s.name in held_out]
     rows, seconds = [], {}
-    for name, extra in STRATEGIES.items():
+    for name, extra in (strategies or STRATEGIES).items():
         user = {"seed": seed, "rounds": rounds, "linear_cox": False, "n_boot": 200, **extra}
         t0 = time.perf_counter()
         for h in held:
             fold = work / name / f"held_out_{h.name}"
             res = held_out_fold(
-                specs, h, user, fold, personalise="head", baselines=name == "FedAvg"
+                specs,
+                h,
+                user,
+                fold,
+                personalise=personalise,
+                baselines=name == "FedAvg" and personalise is not None,
+                transport=transport,
             )
             rows += [{**r, "strategy": name, "seed": seed} for r in res]
         seconds[name] = time.perf_counter() - t0
-        if name == "FedAvg":
+        if name == "FedAvg" and personalise is not None:
             rows += norm_rows(held, work / name, seed)
     return rows, seconds
 
@@ -155,6 +175,48 @@ def print_personalised(rows: list[dict], seeds: list[int], sites: list[str]) -> 
             )
 
 
+def sweep_server_lr(
+    datasets: list[str], seeds: list[int], lrs: list[float], work: Path, **kw
+) -> None:
+    """FedAdam and FedYogi at each server learning rate: unseen-site C (every patient of the
+    held-out site) and the federation's own validation C (within-site pairs), per dataset
+    and mean over datasets, seeds and held-out sites; FedAvg beside them."""
+    import json
+
+    strategies = {"FedAvg": {}}
+    for lr in lrs:
+        strategies[f"FedAdam {lr:g}"] = {"aggregation": "fedadam", "server_lr": lr}
+        strategies[f"FedYogi {lr:g}"] = {"aggregation": "fedyogi", "server_lr": lr}
+    res: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for ds in datasets:
+        for seed in seeds:
+            rows, _ = run_seed(
+                ds, seed, work / f"{ds}-{seed}", personalise=None, strategies=strategies, **kw
+            )
+            for r in rows:
+                if r["method"] != "federated":
+                    continue
+                run = work / f"{ds}-{seed}" / r["strategy"] / f"held_out_{r['held_out_site']}"
+                val = json.loads((run / "metrics.json").read_text())["federated_c_index"]
+                res.setdefault((ds, r["strategy"]), []).append((r["c_index"], val))
+    print("### Server learning rate of FedAdam / FedYogi\n")
+    print(
+        "Mean over seeds and held-out sites: unseen-site C / federation's validation C "
+        "(within-site pairs of the training sites).\n"
+    )
+    print("| strategy | " + " | ".join(datasets) + " | mean unseen | mean validation |")
+    print("|---|" + "---|" * (len(datasets) + 2))
+    for name in strategies:
+        cells, un, va = [], [], []
+        for ds in datasets:
+            v = res.get((ds, name), [])
+            un += [a for a, _ in v]
+            va += [b for _, b in v]
+            cells.append(f"{np.mean([a for a, _ in v]):.3f} / {np.mean([b for _, b in v]):.3f}")
+        print(f"| {name} | " + " | ".join(cells) + f" | {np.mean(un):.3f} | {np.mean(va):.3f} |")
+    print(f"\n{len(seeds)} seed(s); per cell {len(res[(datasets[0], 'FedAvg')])} federation(s).")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 seed")
@@ -164,14 +226,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--held-out", nargs="*", default=None, help="hold out only these sites (default: each)"
     )
+    ap.add_argument(
+        "--transport",
+        choices=("inprocess", "flower"),
+        default="inprocess",
+        help="inprocess (default: no network, same coordinator and ClientApp) or flower "
+        "(real SuperLink + SuperNode processes on 127.0.0.1)",
+    )
+    ap.add_argument(
+        "--sweep-server-lr",
+        nargs="*",
+        type=float,
+        default=None,
+        help="instead: FedAdam/FedYogi at these server learning rates (e.g. 0.1 0.03 0.01), "
+        "without baselines or personalisation, on --datasets",
+    )
+    ap.add_argument("--datasets", nargs="*", default=None, help="datasets of the sweep")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="keep the runs here (a re-run skips the folds already evaluated); default: a "
+        "temporary folder",
+    )
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     seeds = list(range(args.seeds or (1 if args.quick else 2)))
+    if args.sweep_server_lr:
+        with tempfile.TemporaryDirectory() as tmp:
+            sweep_server_lr(
+                args.datasets or [args.dataset],
+                seeds,
+                args.sweep_server_lr,
+                Path(tmp),
+                rounds=args.rounds,
+                held_out=args.held_out,
+                transport=args.transport,
+            )
+        return 0
     rows: list[dict] = []
     timing = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = args.work or tmp_dir
         for seed in seeds:
             r, sec = run_seed(
                 args.dataset,
@@ -179,16 +277,22 @@ def main(argv: list[str] | None = None) -> int:
                 Path(tmp) / f"seed{seed}",
                 rounds=args.rounds,
                 held_out=args.held_out,
+                transport=args.transport,
             )
             rows += r
             timing.append(sec)
     sites = sorted({r["held_out_site"] for r in rows})
+    how = (
+        "in-process (pathfl.fl.flower.inprocess: same coordinator and ClientApp, no network)"
+        if args.transport == "inprocess"
+        else "real SuperLink + SuperNode processes, TLS, on 127.0.0.1"
+    )
     print(
         f"{args.dataset} in 3 sites (seeded case-mix rule), held out: {', '.join(sites)}; "
         f"{len(seeds)} seed(s), "
         f"{args.rounds} rounds, automatic local steps, default `pathfl train` model (abmil, "
-        "Cox); FedProx mu = 0.01; FedAdam/FedYogi at pathfl's (= Flower 1.42's) defaults. "
-        "Each federation: real SuperLink + SuperNode processes, TLS, on 127.0.0.1.\n"
+        "Cox); FedProx mu = 0.01; FedAdam/FedYogi at pathfl's defaults. "
+        f"Transport: {how}.\n"
     )
     print_tables(rows, seeds, sites)
     print_personalised(rows, seeds, sites)

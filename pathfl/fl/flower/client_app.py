@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 app = ClientApp()
 
+# the in-process transport (pathfl.fl.flower.inprocess): node id -> the site's loaded data,
+# kept between messages as the long-running site worker keeps it
+LOCAL_CACHES: dict[int, site_mod.SiteCache] = {}
+
 
 class PolicyRefusalError(RuntimeError):
     """The site's policy forbids this run; the message lists every violated rule."""
@@ -81,7 +85,9 @@ def _compute(
             return call(sock, kind, node_config, cfg, arrays)
         except WorkerUnavailableError as e:
             logger.warning("%s; computing in the ClientApp process", e)
-    return site_mod.handle(kind, node_config, cfg, arrays)
+    return site_mod.handle(
+        kind, node_config, cfg, arrays, cache=LOCAL_CACHES.get(int(context.node_id))
+    )
 
 
 @app.query()

@@ -22,6 +22,20 @@ from pathfl.fl.site import SiteSpec
 logger = logging.getLogger(__name__)
 
 
+def site_node_config(spec: SiteSpec, site_dir: Path) -> dict[str, str]:
+    """The node config of ``spec``'s SuperNode: site name, data, its audit log in
+    ``site_dir``, its policy (also what the in-process transport gives the site)."""
+    cfg = {
+        "site": spec.name,
+        "features": str(Path(spec.features).resolve()),
+        "clinical": str(Path(spec.clinical).resolve()),
+        "audit-log": str((site_dir / "audit.jsonl").resolve()),
+    }
+    if spec.policy is not None:
+        cfg["policy"] = str(Path(spec.policy).resolve())
+    return cfg
+
+
 @dataclass
 class LocalFederation:
     work: Path
@@ -130,14 +144,7 @@ class LocalFederation:
             if register:
                 flower_cli.register_site(self.home, pub, spec.name)
         sdir = self.site_dir(spec.name)
-        node_config = {
-            "site": spec.name,
-            "features": str(Path(spec.features).resolve()),
-            "clinical": str(Path(spec.clinical).resolve()),
-            "audit-log": str((sdir / "audit.jsonl").resolve()),
-        }
-        if spec.policy is not None:
-            node_config["policy"] = str(Path(spec.policy).resolve())
+        node_config = site_node_config(spec, sdir)
         if worker_socket:
             node_config["worker"] = worker_socket
         proc = procs.start_process(

@@ -48,6 +48,9 @@ def default_time_grid(specs: list[SiteSpec]) -> float:
     return max(max(r.time for r in load_clinical(s.clinical, covariates=[]).rows) for s in specs)
 
 
+TRANSPORTS = ("flower", "inprocess")
+
+
 def simulate(
     specs: list[SiteSpec],
     user_cfg: dict[str, Any],
@@ -61,13 +64,20 @@ def simulate(
     fast_poll: bool = True,
     on_round: Callable[[Any], None] | None = None,
     personalise: str | None = None,
+    transport: str = "flower",
 ) -> dict[str, Any]:
     """Run the federation and (optionally) the baselines; returns a summary dict and writes
     ``OUT/comparison.csv`` + ``OUT/comparison.md`` next to the federated run's files.
     ``personalise`` (head | norm): each site then adapts the global model locally
-    (:mod:`pathfl.fl.personalise`; ``OUT/personalised.json``)."""
+    (:mod:`pathfl.fl.personalise`; ``OUT/personalised.json``). ``transport``: ``flower``
+    (real SuperLink + SuperNode processes on 127.0.0.1) or ``inprocess`` (the same coordinator
+    and ClientApp in this process, no network: :mod:`pathfl.fl.flower.inprocess`, for
+    benchmarks; ``tls``, ``timeout_s``, ``env_extra``, ``use_worker``, ``fast_poll`` and
+    ``on_round`` do not apply to it)."""
     from pathfl.fl.fl_config import effective_config, run_timeout_s
 
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
     user = dict(user_cfg)
     user.setdefault("num_sites", len(specs))
     # before any process starts: one message naming site and file
@@ -78,16 +88,47 @@ def simulate(
     check_site_compat(specs, cfg)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    work = out / "federation"
-    budget = timeout_s or run_timeout_s(cfg)
-    with LocalFederation(
-        work,
-        tls=tls,
-        auth=tls,
-        env_extra=dict(env_extra or {}),
-        use_worker=use_worker,
-        fast_poll=fast_poll,
-    ) as fed:
+    pids: list[int] = []
+    if transport == "inprocess":
+        from pathfl.fl.flower.inprocess import run_inprocess
+
+        write_json_atomic(out / "fl_config.json", {"config": cfg, "mode": "simulate"})
+        run_id, result = run_inprocess(specs, cfg, out, work=out / "federation")
+    else:
+        run_id, result, pids = _run_flower(
+            specs,
+            cfg,
+            out,
+            timeout_s=timeout_s or run_timeout_s(cfg),
+            on_round=on_round,
+            local=dict(
+                tls=tls,
+                auth=tls,
+                env_extra=dict(env_extra or {}),
+                use_worker=use_worker,
+                fast_poll=fast_poll,
+            ),
+        )
+    if result.get("state") != "completed":
+        reason, by_sites = failure_reason(out, result)
+        message = f"federated run {run_id} did not complete: {reason}"
+        raise ConfigError(message) if by_sites else FederatedRunError(message)
+    summary = {"run_id": run_id, "run_dir": str(out), "pids": pids, "transport": transport}
+    return _summarise(specs, cfg, out, summary, baselines=baselines, personalise=personalise)
+
+
+def _run_flower(
+    specs: list[SiteSpec],
+    cfg: dict[str, Any],
+    out: Path,
+    *,
+    timeout_s: float,
+    on_round: Callable[[Any], None] | None,
+    local: dict[str, Any],
+) -> tuple[int, dict[str, Any], list[int]]:
+    """The run as real processes on 127.0.0.1 (:class:`LocalFederation` with ``local``):
+    ``(Flower run id, follow_run's result, PIDs started)``."""
+    with LocalFederation(out / "federation", **local) as fed:
         fed.start(specs)
         write_json_atomic(out / "fl_config.json", {"config": cfg, "mode": "simulate"})
         run_id = fed.submit(cfg, out)
@@ -95,17 +136,26 @@ def simulate(
             fed.home,
             run_id,
             out,
-            timeout_s=budget,
+            timeout_s=timeout_s,
             superlink_log=fed.superlink.log_path,
             stop_on_interrupt=False,  # leaving the block stops the SuperLink and the run
             on_round=on_round,  # RoundInfo per finished round (progress)
         )
         pids = [fed.superlink.pid, *(p.pid for p in [*fed.sites.values(), *fed.workers.values()])]
-    if result.get("state") != "completed":
-        reason, by_sites = failure_reason(out, result)
-        message = f"federated run {run_id} did not complete: {reason}"
-        raise ConfigError(message) if by_sites else FederatedRunError(message)
-    summary: dict[str, Any] = {"run_id": run_id, "run_dir": str(out), "pids": pids}
+    return run_id, result, pids
+
+
+def _summarise(
+    specs: list[SiteSpec],
+    cfg: dict[str, Any],
+    out: Path,
+    summary: dict[str, Any],
+    *,
+    baselines: bool,
+    personalise: str | None,
+) -> dict[str, Any]:
+    """The finished run's summary: federated C, the baselines and comparison table, the
+    personalised models and the report (the same for every transport)."""
     metrics = json.loads((out / "metrics.json").read_text())
     summary["federated_c_index"] = metrics["federated_c_index"]
     if baselines:
