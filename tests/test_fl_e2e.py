@@ -21,15 +21,14 @@ def _group_gone(pgid: int) -> bool:
     return not group_running(pgid)
 
 
-@pytest.fixture(scope="module")
-def three_sites(tmp_path_factory) -> list[Path]:
-    """One planted-signal cohort (a shared signal direction) split by patient into 3 sites."""
+def planted_sites(root: Path, names: list[str], *, n_patients: int) -> list[Path]:
+    """One planted-signal cohort (a shared signal direction) split by patient into the sites
+    ``names`` under ``root`` (also used by tests/test_fl_inprocess.py)."""
     from pathfl.survival.synthetic import make_cohort, split_into_sites
 
-    root = tmp_path_factory.mktemp("fl_sites")
     cohort = make_cohort(
         root / "all",
-        n_patients=150,
+        n_patients=n_patients,
         feature_dim=8,
         tiles=(8, 20),
         seed=5,
@@ -39,7 +38,14 @@ def three_sites(tmp_path_factory) -> list[Path]:
         signal_shift=3.0,
         censor_max=25.0,
     )
-    return split_into_sites(cohort, root, ["hosp_a", "hosp_b", "hosp_c"])
+    return split_into_sites(cohort, root, names)
+
+
+@pytest.fixture(scope="module")
+def three_sites(tmp_path_factory) -> list[Path]:
+    """150 patients in 3 sites."""
+    root = tmp_path_factory.mktemp("fl_sites")
+    return planted_sites(root, ["hosp_a", "hosp_b", "hosp_c"], n_patients=150)
 
 
 # Cox keeps this test's C-indices stable on small validation parts; the discrete-time loss

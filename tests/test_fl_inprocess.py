@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_fl_e2e import planted_sites
 
 CFG = {
     "rounds": 2,
@@ -31,22 +32,7 @@ CFG = {
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory) -> list[Path]:
     """A small planted-signal cohort split by patient into sites a, b, c."""
-    from pathfl.survival.synthetic import make_cohort, split_into_sites
-
-    root = tmp_path_factory.mktemp("inproc_sites")
-    cohort = make_cohort(
-        root / "all",
-        n_patients=60,
-        feature_dim=8,
-        tiles=(8, 20),
-        seed=5,
-        two_slide_fraction=0.0,
-        max_signal_fraction=0.3,
-        effect=4.0,
-        signal_shift=3.0,
-        censor_max=25.0,
-    )
-    return split_into_sites(cohort, root, ["a", "b", "c"])
+    return planted_sites(tmp_path_factory.mktemp("inproc_sites"), ["a", "b", "c"], n_patients=60)
 
 
 def _weights(run_dir: Path) -> dict[str, np.ndarray]:
