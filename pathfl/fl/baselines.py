@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pathfl.fl.site import SiteData, split_bags, train_config
+from pathfl.fl.site import SiteData, one_torch_thread, split_bags, train_config
 from pathfl.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -117,19 +117,13 @@ def _summary(
 def run_baselines(specs: list[Any], cfg: dict[str, Any]) -> dict:
     """{"local_only": ..., "pooled": ..., "linear_cox_pooled": ...}: each with the C-index
     over the union of within-site validation pairs and the per-site C-indices."""
-    import torch
-
     sites = load_sites(specs, cfg)
     local: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # same as each federated site's worker
-    try:
+    with one_torch_thread():
         fits = fit_baselines(sites, cfg)
         for s in sites:
             local.update(_site_arrays(fits[f"local_{s.site}"], [s], cfg))
         pooled = _site_arrays(fits["pooled"], sites, cfg)
-    finally:
-        torch.set_num_threads(threads)
     lc_fit, lc_arrays = linear_cox_pooled(sites, cfg)
     return {
         "local_only": _summary(local, cfg),

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pathfl.fl.site import SiteData, train_config
+from pathfl.fl.site import SiteData, one_torch_thread, train_config
 
 logger = logging.getLogger(__name__)
 
@@ -102,22 +102,16 @@ def personalise_sites(
 ) -> list[dict[str, Any]]:
     """Simulation: every site of ``specs`` personalises the global model of ``run_dir`` (its
     state folder: ``run_dir/federation/sites/<site>``, beside its audit log)."""
-    import torch
-
     from pathfl.fl.baselines import load_sites
     from pathfl.fl.unseen_site import federated_fit
 
     global_fit = federated_fit(run_dir)
     rows: list[dict[str, Any]] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         for s in load_sites(specs, cfg):
             s.state_dir = Path(run_dir) / "federation" / "sites" / s.site
             if s.val:
                 rows += personalise_site(s, global_fit, cfg, part=part, n_boot=n_boot)
-    finally:
-        torch.set_num_threads(threads)
     return rows
 
 
@@ -143,8 +137,6 @@ def personalise_deployed_site(
     ``personalised`` entry records what was done."""
     import json
 
-    import torch
-
     from pathfl.config import ConfigError
     from pathfl.fl.baselines import load_sites
     from pathfl.fl.rundir import RunDir
@@ -159,17 +151,13 @@ def personalise_deployed_site(
     cfg = json.loads(cfg_path.read_text())["config"]
     run_id = str(RunDir(run_dir).read_status().get("run_id", ""))
     global_fit = federated_fit(Path(run_dir))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the federation's site worker
-    try:
+    with one_torch_thread():
         (data,) = load_sites([SiteSpec(site, Path(features), Path(clinical))], cfg)
         if not data.val:
             raise ConfigError(f"{features}: no validation part (the run has val_folds = 0)")
         rows = personalise_site(
             data, global_fit, cfg, part=part, n_boot=n_boot, out=Path(out), steps=steps
         )
-    finally:
-        torch.set_num_threads(threads)
     write_json_atomic(Path(out) / "personalised.json", {"global_run": str(run_dir), "rows": rows})
     if audit_log is not None:
         AuditLog(Path(audit_log), run_id=run_id).append(

@@ -9,10 +9,11 @@ functions, and the simulation's local-only / pooled baselines use the same split
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,18 @@ def handle(
 
         return site_derivatives(data, cfg, arrays)
     raise ValueError(f"unknown request kind {kind!r}")
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the block with one torch thread, as each federated site's worker does (baselines,
+    personalisation and unseen-site scoring then train exactly like the sites), then restore
+    the previous thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pathfl.fl.baselines import fit_baselines, load_sites
-from pathfl.fl.site import split_bags, train_config
+from pathfl.fl.site import one_torch_thread, split_bags, train_config
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +102,9 @@ def held_out_rows(
     """Federated (``run_dir``), pooled and local-only (mean and each; unless not
     ``baselines``) scored on every patient of the held-out site ``held``. ``cfg`` is the
     federated run's effective config."""
-    import torch
-
     kw = {"n_boot": n_boot, "seed": int(cfg["seed"])}
     bags = site_bags(held, cfg)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the federated sites' workers
-    try:
+    with one_torch_thread():
         rows = [score("federated", [risks(federated_fit(run_dir), bags, cfg).risk], bags, **kw)]
         if baselines:
             fits = fit_baselines(load_sites(list(train_specs), cfg), cfg)
@@ -118,8 +114,6 @@ def held_out_rows(
                 score("local-only (mean)", list(local.values()), bags, **kw),
                 *(score(k.replace("_", "-only ", 1), [r], bags, **kw) for k, r in local.items()),
             ]
-    finally:
-        torch.set_num_threads(threads)
     return [{"held_out_site": held.name, **r} for r in rows]
 
 
