@@ -38,6 +38,7 @@ EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 14
 PR_SET_PDEATHSIG = 1
 
 _received: list[int] = []
+_active: list[bool] = []  # non-empty inside handling_signals()
 
 
 class Interrupted(BaseException):
@@ -73,6 +74,16 @@ def received() -> int | None:
     return _received[0] if _received else None
 
 
+def checkpoint() -> None:
+    """Raise :class:`Interrupted` if a signal came. Long loops call this once per item: a
+    signal that arrives while Python runs a finaliser or weakref callback (garbage
+    collection) raises there, and Python prints "Exception ignored" and goes on — the
+    signal is recorded but its exception is lost. Outside :func:`handling_signals` (library
+    use, a signal that already ended an earlier command) it does nothing."""
+    if _active and _received:
+        raise Interrupted(_received[0])
+
+
 @contextlib.contextmanager
 def handling_signals() -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM raise :class:`Interrupted` (a second one exits at
@@ -83,9 +94,11 @@ def handling_signals() -> Iterator[None]:
         return
     _received.clear()
     previous = {s: signal.signal(s, _handle) for s in STOP_SIGNALS}
+    _active.append(True)
     try:
         yield
     finally:
+        _active.clear()
         if not _received:  # once interrupted, a second signal must still end the process
             for s, h in previous.items():
                 signal.signal(s, h)

@@ -324,3 +324,31 @@ def test_first_signal_raises_interrupted_with_its_exit_code() -> None:
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_whose_exception_python_dropped_still_stops_the_next_checkpoint() -> None:
+    """A signal that lands in a finaliser raises there and Python drops the exception
+    ("Exception ignored in ..."), as seen once in CI during a loader's garbage collection:
+    the signal is still recorded, and the next :func:`checkpoint` raises it."""
+    from pathfl.interrupts import Interrupted, checkpoint, handling_signals, received
+
+    class SignalsInFinaliser:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here and its exception is dropped
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with handling_signals():
+            checkpoint()  # no signal yet: nothing happens
+            obj = SignalsInFinaliser()
+            del obj  # the finaliser runs now; its Interrupted goes nowhere
+            assert received() == signal.SIGINT
+            with pytest.raises(Interrupted) as e:
+                checkpoint()
+        assert e.value.exit_code == EXIT_SIGINT
+        checkpoint()  # outside handling_signals() a past signal no longer raises
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

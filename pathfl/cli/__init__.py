@@ -15,7 +15,7 @@ from pathfl import __version__
 from pathfl.cli import demo, extract, fl, predict, stain, tile, train
 from pathfl.cli.options import CommandGroup
 from pathfl.config import ConfigError
-from pathfl.interrupts import Interrupted, handling_signals
+from pathfl.interrupts import Interrupted, checkpoint, handling_signals
 from pathfl.registry import UnknownNameError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -66,12 +66,23 @@ for _module in (tile, extract, stain, train, predict, fl, demo):
     _module.register(app)
 
 
+def _run_app() -> None:
+    """The app, then :func:`~pathfl.interrupts.checkpoint`: a signal whose exception Python
+    dropped (it came during garbage collection) still ends with 130/143, not 0."""
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        checkpoint()
+        raise
+    checkpoint()
+
+
 def main() -> None:
     """Console-script entry point: maps configuration errors to exit code 2 and a SIGINT or
     SIGTERM to 128 + its number (130, 143) after the command cleaned up."""
     try:
         with handling_signals():
-            app(standalone_mode=True)
+            _run_app()
     except (ConfigError, UnknownNameError) as e:
         typer.secho(f"error: {e}", err=True, fg="red")
         sys.exit(EXIT_USAGE)

@@ -44,7 +44,7 @@ from pathfl.features.transform import (
     warn_tile_sizes,
 )
 from pathfl.formats.features_h5 import FeaturesWriter
-from pathfl.interrupts import signals_blocked
+from pathfl.interrupts import checkpoint, signals_blocked
 from pathfl.io import Manifest, ManifestRow, remove_stale_temps
 
 logger = logging.getLogger(__name__)
@@ -299,6 +299,7 @@ def run_jobs(
         batches = iter(loader)
     try:
         for imgs, job_idx, tile_idx, status, errors in batches:
+            checkpoint()
             state.batch(jobs[int(job_idx[0])], imgs, tile_idx, status, errors)
         state.end()
     finally:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pathfl.interrupts import checkpoint
 from pathfl.survival.augment import sample_tiles, training_bags
 from pathfl.survival.config import TrainConfig
 from pathfl.survival.data import PatientBag, targets
@@ -298,6 +299,7 @@ def train_local(
     stats: dict[str, float] = {"loss": float("nan"), "n_samples": float(len(bags))}
     step, epoch = 0, -1
     for epoch in range(passes):
+        checkpoint()
         if step >= total:
             epoch -= 1
             break

@@ -37,7 +37,7 @@ from pathfl.formats.coords_h5 import (
     read_fingerprint,
     write_coords,
 )
-from pathfl.interrupts import WorkerPool
+from pathfl.interrupts import WorkerPool, checkpoint
 from pathfl.io import Manifest, ManifestRow, atomic_path, sha256_json
 from pathfl.slide import Slide, SlideError, open_slide
 from pathfl.tiling.coords import build_attrs
@@ -299,6 +299,7 @@ def run_batch(
 
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
+            checkpoint()
             done(worker(job, out_dir, config))
         return results
     pending, n_workers = list(jobs), min(workers, len(jobs))
@@ -358,6 +359,7 @@ def _pool_round(
                 futures[pool.submit(worker, job, out_dir, config)] = i
             for fut in cf.as_completed(futures):
                 collect(fut)
+                checkpoint()
         except BaseException:  # Ctrl-C, SIGTERM: keep what finishes within the grace time
             pool.stop(futures=futures, grace_s=grace_s)
             for fut in futures:
