@@ -5,15 +5,18 @@ file and lists the valid keys (exit code 2 under the CLI)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import yaml
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -34,6 +37,16 @@ def check_keys(keys: Iterable[str], valid: Iterable[str], *, source: str) -> Non
         raise ConfigError(
             f"{source}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
         )
+
+
+def dataclass_from_dict(cls: type[T], d: Mapping[str, Any], *, what: str) -> T:
+    """``cls(**d)`` for a dataclass, refusing keys that are not its fields with a
+    ``ValueError`` that names ``what`` and lists the valid keys."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; valid: {sorted(names)}")
+    return cls(**dict(d))
 
 
 def load_yaml(

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pathfl.config import dataclass_from_dict
+
 if TYPE_CHECKING:
     from pathfl.survival.heads import SurvivalHead
 
@@ -90,11 +92,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig option(s) {unknown}; valid: {sorted(names)}")
-        return cls(**dict(d))
+        return dataclass_from_dict(cls, d, what="TrainConfig option(s)")
 
 
 #: one line of help per TrainConfig field (the CLI options of `pathfl train` are built from

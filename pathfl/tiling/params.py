@@ -2,13 +2,16 @@
 (:class:`TissueParams`), with one help text per field (:data:`GRID_HELP`,
 :data:`TISSUE_HELP`) from which ``pathfl tile`` builds its options.
 
-Standard library only, so the command line can read the fields without importing numpy or
-cv2 (see :mod:`pathfl.tiling.grid` and :mod:`pathfl.tiling.tissue` for what they drive)."""
+No numpy or cv2 here (standard library and :mod:`pathfl.config`), so the command line can
+read the fields without importing them (see :mod:`pathfl.tiling.grid` and
+:mod:`pathfl.tiling.tissue` for what they drive)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
+from pathfl.config import dataclass_from_dict
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,7 @@ class TissueParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> TissueParams:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown tissue parameter(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)  # type: ignore[arg-type]
+        return dataclass_from_dict(cls, d, what="tissue parameter(s)")
 
 
 #: help text of each :class:`TissueParams` field (``pathfl tile --help``)
