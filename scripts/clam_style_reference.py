@@ -365,7 +365,8 @@ def run(slide: Path, out_dir: Path, params: ClamParams | None = None) -> dict[st
 
 
 def peak_rss_mib() -> tuple[float, float]:
-    """Peak RSS of this process and of its largest finished child (the pool workers), MiB."""
+    """Peak RSS of this process and of its largest finished child, MiB (the pool workers, or
+    the helper process that importing h5py starts, whichever is larger)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
