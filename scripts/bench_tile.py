@@ -8,6 +8,13 @@ For every (slide, backend) a fresh process (so peak RSS is per run) measures:
   * reading: tiles/s of read_tile over an evenly spaced sample of the tiles (what the
     extraction stage does per tile, without the encoder).
   * peak RSS of the process after tiling (before any tile read) and at the end.
+``--clam`` (on by default; ``--no-clam`` to skip) adds, per slide, rows for the CLAM-style
+reference (``scripts/clam_style_reference.py``: CLAM's ``create_patches_fp.py --seg --patch
+--stitch`` defaults reimplemented — level 0, 256-px patches, step 256; each preset in its own
+fresh process, interleaved with the pathfl rows of that slide) and a table of
+"pathfl wall ÷ CLAM-style wall" and of the peak RSS. CLAM's defaults drop every contour on
+a single-level slide as small as CMU-1-Small-Region (``a_t`` = 100 × 512² level-0 px² is more
+than the whole slide), so the CMU slide also gets CLAM's ``bwh_biopsy`` preset.
 ``--compare REV`` runs every row also with the pathfl of git revision REV (``git archive``
 into a temporary folder, first on PYTHONPATH), interleaved with this tree's rows, so "before"
 and "after" see the same machine load; ``--repeats N`` repeats the whole interleaved sequence
@@ -16,6 +23,7 @@ and "after" see the same machine load; ``--repeats N`` repeats the whole interle
     .venv/bin/python scripts/bench_tile.py              # 40960 x 40960 slide, 1000 tile reads
     .venv/bin/python scripts/bench_tile.py --quick      # 16384 x 16384 slide, 200 tile reads
     .venv/bin/python scripts/bench_tile.py --quick --huge --compare 0b9e094 --repeats 2
+    .venv/bin/python scripts/bench_tile.py --quick --no-clam   # pathfl rows only
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CMU = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+CLAM_REF = REPO / "scripts" / "clam_style_reference.py"
 
 
 def ensure_big_slide(
@@ -114,6 +123,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--read-tiles", type=int, default=None)
     ap.add_argument("--backends", default="openslide,tiffslide")
     ap.add_argument("--gen-workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    ap.add_argument(
+        "--clam",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the CLAM-style reference on every slide (default on)",
+    )
+    ap.add_argument("--clam-presets", default="default", help="reference presets, every slide")
+    ap.add_argument("--clam-cmu-presets", default="default,bwh_biopsy", help="on the CMU slide")
     ap.add_argument("--one", nargs=2, metavar=("SLIDE", "BACKEND"), help=argparse.SUPPRESS)
     return ap.parse_args()
 
@@ -138,6 +155,22 @@ def run_child(slide: Path, backend: str, read_tiles: int, code: Path) -> dict:
         fig = json.loads(res.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         fig = {"error": res.stderr.strip()[-300:]}
+    fig["process_s"] = wall
+    return fig
+
+
+def run_clam_child(slide: Path, preset: str) -> dict:
+    """One CLAM-style reference run in a fresh process (its outputs in a temporary folder)."""
+    with tempfile.TemporaryDirectory(prefix="bench_clam_") as out:
+        cmd = [sys.executable, str(CLAM_REF), str(slide), out, "--preset", preset]
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t0
+    try:
+        fig = json.loads(res.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        fig = {"error": res.stderr.strip()[-300:]}
+    fig.pop("params", None)
     fig["process_s"] = wall
     return fig
 
@@ -202,11 +235,24 @@ def main() -> None:
         cases.append((huge, args.huge_backends.split(",")))
         if huge_s is not None:
             gens[huge.name] = huge_s
+    runs = collect_runs(args, cases, read_tiles)
+    pathfl_rows = [median_rows(r) for k, r in runs.items() if k[1] != "clam"]
+    print_table(pathfl_rows, gens)
+    if args.clam:
+        clam_rows = [median_rows(r) for k, r in runs.items() if k[1] == "clam"]
+        print_clam_table(pathfl_rows, clam_rows)
+
+
+def collect_runs(
+    args: argparse.Namespace, cases: list[tuple[Path, list[str]]], read_tiles: int
+) -> dict[tuple, list[dict]]:
+    """Every row, each in a fresh process; per slide the pathfl rows, then the reference's;
+    the whole sequence ``--repeats`` times."""
+    runs: dict[tuple, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_tile_rev_") as tmp:
         codes = {"this tree": REPO}
         if args.compare:
             codes[args.compare] = export_rev(args.compare, Path(tmp))
-        runs: dict[tuple, list[dict]] = {}
         for rep in range(args.repeats):
             for slide, slide_backends in cases:
                 for backend in slide_backends:
@@ -215,7 +261,53 @@ def main() -> None:
                         fig.update(slide=slide.name, backend=backend, code=label)
                         runs.setdefault((slide.name, backend, label), []).append(fig)
                         print(f"done {rep}: {slide.name} / {backend} / {label}", file=sys.stderr)
-    print_table([median_rows(r) for r in runs.values()], gens)
+                if not args.clam:
+                    continue
+                presets = args.clam_cmu_presets if slide == CMU else args.clam_presets
+                for preset in presets.split(","):
+                    fig = run_clam_child(slide, preset)
+                    fig.update(slide=slide.name, backend="clam", code=preset)
+                    runs.setdefault((slide.name, "clam", preset), []).append(fig)
+                    print(f"done {rep}: {slide.name} / CLAM-style {preset}", file=sys.stderr)
+    return runs
+
+
+def print_clam_table(pathfl_rows: list[dict], clam_rows: list[dict]) -> None:
+    """pathfl (this tree) against the CLAM-style reference, slide by slide."""
+    print(
+        "\n#### CLAM-style reference (scripts/clam_style_reference.py)\n\n"
+        "pathfl: `tile_slide` with its defaults (0.5 µm/px, 224-px tiles, tissue mask at "
+        "4 µm/px, QC thumbnail, GeoJSON, coords file). Reference: CLAM's `create_patches_fp.py "
+        "--seg --patch --stitch` reimplemented (level 0, 256-px patches, step 256, seg and "
+        "stitch at the level nearest 64×, 'four_pt' check per grid point in a process pool); "
+        "preset `default` = CLAM's built-in defaults, others = CLAM's presets/*.csv. "
+        "Wall = the in-process time of the tiling (imports and process start excluded) on "
+        "both sides; peak RSS = the measured process (the reference's pool workers not "
+        "included; largest child shown). Ratios < 1: pathfl is faster / smaller.\n"
+    )
+    print(
+        "| slide | pathfl backend | pathfl tiles | pathfl wall s | pathfl peak RSS MiB "
+        "| reference preset | ref. tiles (contours, seg level) "
+        "| ref. wall s (seg/mask/patch/stitch) | ref. peak RSS MiB (largest child) "
+        "| pathfl wall ÷ CLAM-style wall | pathfl RSS ÷ ref. RSS |"
+    )
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    for c in clam_rows:
+        for f in pathfl_rows:
+            if f["slide"] != c["slide"] or f["code"] != "this tree":
+                continue
+            if "error" in c or "error" in f:
+                err = c.get("error") or f.get("error")
+                print(f"| {c['slide']} | {f['backend']} | | | | {c['code']} | error: {err} |")
+                continue
+            parts = "/".join(f"{c[k]:.2f}" for k in ("seg_s", "mask_s", "patch_s", "stitch_s"))
+            print(
+                f"| {c['slide']} | {f['backend']} | {f['n_tiles']} | {f['tile_s']:.2f} "
+                f"| {f['tile_rss_mb']:.0f} | {c['code']} | {c['n_tiles']} ({c['n_contours']}, "
+                f"L{c['seg_level']}) | {c['wall_s']:.2f} ({parts}) | {c['rss_mib']:.0f} "
+                f"({c['child_rss_mib']:.0f}) | **{f['tile_s'] / c['wall_s']:.2f}** "
+                f"| {f['tile_rss_mb'] / c['rss_mib']:.2f} |"
+            )
 
 
 if __name__ == "__main__":
