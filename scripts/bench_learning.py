@@ -52,6 +52,8 @@ FULL = [
     "planted-200x64",
     "planted-1000x64",
     "planted-200x1280",
+    "planted-50x1280",
+    "planted-1000x1280",
 ]
 FL_QUICK = ["gbsg2", "planted-200x64"]  # 3 sites each
 
