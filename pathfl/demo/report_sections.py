@@ -162,7 +162,8 @@ def results_section(state: Any, fig_dir: Path) -> str:
 
 
 def verdict(ev: dict[str, Any]) -> str:
-    """The demo's acceptance check, stated with its numbers (not a claim of significance)."""
+    """The demo's acceptance check, stated with its numbers, and whether the compared values
+    lie inside the federated model's bootstrap 95% CI (not a claim of significance)."""
     m = ev["models"]
     fed, pooled, local = (
         m["federated"]["c_index"],
@@ -170,13 +171,26 @@ def verdict(ev: dict[str, Any]) -> str:
         ev["local_only_mean_c_index"],
     )
     ok_pooled, ok_local = fed >= pooled - 0.02, fed > local
-    return (
-        f"**Check:** federated {fed:.3f} {'≥' if ok_pooled else '<'} pooled − 0.02 "
-        f"({pooled - 0.02:.3f}): {'yes' if ok_pooled else 'NO'}; federated "
-        f"{'>' if ok_local else '≤'} mean of local-only models ({local:.3f}): "
-        f"{'yes' if ok_local else 'NO'}. Oracle {m['oracle']['c_index']:.3f}. With "
-        f"{ev['n_val_patients']} validation patients these differences are within the CIs."
+    text = (
+        f"**Check:** federated ≥ pooled − 0.02: {'yes' if ok_pooled else 'NO'} ({fed:.3f} vs "
+        f"{pooled - 0.02:.3f}); federated > mean of local-only models: "
+        f"{'yes' if ok_local else 'NO'} ({fed:.3f} vs {local:.3f}). Oracle "
+        f"{m['oracle']['c_index']:.3f}."
     )
+    ci = m["federated"].get("ci95")
+    if ci and all(np.isfinite(ci)):
+        lo, hi = ci
+        inside = [n for n, v in (("pooled", pooled), ("local-only mean", local)) if lo <= v <= hi]
+        where = (
+            f"{' and '.join(inside)} {'lie' if len(inside) > 1 else 'lies'} inside it"
+            if inside
+            else "neither pooled nor the local-only mean lies inside it"
+        )
+        text += (
+            f" The federated model's 95% CI on these {ev['n_val_patients']} validation "
+            f"patients is {lo:.2f}–{hi:.2f}; {where}."
+        )
+    return text
 
 
 def probe_section(state: Any) -> str:
