@@ -33,6 +33,20 @@ def _invoke(*args: str):
     return RUNNER.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+def test_baseline_comparison_line() -> None:
+    from pathfl.cli.train import baseline_comparison
+
+    m = {"config": {"model": "abmil"}, "pooled_oof": {"c_index": 0.66}}
+    assert baseline_comparison(m) is None  # no baseline, no line
+    m["linear_cox"] = {"c_index": 0.70}
+    line = baseline_comparison(m)
+    assert line is not None and "0.660 vs 0.700 (0.94x)" in line and "baseline ranks" in line
+    m["pooled_oof"]["c_index"] = 0.75
+    assert "(1.07x): the model ranks at least as well" in str(baseline_comparison(m))
+    m["pooled_oof"]["c_index"] = float("nan")
+    assert baseline_comparison(m) is None
+
+
 def test_train_predict_heatmap(cohort) -> None:
     root, c, slide = cohort
     run = root / "run"
@@ -63,6 +77,8 @@ def test_train_predict_heatmap(cohort) -> None:
     assert config["breslow_baseline"] is not None
     assert metrics["config"]["min_steps"] == 300  # the library default, not tuned by the CLI
     assert "linear_cox" in metrics
+    model_c, lc_c = metrics["pooled_oof"]["c_index"], metrics["linear_cox"]["c_index"]
+    assert f"abmil vs linear-cox (OOF Harrell C): {model_c:.3f} vs {lc_c:.3f}" in r.output
     with open(run / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24 and {r["fold"] for r in rows} == {"0", "1"}
