@@ -128,6 +128,14 @@ def _mean_range(v: list[float]) -> str:
     return f"{np.mean(v):.3f} ({min(v):.3f}–{max(v):.3f})"
 
 
+def _by_dataset(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """``rows`` grouped by dataset, in first-seen order."""
+    return [
+        (n, [r for r in rows if r["dataset"] == n])
+        for n in dict.fromkeys(r["dataset"] for r in rows)
+    ]
+
+
 def train_summary(rows: list[dict]) -> str:
     """Per dataset, means over its seeds of train ÷ linear-cox and train ÷ oracle against the
     targets (≥ 0.97 × linear-cox, ≥ 0.9 × oracle where known)."""
@@ -136,8 +144,7 @@ def train_summary(rows: list[dict]) -> str:
         "| linear-cox / oracle | met |",
         "|---|---|---|---|---|---|",
     ]
-    for name in dict.fromkeys(r["dataset"] for r in rows):
-        rs = [r for r in rows if r["dataset"] == name]
+    for name, rs in _by_dataset(rows):
         lc = [r["train_c"] / r["lc_c"] for r in rs]
         ok = np.mean(lc) >= TRAIN_LC
         cells = [_mean_range(lc), "—", "—"]
@@ -159,8 +166,7 @@ def fl_summary(rows: list[dict]) -> str:
         "0.02 | rows fed ≥ local-only | max abs. linear-cox fed. − pooled | met |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in dict.fromkeys(r["dataset"] for r in rows):
-        rs = [r for r in rows if r["dataset"] == name]
+    for name, rs in _by_dataset(rows):
         f, p, lo = (np.array([r[k] for r in rs]) for k in ("federated", "pooled", "local_only"))
         gap = max(abs(r["lc_fed"] - r["lc_pooled"]) for r in rs)
         ok = f.mean() >= p.mean() - FL_POOLED_MARGIN and f.mean() >= lo.mean()

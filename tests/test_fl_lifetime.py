@@ -23,8 +23,17 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts `cmd &` with SIGINT ignored, and an ignored SIGINT
+    # is inherited through exec (Python then installs no KeyboardInterrupt handler). The
+    # tests send Ctrl-C themselves, so the child starts as from a terminal, however pytest
+    # itself was launched.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _python(code: str, tmp_path: Path) -> subprocess.Popen:
-    """``code`` in a fresh interpreter (own session); it prints READY <pid...> when set up."""
+    """``code`` in a fresh interpreter (own session, default SIGINT); it prints READY
+    <pid...> when set up."""
     return subprocess.Popen(
         [sys.executable, "-P", "-c", textwrap.dedent(code)],
         cwd=tmp_path,
@@ -33,6 +42,7 @@ def _python(code: str, tmp_path: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
 
 
