@@ -54,6 +54,32 @@ def test_counts_sum_across_sites() -> None:
     assert concordance_counts([0, 0], [1, 2], [1, 2]) == (0, 0, 0)
 
 
+def test_no_comparable_pair_counts_zero() -> None:
+    # one event at t=5 after a censoring at t=3: no pair can be ordered (sksurv raises)
+    assert concordance_counts([1, 0], [5.0, 3.0], [0.2, 0.1]) == (0, 0, 0)
+    # a bootstrap resample of one event patient drawn twice: tied times, no pair either
+    assert concordance_counts([1, 1], [4.0, 4.0], [0.3, 0.3]) == (0, 0, 0)
+    assert np.isnan(harrell_c([1, 0], [5.0, 3.0], [0.2, 0.1]))
+
+
+def test_stratified_summary_survives_sites_with_few_patients() -> None:
+    """A site of 3 validation patients (1 comparable pair) next to a larger one: bootstrap
+    resamples of the small site often have no comparable pair; they count zero pairs."""
+    from pathfl.survival.metrics import stratified_c_summary
+
+    rng = np.random.default_rng(0)
+    t = rng.exponential(size=40)
+    groups = {
+        "big": (rng.integers(0, 2, 40), t, -t + rng.normal(scale=0.5, size=40)),
+        "tiny": (np.array([1, 0, 0]), np.array([5.0, 3.0, 6.0]), np.array([0.9, 0.1, 0.5])),
+    }
+    total, per = stratified_c_summary(groups, n_boot=200, seed=1)
+    assert per["tiny"]["n_comparable"] == 1 and per["tiny"]["n_concordant"] == 1
+    assert total["n_comparable"] == per["big"]["n_comparable"] + 1
+    lo, hi = total["c_index_ci95"]
+    assert lo <= total["c_index"] <= hi
+
+
 def test_uno_equals_sksurv() -> None:
     tr, te = survival_array(TR_EVENT, TR_TIME), survival_array(EVENT, TIME)
     tau = 20.0

@@ -18,15 +18,18 @@ def concordance_counts(event: Any, time: Any, risk: Any) -> tuple[int, int, int]
     """Harrell pairs ``(n_concordant, n_comparable, n_tied_risk)`` as counted by
     ``sksurv.metrics.concordance_index_censored``; C = (concordant + 0.5·tied) / comparable, so
     sites can sum their counts to get the pooled C-index."""
+    from sksurv.exceptions import NoComparablePairException
     from sksurv.metrics import concordance_index_censored
 
     event = np.asarray(event).astype(bool)
     if event.sum() == 0 or len(event) < 2:
         return 0, 0, 0
-    with np.errstate(invalid="ignore", divide="ignore"):  # no comparable pair: C is 0/0
+    try:
         _, conc, disc, tied, _ = concordance_index_censored(
             event, np.asarray(time, dtype=float), np.asarray(risk, dtype=float)
         )
+    except NoComparablePairException:  # e.g. the only event after every censoring: 0 pairs
+        return 0, 0, 0
     return int(conc), int(conc + disc + tied), int(tied)
 
 
