@@ -25,9 +25,10 @@ def concordance_counts(event: Any, time: Any, risk: Any) -> tuple[int, int, int]
     if event.sum() == 0 or len(event) < 2:
         return 0, 0, 0
     try:
-        _, conc, disc, tied, _ = concordance_index_censored(
-            event, np.asarray(time, dtype=float), np.asarray(risk, dtype=float)
-        )
+        with np.errstate(invalid="ignore", divide="ignore"):  # sksurv may compute 0/0; counts stay
+            _, conc, disc, tied, _ = concordance_index_censored(
+                event, np.asarray(time, dtype=float), np.asarray(risk, dtype=float)
+            )
     except NoComparablePairException:  # e.g. the only event after every censoring: 0 pairs
         return 0, 0, 0
     return int(conc), int(conc + disc + tied), int(tied)
