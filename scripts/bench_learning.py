@@ -164,7 +164,7 @@ def fl_summary(rows: list[dict]) -> str:
     federated and the pooled site-stratified linear-cox."""
     out = [
         "| dataset | seeds | federated | pooled | local-only | fed − pooled | rows fed ≥ pooled − "
-        "0.02 | rows fed ≥ local-only | max abs. linear-cox fed. − pooled | met |",
+        f"{FL_POOLED_MARGIN} | rows fed ≥ local-only | max abs. linear-cox fed. − pooled | met |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rs in _by_dataset(rows):
@@ -198,8 +198,8 @@ def train_part(names: list[str], seeds: range, tmp: Path) -> None:
                 flush=True,
             )
     if rows:
-        print("\nPer dataset, means over the seeds (targets: ≥ 0.97 × linear-cox, ≥ 0.9 × "
-              f"oracle where known):\n\n{train_summary(rows)}")  # fmt: skip
+        print(f"\nPer dataset, means over the seeds (targets: ≥ {TRAIN_LC} × linear-cox, ≥ "
+              f"{TRAIN_ORACLE} × oracle where known):\n\n{train_summary(rows)}")  # fmt: skip
 
 
 def fl_part(names: list[str], seeds: range, tmp: Path, transport: str) -> None:
@@ -224,8 +224,8 @@ def fl_part(names: list[str], seeds: range, tmp: Path, transport: str) -> None:
                 flush=True,
             )
     if rows:
-        print("\nPer dataset, means over the seeds (targets: federated ≥ pooled − 0.02 and ≥ "
-              f"the local-only models):\n\n{fl_summary(rows)}")  # fmt: skip
+        targets = f"federated ≥ pooled − {FL_POOLED_MARGIN} and ≥ the local-only models"
+        print(f"\nPer dataset, means over the seeds (targets: {targets}):\n\n{fl_summary(rows)}")
     for r in rows:
         print(f"\nComparison table of `fl simulate`, {r['dataset']} seed {r['seed']}:\n\n"
               f"{r['table']}")  # fmt: skip

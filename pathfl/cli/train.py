@@ -4,6 +4,7 @@ Heavy imports (torch, scikit-survival, openslide) happen inside the commands."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ def baseline_comparison(metrics: dict[str, Any]) -> str | None:
     baseline's on the same folds (None without both)."""
     model = (metrics.get("pooled_oof") or {}).get("c_index")
     lc = (metrics.get("linear_cox") or {}).get("c_index")
-    if model is None or lc is None or not (lc > 0 and model == model):
+    if model is None or lc is None or not (math.isfinite(model) and lc > 0):
         return None
     ratio = model / lc
     line = f"{metrics['config']['model']} vs linear-cox (OOF Harrell C): {model:.3f} vs {lc:.3f}"
