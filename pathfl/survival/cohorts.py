@@ -5,7 +5,8 @@ regression tests of the default recipe):
   veterans, flchain, AIDS), one bag of one instance per patient (its covariate vector,
   categoricals one-hot encoded), split into sites by a seeded rule that makes them differ.
 * :func:`planted_cohort` — MIL bags with a planted tile-level signal, per-site feature shift
-  and scale, and a known true log-hazard (so an oracle C-index exists).
+  and scale, and a known true log-hazard (so an oracle C-index exists), plus the best
+  estimate of it that the tiles allow (the *tile oracle*, see :func:`posterior_fraction`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class Cohort:
     name: str
     bags: list[PatientBag]
     log_hazard: np.ndarray | None = None  # true log-hazard per bag, where known
+    # the log-hazard estimated from each bag's own tiles by an observer who knows how the
+    # cohort was generated (hidden direction, shift, site transform): what the tiles allow
+    tile_log_hazard: np.ndarray | None = None
 
     @property
     def sites(self) -> list[str]:
@@ -95,6 +99,20 @@ def sksurv_cohort(
     return Cohort(name, bags)
 
 
+def posterior_fraction(
+    z: np.ndarray, *, shift: float, max_fraction: float = 0.5, grid: int = 200
+) -> float:
+    """Posterior mean of a bag's signal fraction ``p ~ U(0, max_fraction)`` given its tiles'
+    projections ``z`` on the hidden direction, each ``N(0, 1)`` or, with probability ``p``,
+    ``N(shift, 1)`` (a grid over ``p``). The best estimate of ``p`` from the tiles alone."""
+    p = (np.arange(grid) + 0.5) / grid * max_fraction
+    # log of (1 - p) φ(z) + p φ(z - shift), less log φ(z), summed over the tiles
+    log_ratio = shift * np.asarray(z, float)[:, None] - shift**2 / 2
+    ll = np.logaddexp(np.log1p(-p)[None], np.log(p)[None] + log_ratio).sum(axis=0)
+    w = np.exp(ll - ll.max())
+    return float((w * p).sum() / w.sum())
+
+
 def planted_cohort(
     *,
     n_patients: int = 180,
@@ -112,7 +130,8 @@ def planted_cohort(
     along a hidden direction; log-hazard ``effect · (p_i - 0.25) / 0.25`` (so its standard
     deviation is ``effect / √3``); exponential times, uniform censoring tuned to about
     ``censor_fraction`` censored. Each site adds its own random offset (norm ``site_shift``)
-    and scale to every tile, as staining and scanners do."""
+    and scale to every tile, as staining and scanners do. ``tile_log_hazard`` is the
+    log-hazard of each bag's :func:`posterior_fraction`: the ceiling of what its tiles tell."""
     rng = np.random.default_rng(seed)
     direction = rng.normal(size=feature_dim)
     direction /= np.linalg.norm(direction)
@@ -125,15 +144,17 @@ def planted_cohort(
     t_cens = rng.uniform(0, np.quantile(t_event, 1 - censor_fraction / 2) * 2, size=n_patients)
     time = np.minimum(t_event, t_cens) + 1e-3
     event = (t_event <= t_cens).astype(int)
-    bags = []
+    bags, frac_hat = [], np.empty(n_patients)
     for i in range(n_patients):
         s = i % n_sites
         n = int(rng.integers(tiles[0], tiles[1] + 1))
         x = rng.normal(size=(n, feature_dim))
         x[rng.random(n) < frac[i]] += signal_shift * direction
+        frac_hat[i] = posterior_fraction(x @ direction, shift=signal_shift)
         x = x * scales[s] + offsets[s]
         bags.append(_bag(f"P{i:05d}", x, time[i], event[i], f"site{s}"))
-    return Cohort(f"planted-{n_patients}x{feature_dim}", bags, log_h)
+    tile_log_h = effect * (frac_hat - 0.25) / 0.25
+    return Cohort(f"planted-{n_patients}x{feature_dim}", bags, log_h, tile_log_h)
 
 
 def write_cohort(bags: list[PatientBag], folder: Path) -> tuple[Path, Path]:
