@@ -22,6 +22,7 @@ processes); `--transport flower` starts real SuperLink + SuperNode processes on 
     python scripts/bench_learning.py                  # everything (2 seeds), federated too
     python scripts/bench_learning.py --no-fl          # the `train` part only
     python scripts/bench_learning.py --no-train --fl-datasets gbsg2 --seeds 3   # FL part only
+    python scripts/bench_learning.py --oracles --seeds 10   # oracle vs tile oracle, no training
 """
 
 from __future__ import annotations
@@ -239,6 +240,26 @@ def fl_part(names: list[str], seeds: range, tmp: Path, transport: str) -> None:
               f"{r['table']}")  # fmt: skip
 
 
+def oracles_part(names: list[str], seeds: range) -> None:
+    """Oracle vs tile oracle C on the planted cohorts (no training): how much of the oracle
+    the tiles themselves allow."""
+    from pathfl.survival.data import targets
+    from pathfl.survival.metrics import harrell_c
+
+    print("### Oracle vs tile oracle (Harrell C over all patients, no training)\n")
+    print("| dataset | seeds | oracle C | tile oracle C | tile oracle / oracle (range) |")
+    print("|---|---|---|---|---|")
+    for name in (n for n in names if n.startswith("planted-")):
+        rows = []
+        for seed in seeds:
+            c = make(name, seed)
+            ev, t = targets(c.bags)
+            rows.append((harrell_c(ev, t, c.log_hazard), harrell_c(ev, t, c.tile_log_hazard)))
+        o, tl = np.array(rows).T
+        print(f"| {name} | {len(rows)} | {o.mean():.3f} | {tl.mean():.3f} "
+              f"| {_mean_range(list(tl / o))} |", flush=True)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"datasets {QUICK}, 1 seed, 1 FL run")
@@ -254,12 +275,18 @@ def main(argv: list[str] | None = None) -> int:
         "network) or flower (real SuperLink + SuperNode processes on 127.0.0.1)",
     )
     ap.add_argument("--no-train", action="store_true", help="skip the `train` part")
+    ap.add_argument(
+        "--oracles", action="store_true", help="only oracle vs tile oracle (planted, no training)"
+    )
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     names = args.datasets or (QUICK if args.quick else FULL)
     seeds = range(args.seeds or (1 if args.quick else 2))
+    if args.oracles:
+        oracles_part(names, seeds)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_train:
             train_part(names, seeds, Path(tmp))
