@@ -11,7 +11,7 @@ Part 1 (`train`): 5-fold out-of-fold Harrell C of the default `pathfl train` rec
 (:func:`pathfl.survival.cv.cross_validate`, exactly what the CLI runs) vs the linear-cox
 baseline on the same folds vs the oracle (true log-hazard; planted cohorts only) and the tile
 oracle (the log-hazard an observer who knows the generator reads off each bag's tiles: the
-ceiling of what the tiles hold, see :func:`pathfl.survival.cohorts.posterior_fraction`).
+about the most the tiles tell, see :func:`pathfl.survival.cohorts.posterior_fraction`).
 Part 2 (skipped with `--no-fl`): default `pathfl fl simulate` on the same datasets (``--quick``:
 GBSG2 only; ``--fl-datasets`` to choose) vs its pooled and local-only baselines and the
 linear-cox fits, on the same within-site validation pairs. Federations run

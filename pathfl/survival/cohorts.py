@@ -104,7 +104,7 @@ def posterior_fraction(
 ) -> float:
     """Posterior mean of a bag's signal fraction ``p ~ U(0, max_fraction)`` given its tiles'
     projections ``z`` on the hidden direction, each ``N(0, 1)`` or, with probability ``p``,
-    ``N(shift, 1)`` (a grid over ``p``). The best estimate of ``p`` from the tiles alone."""
+    ``N(shift, 1)`` (a grid over ``p``): the Bayes estimate of ``p`` from the tiles alone."""
     p = (np.arange(grid) + 0.5) / grid * max_fraction
     # log of (1 - p) φ(z) + p φ(z - shift), less log φ(z), summed over the tiles
     log_ratio = shift * np.asarray(z, float)[:, None] - shift**2 / 2
@@ -131,7 +131,7 @@ def planted_cohort(
     deviation is ``effect / √3``); exponential times, uniform censoring tuned to about
     ``censor_fraction`` censored. Each site adds its own random offset (norm ``site_shift``)
     and scale to every tile, as staining and scanners do. ``tile_log_hazard`` is the
-    log-hazard of each bag's :func:`posterior_fraction`: the ceiling of what its tiles tell."""
+    log-hazard of each bag's :func:`posterior_fraction`: about the most its tiles tell."""
     rng = np.random.default_rng(seed)
     direction = rng.normal(size=feature_dim)
     direction /= np.linalg.norm(direction)
