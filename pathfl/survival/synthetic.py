@@ -39,6 +39,7 @@ def write_features_h5(
 ) -> None:
     """Write one features file of ``features`` on a level-0 grid of ``tile_px`` tiles at
     0.5 µm/px, as if made by ``encoder`` (:func:`pathfl.formats.features_h5.write_features`)."""
+    from pathfl import __version__
     from pathfl.formats.features_h5 import write_features
 
     attrs = {
@@ -48,6 +49,7 @@ def write_features_h5(
         "feature_dim": int(features.shape[1]),
         "transform": json.dumps({"resize": tile_px, "mean": [0, 0, 0], "std": [1, 1, 1]}),
         "fingerprint": fingerprint,
+        "pathfl_version": __version__,  # what `pathfl tile` stamps on a real tiling
     }
     write_features(path, features, np.asarray(coords, dtype=np.int64), attrs)
 
