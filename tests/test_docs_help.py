@@ -81,6 +81,15 @@ def test_docs_name_no_missing_file_and_no_outside_path() -> None:
     assert (ROOT / "docs" / "file-formats.md").is_file()
 
 
+def test_markdown_code_fences_are_closed() -> None:
+    """A stray fence turns the rest of a page into one code block (docs/train.md had one)."""
+    pages = [ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "data" / "README.md"]
+    for page in [*pages, *(ROOT / "docs").glob("*.md")]:
+        fences = [i + 1 for i, line in enumerate(page.read_text().splitlines())
+                  if line.lstrip().startswith("```")]  # fmt: skip
+        assert len(fences) % 2 == 0, f"{page.name}: unclosed code fence (fence lines {fences})"
+
+
 def test_verbosity_levels_keep_third_party_loggers_quiet() -> None:
     from pathfl.cli import verbosity
 
