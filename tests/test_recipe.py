@@ -101,3 +101,43 @@ def test_registries_list_valid_names() -> None:
     assert m.k == 3
     with pytest.raises(ValueError, match="bags_per_batch >= 2"):
         TrainConfig(loss="cox", bags_per_batch=1)
+
+
+def test_risk_ridge_by_hand() -> None:
+    cox = create_head("cox")
+    logits = torch.tensor([[1.0], [2.0], [3.0], [6.0]])
+    event = torch.tensor([1, 0, 1, 0])
+    # mean 3, squared deviations 4 + 1 + 0 + 9 = 14, 2 events: 0.5 * 2 * 14 / 2
+    assert float(cox.ridge(logits, event, 2.0)) == pytest.approx(7.0)
+    assert float(cox.ridge(logits, event, 0.0)) == 0.0
+    assert float(cox.ridge(logits + 5.0, event, 2.0)) == pytest.approx(7.0)  # shift-invariant
+    assert float(cox.ridge(logits[:1], event[:1], 2.0)) == 0.0  # one bag has no spread
+    nll = create_head("nll")
+    assert float(nll.ridge(torch.randn(4, 3), event, 2.0)) == 0.0  # not a single log-risk
+    with pytest.raises(ValueError, match="risk_ridge"):
+        TrainConfig(risk_ridge=-1.0)
+
+
+def test_risk_ridge_of_a_linear_model_is_the_linear_cox_penalty() -> None:
+    """Log-risks ``z β`` of standardised, uncorrelated rows ``z``: the penalty equals
+    linear-cox's ``½ α n ‖β‖²`` on the loss's scale (÷ events)."""
+    n, d, alpha = 12, 3, 1.0
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(n, d + 1)))
+    q = q[:, 1:] - q[:, 1:].mean(axis=0)
+    q, _ = np.linalg.qr(q)  # centred orthonormal columns
+    z = q * np.sqrt(n)  # each column: mean 0, variance 1, uncorrelated
+    beta = np.array([0.3, -1.2, 0.7])
+    event = torch.tensor([1, 1, 0] * 4)
+    penalty = create_head("cox").ridge(torch.from_numpy(z @ beta)[:, None], event, alpha)
+    assert float(penalty) == pytest.approx(0.5 * alpha * n * beta @ beta / 8)
+
+
+def test_risk_ridge_shrinks_the_trained_log_risks(bags) -> None:
+    spread = {}
+    for strength in (0.0, 10.0):
+        cfg = TrainConfig(epochs=1, min_steps=60, bags_per_batch=8, risk_ridge=strength)
+        model = build_model(cfg, feature_dim=8)
+        train_local(model, bags, cfg, epochs=cfg.epochs, time_bins=None, seed=1)
+        with torch.no_grad():
+            spread[strength] = float(bags_logits(model.eval(), bags).std())
+    assert spread[10.0] < 0.5 * spread[0.0], spread

@@ -35,6 +35,7 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     min_lr_fraction: float = 0.02
     weight_decay: float = 1e-2
+    risk_ridge: float = 1.0  # cox: ridge on the model's log-risks (linear-cox's α per patient)
     dropout: float = 0.5
     max_tiles: int = 2048  # training-time subsampling; evaluation uses every tile
     bags_per_batch: int = 32
@@ -78,6 +79,8 @@ class TrainConfig:
             raise ValueError(
                 f"lr_schedule must be one of {list(SCHEDULE_NAMES)}, got {self.lr_schedule!r}"
             )
+        if self.risk_ridge < 0:
+            raise ValueError(f"risk_ridge must be >= 0, got {self.risk_ridge}")
         if not (0.0 <= self.warmup_fraction < 1.0 and 0.0 <= self.min_lr_fraction <= 1.0):
             raise ValueError("0 <= warmup_fraction < 1 and 0 <= min_lr_fraction <= 1 are required")
 
@@ -107,6 +110,8 @@ FIELD_HELP: dict[str, str] = {
     "warmup_fraction": "Fraction of the steps with a linear warm-up.",
     "min_lr_fraction": "Cosine decay ends at lr times this.",
     "weight_decay": "AdamW weight decay.",
+    "risk_ridge": "Cox: penalty 1/2 x this x sum over a batch of (log-risk - its mean)^2, per "
+    "event: linear-cox's ridge on the model's output (0 = off).",
     "dropout": "Dropout of the model.",
     "max_tiles": "Tiles sampled per bag in training (evaluation uses every tile).",
     "bags_per_batch": "Bags (patients) per optimizer step.",

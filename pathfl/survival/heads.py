@@ -28,7 +28,8 @@ class SurvivalHead:
     event has no gradient). ``survival``: ``"bins"`` (from the per-bin hazards) or
     ``"breslow"`` (needs a baseline hazard fitted on training data). ``per_patient``: the loss
     is a sum of per-patient terms, so clipping each patient's gradient bounds what one patient
-    changes (DP-SGD); the Cox partial likelihood couples patients through the risk set."""
+    changes (DP-SGD); the Cox partial likelihood couples patients through the risk set.
+    ``risk_ridge``: the head takes the ridge on its risk scale (:meth:`ridge`)."""
 
     name: str
     needs_time_bins: bool
@@ -37,6 +38,7 @@ class SurvivalHead:
     survival: str
     per_patient: bool
     risk_fn: Callable[[torch.Tensor], torch.Tensor]
+    risk_ridge: bool = False
 
     def n_outputs(self, n_bins: int) -> int:
         return int(n_bins) if self.needs_time_bins else 1
@@ -52,6 +54,16 @@ class SurvivalHead:
     ) -> torch.Tensor:
         bins = np.asarray(time_bins if time_bins is not None else [], dtype=float)
         return losses.LOSSES.get(self.name)(logits, event, time, time_bins=bins, alpha=alpha)
+
+    def ridge(self, logits: torch.Tensor, event: torch.Tensor, strength: float) -> torch.Tensor:
+        """Training penalty ``½ · strength · Σ_b (r_b − r̄)² / events`` over a batch's log-risks
+        ``r`` (zero for a head without ``risk_ridge``). On the loss's scale (mean over events),
+        so for a linear model on standardised, uncorrelated bag means it is linear-cox's
+        ridge ``½ α n ‖β‖²`` with ``α = strength`` per patient."""
+        if not self.risk_ridge or strength <= 0 or logits.shape[0] < 2:
+            return logits.sum() * 0.0
+        r = self.risk(logits)
+        return 0.5 * strength * ((r - r.mean()) ** 2).sum() / event.sum().clamp(min=1)
 
     def risk(self, logits: torch.Tensor) -> torch.Tensor:
         """Scalar risk per bag (higher = worse)."""
@@ -85,7 +97,7 @@ HEADS.register("nll", paper="Zadeh & Schmid 2020")(
 HEADS.register("cox", paper="Cox 1972; Breslow ties")(
     lambda: SurvivalHead("cox", needs_time_bins=False, min_batch=2, spread_events=True,
                          survival="breslow", per_patient=False,
-                         risk_fn=losses.cox_risk)
+                         risk_fn=losses.cox_risk, risk_ridge=True)
 )  # fmt: skip
 
 

@@ -247,7 +247,10 @@ def _train_pass(
         bb = [bags[i] for i in batch]
         logits = bags_logits(model, bb, rng, config.max_tiles)
         loss = batch_loss(config, logits, bb, time_bins)
-        total_loss = loss + 0.5 * mu * _prox_term(params, anchor) if anchor else loss
+        ev = torch.from_numpy(targets(bb)[0])
+        total_loss = loss + config.head.ridge(logits, ev, config.risk_ridge)
+        if anchor:
+            total_loss = total_loss + 0.5 * mu * _prox_term(params, anchor)
         opt.zero_grad(set_to_none=True)
         total_loss.backward()
         if config.grad_clip > 0:
