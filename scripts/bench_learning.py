@@ -23,6 +23,7 @@ processes); `--transport flower` starts real SuperLink + SuperNode processes on 
     python scripts/bench_learning.py --no-fl          # the `train` part only
     python scripts/bench_learning.py --no-train --fl-datasets gbsg2 --seeds 3   # FL part only
     python scripts/bench_learning.py --oracles --seeds 10   # oracle vs tile oracle, no training
+    python scripts/bench_learning.py --linear-ceiling --seeds 4   # best ridge in hindsight
 """
 
 from __future__ import annotations
@@ -260,6 +261,48 @@ def oracles_part(names: list[str], seeds: range) -> None:
               f"| {_mean_range(list(tl / o))} |", flush=True)  # fmt: skip
 
 
+CEILING_ALPHAS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+
+
+def _ceiling_row(name: str, seed: int) -> dict[str, float]:
+    """One planted cohort: out-of-fold C ÷ oracle of linear-cox at every ridge strength of
+    :data:`CEILING_ALPHAS` (the folds of `train`), of the bag means projected on the hidden
+    direction (no fitting), and of the tile oracle."""
+    from pathfl.survival.data import make_folds, targets
+    from pathfl.survival.linear_cox import LinearCox, bag_rows
+    from pathfl.survival.metrics import harrell_c
+
+    c = make(name, seed)
+    ev, t = targets(c.bags)
+    x = bag_rows(c.bags)
+    oof = {a: np.zeros(len(x)) for a in CEILING_ALPHAS}
+    for tr, va in make_folds(c.bags, k=5, seed=seed):
+        for a in CEILING_ALPHAS:
+            lc = LinearCox(alpha_per_patient=a).fit(x[tr], time=t[tr], event=ev[tr])
+            oof[a][va] = lc.predict(x[va])
+    oracle = harrell_c(ev, t, c.log_hazard)
+    row = {f"alpha {a:g}": harrell_c(ev, t, v) / oracle for a, v in oof.items()}
+    row["direction"] = harrell_c(ev, t, x @ c.signal_direction) / oracle
+    row["tile oracle"] = harrell_c(ev, t, c.tile_log_hazard) / oracle
+    return row
+
+
+def ceiling_part(names: list[str], seeds: range) -> None:
+    """How far a linear model on the bag means gets on the planted cohorts: linear-cox at
+    every ridge strength (the best in hindsight bounds any rule that picks one, inner
+    cross-validation included) vs knowing the hidden direction vs the tile oracle."""
+    print("### Linear-cox at every ridge strength, ÷ oracle (5-fold out-of-fold Harrell C)\n")
+    cols = [f"alpha {a:g}" for a in CEILING_ALPHAS] + ["direction", "tile oracle"]
+    print(f"| dataset | seeds | {' | '.join(cols)} | best alpha |")
+    print("|---|---|" + "---|" * (len(cols) + 1))
+    for name in (n for n in names if n.startswith("planted-")):
+        rows = [_ceiling_row(name, seed) for seed in seeds]
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in cols}
+        best = max(cols[: len(CEILING_ALPHAS)], key=mean.__getitem__)
+        print(f"| {name} | {len(rows)} | {' | '.join(f'{mean[k]:.3f}' for k in cols)} "
+              f"| {best[6:]} |", flush=True)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"datasets {QUICK}, 1 seed, 1 FL run")
@@ -278,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--oracles", action="store_true", help="only oracle vs tile oracle (planted, no training)"
     )
+    ap.add_argument(
+        "--linear-ceiling",
+        action="store_true",
+        help="only linear-cox at every ridge strength vs the hidden direction (planted)",
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -286,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = range(args.seeds or (1 if args.quick else 2))
     if args.oracles:
         oracles_part(names, seeds)
+        return 0
+    if args.linear_ceiling:
+        ceiling_part(names, seeds)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_train:

@@ -36,3 +36,21 @@ def test_tile_oracle_tracks_the_truth_better_with_more_tiles(seed):
     many, few = corr((2000, 2000)), corr((4, 8))
     assert many > 0.97
     assert few < many - 0.05
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_signal_direction_is_the_direction_the_signal_lies_on(seed):
+    c = planted_cohort(n_patients=90, feature_dim=16, tiles=(300, 300), seed=seed)
+    d = c.signal_direction
+    assert d is not None and d.shape == (16,)
+    assert np.linalg.norm(d) == pytest.approx(1.0, abs=1e-12)
+    means = np.stack([b.features.mean(axis=0) for b in c.bags]).astype(np.float64)
+    sites = np.array([b.site for b in c.bags])
+    # within a site the projection on the hidden direction ranks the true log-hazard
+    # (the site's offset and scale change neither the order nor the sign)
+    for s in c.sites:
+        on = means[sites == s] @ d
+        assert np.corrcoef(on, c.log_hazard[sites == s])[0, 1] > 0.9
+    other = np.linalg.qr(np.column_stack([d, np.eye(16)[:, :1]]))[0][:, 1]  # ⟂ to d
+    assert abs(np.corrcoef(means[sites == c.sites[0]] @ other,
+                           c.log_hazard[sites == c.sites[0]])[0, 1]) < 0.5  # fmt: skip

@@ -29,6 +29,8 @@ class Cohort:
     # the log-hazard estimated from each bag's own tiles by an observer who knows how the
     # cohort was generated (hidden direction, shift, site transform): what the tiles allow
     tile_log_hazard: np.ndarray | None = None
+    # the hidden unit direction of the tile features that carries the signal (planted only)
+    signal_direction: np.ndarray | None = None
 
     @property
     def sites(self) -> list[str]:
@@ -154,7 +156,7 @@ def planted_cohort(
         x = x * scales[s] + offsets[s]
         bags.append(_bag(f"P{i:05d}", x, time[i], event[i], f"site{s}"))
     tile_log_h = effect * (frac_hat - 0.25) / 0.25
-    return Cohort(f"planted-{n_patients}x{feature_dim}", bags, log_h, tile_log_h)
+    return Cohort(f"planted-{n_patients}x{feature_dim}", bags, log_h, tile_log_h, direction)
 
 
 def write_cohort(bags: list[PatientBag], folder: Path) -> tuple[Path, Path]:
