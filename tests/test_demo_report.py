@@ -77,14 +77,15 @@ def test_table_rows_and_verdict():
     assert rows[1]["site A"] == "— (3 patients, 1 event, 2 comparable pairs < 10)"
     assert rows[-2]["within-site C"] == "0.720"
     text = verdict(ev)
-    assert "federated ≥ pooled − 0.02: yes (0.780 vs 0.770)" in text
-    assert "federated > mean of local-only models: yes (0.780 vs 0.710)" in text
+    assert "federated ≥ pooled − 0.02: yes (federated 0.780 vs pooled 0.790 − 0.02 = 0.770)" in text
+    assert "local-only models: yes (federated 0.780 vs local-only mean 0.710)" in text
     # the federated CI (0.68–0.88) holds both compared values
     assert "95% CI on these 30 validation patients is 0.68–0.88" in text
     assert "pooled and local-only mean lie inside it" in text
     ev["models"]["federated"] = _model(0.70, 0.7, {})
     text = verdict(ev)
-    assert text.count("NO") == 2 and "(0.700 vs 0.770)" in text and "(0.700 vs 0.710)" in text
+    assert text.count("NO") == 2 and "(federated 0.700 vs pooled 0.790 − 0.02 = 0.770)" in text
+    assert "(federated 0.700 vs local-only mean 0.710)" in text
     assert "is 0.60–0.80; pooled and local-only mean lie inside it" in text
     ev["models"]["federated"] = {**_model(0.95, 0.9, {}), "ci95": [0.90, 0.99]}
     text = verdict(ev)

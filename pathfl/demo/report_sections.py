@@ -172,9 +172,10 @@ def verdict(ev: dict[str, Any]) -> str:
     )
     ok_pooled, ok_local = fed >= pooled - 0.02, fed > local
     text = (
-        f"**Check:** federated ≥ pooled − 0.02: {'yes' if ok_pooled else 'NO'} ({fed:.3f} vs "
-        f"{pooled - 0.02:.3f}); federated > mean of local-only models: "
-        f"{'yes' if ok_local else 'NO'} ({fed:.3f} vs {local:.3f}). Oracle "
+        f"**Check:** federated ≥ pooled − 0.02: {'yes' if ok_pooled else 'NO'} (federated "
+        f"{fed:.3f} vs pooled {pooled:.3f} − 0.02 = {pooled - 0.02:.3f}); federated > mean of "
+        f"local-only models: {'yes' if ok_local else 'NO'} (federated {fed:.3f} vs "
+        f"local-only mean {local:.3f}). Oracle "
         f"{m['oracle']['c_index']:.3f}."
     )
     ci = m["federated"].get("ci95")
